@@ -1,0 +1,258 @@
+"""Log-mel features in numpy, equal to NeMo's ``AudioToMelSpectrogramPreprocessor`` in eval mode.
+
+NeMo's eval-mode pipeline, reproduced here (``FilterbankFeatures.forward``):
+
+1. no dither (it is only added when ``training``);
+2. pre-emphasis ``y[0] = x[0]``, ``y[t] = x[t] - preemph * x[t - 1]``;
+3. STFT with ``center=True`` and *zero* padding of ``n_fft // 2`` samples on both sides; the
+   ``win_length`` window (symmetric, ``periodic=False``) sits centred in the ``n_fft`` frame;
+4. ``|X| ** mag_power``, mel filterbank (librosa, slaney), ``log(mel + guard)`` or ``log(max(mel, guard))``;
+5. optional per-feature / all-feature normalisation over the valid frames (unbiased std, ``+ 1e-5``);
+6. valid length ``(T + 2 * (n_fft // 2) - n_fft) // hop`` (``T // hop`` for even ``n_fft``): NeMo computes
+   one more STFT frame, sets it and everything past the valid length to ``pad_value`` and then pads the time
+   axis to a multiple of ``pad_to``.  :func:`logmel` returns the valid frames only; :func:`pad_like_nemo`
+   rebuilds NeMo's padded tensor.
+
+Energies are computed in float64 and the result is cast to float32: this is the exact value that NeMo's
+float32 computation approximates.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from os import PathLike
+
+import numpy as np
+
+NORM_EPS = 1e-5  # NeMo's ``CONSTANT`` added to the std in normalize_batch
+NORMALIZE_TYPES = ("per_feature", "all_features")  # any other value means "no normalisation", as in NeMo
+
+
+@dataclass(frozen=True, eq=False)
+class FeatureParams:
+    """Everything needed to compute NeMo's log-mel features without torch.
+
+    ``window`` has ``win_length`` taps and is centred in the ``n_fft`` frame (as ``torch.stft`` does);
+    ``filterbank`` is ``(n_mels, n_fft // 2 + 1)``.  ``preemph`` 0 disables pre-emphasis.
+    ``normalize`` is "per_feature", "all_features" or anything else (e.g. "NA") for none.
+    ``pad_to`` <= 0 means no padding of the time axis.
+    """
+
+    sample_rate: int
+    n_fft: int
+    win_length: int
+    hop_length: int
+    preemph: float
+    log_guard_type: str
+    log_guard: float
+    mag_power: float
+    normalize: str
+    pad_to: int
+    pad_value: float
+    window: np.ndarray
+    filterbank: np.ndarray
+
+    def __post_init__(self) -> None:
+        if self.log_guard_type not in ("add", "clamp"):
+            raise ValueError(f"log_guard_type must be 'add' or 'clamp', got {self.log_guard_type!r}")
+        if self.window.shape != (self.win_length,):
+            raise ValueError(f"window must have shape ({self.win_length},), got {self.window.shape}")
+        if self.win_length > self.n_fft:
+            raise ValueError(f"win_length {self.win_length} > n_fft {self.n_fft}")
+        if self.filterbank.ndim != 2 or self.filterbank.shape[1] != self.n_fft // 2 + 1:
+            raise ValueError(f"filterbank must be (n_mels, {self.n_fft // 2 + 1}), got {self.filterbank.shape}")
+
+    @property
+    def n_mels(self) -> int:
+        """Number of mel bands (feature dimension)."""
+        return int(self.filterbank.shape[0])
+
+    def num_frames(self, n_samples: int) -> int:
+        """Valid frame count NeMo reports for ``n_samples`` samples of audio."""
+        return max(0, (n_samples + 2 * (self.n_fft // 2) - self.n_fft) // self.hop_length)
+
+    def save(self, path: str | PathLike[str]) -> None:
+        """Write all fields to one ``.npz`` file (arrays and scalars; no pickling)."""
+        np.savez(
+            path,
+            sample_rate=np.int64(self.sample_rate),
+            n_fft=np.int64(self.n_fft),
+            win_length=np.int64(self.win_length),
+            hop_length=np.int64(self.hop_length),
+            preemph=np.float64(self.preemph),
+            log_guard_type=np.str_(self.log_guard_type),
+            log_guard=np.float64(self.log_guard),
+            mag_power=np.float64(self.mag_power),
+            normalize=np.str_(self.normalize),
+            pad_to=np.int64(self.pad_to),
+            pad_value=np.float64(self.pad_value),
+            window=np.asarray(self.window, dtype=np.float32),
+            filterbank=np.asarray(self.filterbank, dtype=np.float32),
+        )
+
+    @classmethod
+    def load(cls, path: str | PathLike[str]) -> FeatureParams:
+        """Read a file written by :meth:`save`."""
+        with np.load(path, allow_pickle=False) as z:
+            return cls(
+                sample_rate=int(z["sample_rate"]),
+                n_fft=int(z["n_fft"]),
+                win_length=int(z["win_length"]),
+                hop_length=int(z["hop_length"]),
+                preemph=float(z["preemph"]),
+                log_guard_type=str(z["log_guard_type"]),
+                log_guard=float(z["log_guard"]),
+                mag_power=float(z["mag_power"]),
+                normalize=str(z["normalize"]),
+                pad_to=int(z["pad_to"]),
+                pad_value=float(z["pad_value"]),
+                window=z["window"].copy(),
+                filterbank=z["filterbank"].copy(),
+            )
+
+
+def _preemphasis(x: np.ndarray, coef: float, prev: float) -> np.ndarray:
+    """Pre-emphasis in float64 with ``prev`` the sample before ``x[0]`` (0 at stream start = NeMo's ``y[0]=x[0]``)."""
+    x = x.astype(np.float64)
+    if coef == 0.0 or x.size == 0:
+        return x
+    y = np.empty_like(x)
+    y[0] = x[0] - coef * prev
+    y[1:] = x[1:] - coef * x[:-1]
+    return y
+
+
+def _window_offset(p: FeatureParams) -> int:
+    """Offset of the window inside the ``n_fft`` frame (``torch.stft`` centres a shorter window)."""
+    return (p.n_fft - p.win_length) // 2
+
+
+def _frames_logmel(p: FeatureParams, x: np.ndarray, count: int) -> np.ndarray:
+    """Float64 log-mel of ``count`` frames; frame ``j`` windows ``x[j * hop : j * hop + win_length]``."""
+    if count <= 0:
+        return np.zeros((p.n_mels, 0))
+    seg = x[: (count - 1) * p.hop_length + p.win_length]
+    frames = np.lib.stride_tricks.sliding_window_view(seg, p.win_length)[:: p.hop_length]
+    # The window's offset inside the frame only changes the phase, not |X|: zero-pad at the end instead.
+    spec = np.fft.rfft(frames * p.window.astype(np.float64), n=p.n_fft, axis=1)
+    power = spec.real**2 + spec.imag**2
+    if p.mag_power != 2.0:
+        power = power ** (p.mag_power / 2.0)
+    mel = p.filterbank.astype(np.float64) @ power.T
+    if p.log_guard_type == "add":
+        return np.log(mel + p.log_guard)
+    return np.log(np.maximum(mel, p.log_guard))
+
+
+def _normalize(p: FeatureParams, x: np.ndarray) -> np.ndarray:
+    """NeMo's normalize_batch over all given (valid) frames: unbiased std, NaN std -> 0, plus 1e-5."""
+    if p.normalize == "per_feature":
+        mean = x.mean(axis=1, keepdims=True)
+        std = x.std(axis=1, ddof=1, keepdims=True) if x.shape[1] > 1 else np.zeros_like(mean)
+    elif p.normalize == "all_features":
+        mean, std = x.mean(), (x.std(ddof=1) if x.size > 1 else 0.0)
+    else:
+        return x
+    return (x - mean) / (std + NORM_EPS)
+
+
+def logmel(params: FeatureParams, audio: np.ndarray) -> np.ndarray:
+    """Offline log-mel of a whole 1-D signal: ``(n_mels, params.num_frames(len(audio)))`` float32.
+
+    Equals NeMo's preprocessor output on the valid frames (``[:, :length]``), normalisation included.
+    """
+    audio = np.asarray(audio)
+    if audio.ndim != 1:
+        raise ValueError(f"audio must be 1-D, got shape {audio.shape}")
+    count = params.num_frames(audio.size)
+    if count == 0:
+        return np.zeros((params.n_mels, 0), np.float32)
+    half = params.n_fft // 2
+    padded = np.zeros(audio.size + 2 * half)
+    padded[half : half + audio.size] = _preemphasis(audio, params.preemph, 0.0)
+    feats = _frames_logmel(params, padded[_window_offset(params) :], count)
+    return _normalize(params, feats).astype(np.float32)
+
+
+def pad_like_nemo(params: FeatureParams, feats: np.ndarray) -> np.ndarray:
+    """NeMo's full output for valid frames ``feats``: one extra STFT frame and ``pad_to`` padding, as ``pad_value``."""
+    total = feats.shape[1] + 1
+    if params.pad_to > 0:
+        total += -total % params.pad_to
+    out = np.full((feats.shape[0], total), params.pad_value, dtype=np.float32)
+    out[:, : feats.shape[1]] = feats
+    return out
+
+
+class StreamingLogMel:
+    """Incremental log-mel for one stream; ``concat(push(...)..., flush())`` equals :func:`logmel` (no normalisation).
+
+    Frame ``i`` is centred on sample ``i * hop``; its window covers ``win_length`` samples starting
+    ``back = n_fft // 2 - (n_fft - win_length) // 2`` samples before the centre (the rest of the ``n_fft``
+    frame is zero taps).  :meth:`push` emits it as soon as those samples are known and it is certainly valid
+    (``(i + 1) * hop`` samples), i.e. once ``max(i * hop + win_length - back, (i + 1) * hop)`` samples arrived.
+    For 16 kHz, hop 160, window 400, n_fft 512: lookahead 200 samples (12.5 ms) past the centre, i.e. 40 samples
+    (2.5 ms) after the frame's own hop block ``[i * hop, (i + 1) * hop)``; with 160-sample pushes, push ``k``
+    (1-based) returns frame ``k - 2``.  All frames but at most the last one come out of :meth:`push` (in general
+    at most ``ceil(lookahead / hop) - 1`` are left); :meth:`flush` returns them with the end zero-padded as NeMo does.
+    State: the pre-emphasised tail of fewer than ``win_length + hop`` samples and the last raw sample.
+    """
+
+    def __init__(self, params: FeatureParams) -> None:
+        if params.normalize in NORMALIZE_TYPES:
+            raise ValueError(
+                f"normalize={params.normalize!r} uses mean/std over the whole utterance, so frames cannot be "
+                "emitted before the stream ends; use logmel() on the whole signal instead"
+            )
+        self.params = params
+        self._back = params.n_fft // 2 - _window_offset(params)  # window start, samples before the centre
+        self.reset()
+
+    def reset(self) -> None:
+        """Start a new stream."""
+        self._buf = np.zeros(self._back)  # pre-emphasised samples from index _buf_start (negative: left zeros)
+        self._buf_start = -self._back
+        self._n = 0  # raw samples received
+        self._next = 0  # next frame index to emit
+        self._prev = 0.0  # last raw sample, for pre-emphasis
+
+    @property
+    def samples_received(self) -> int:
+        """Number of audio samples pushed since the last reset."""
+        return self._n
+
+    @property
+    def frames_emitted(self) -> int:
+        """Number of feature frames returned since the last reset."""
+        return self._next
+
+    def _emit(self, count: int) -> np.ndarray:
+        """Compute frames ``_next .. _next + count - 1`` and drop the samples no longer needed."""
+        hop = self.params.hop_length
+        out = _frames_logmel(self.params, self._buf[self._next * hop - self._back - self._buf_start :], count)
+        self._next += count
+        drop = self._next * hop - self._back - self._buf_start
+        self._buf = self._buf[drop:].copy()  # do not keep a large pushed chunk alive
+        self._buf_start += drop
+        return out.astype(np.float32)
+
+    def push(self, samples: np.ndarray) -> np.ndarray:
+        """Append audio; return the newly complete frames ``(n_mels, k)`` float32 (k may be 0)."""
+        p = self.params
+        samples = np.asarray(samples).reshape(-1)
+        if samples.size:
+            self._buf = np.concatenate([self._buf, _preemphasis(samples, p.preemph, self._prev)])
+            self._prev = float(samples[-1])
+            self._n += samples.size
+        complete = (self._n + self._back - p.win_length) // p.hop_length + 1
+        return self._emit(max(0, min(complete, p.num_frames(self._n)) - self._next))
+
+    def flush(self) -> np.ndarray:
+        """End of stream: return the remaining valid frames (zero-padded end) and reset for a new stream."""
+        p = self.params
+        count = max(0, p.num_frames(self._n) - self._next)
+        need = (self._next + count) * p.hop_length + p.win_length - self._back - self._buf_start
+        self._buf = np.concatenate([self._buf, np.zeros(max(0, need - self._buf.size))])
+        out = self._emit(count)
+        self.reset()
+        return out

@@ -1,0 +1,588 @@
+"""Numpy port of NeMo Streaming Sortformer's arrival-order speaker-cache update (asynchronous flavour).
+
+Mirrors ``SortformerModules.init_streaming_state(async_streaming=True)``, ``streaming_update_async`` and
+everything they call (``_compress_spkcache``, ``_get_silence_profile``, ``_get_log_pred_scores``,
+``_disable_low_scores``, ``_boost_topk_scores``, ``_get_topk_indices``, ``_gather_spkcache_and_preds``),
+plus ``apply_mask_to_preds`` and ``concat_and_pad`` that ``forward_streaming_step`` wraps around the graph.
+Only eval-mode behaviour is reproduced (no ``scores_add_rnd`` noise, no speaker permutation: the asynchronous
+path never permutes, so NeMo's ``spk_perm`` stays ``None`` and is not kept here).
+
+Bit-exactness notes (reference: NeMo on CPU PyTorch):
+
+* ``torch.topk(..., sorted=False)`` on CPU is ``std::nth_element`` (or ``std::partial_sort`` when
+  ``k * 64 <= n``) from libstdc++ over ``(value, index)`` pairs compared by value only, so which of several
+  equal scores is kept is decided by that algorithm, not by index order. When the k-th largest score is tied
+  across the selection boundary, :func:`torch_topk_indices` replays libstdc++'s introselect / heap-select
+  step by step; otherwise the (unique) top-k set is taken with numpy.
+* Sums reproduce ATen's CPU summation order (cascade / 4-way ILP ``row_sum``) over speakers and over the
+  frames of the silence-embedding sum, so ``mean_sil_emb`` is bit-identical to a serial CPU reduction.
+* ``log`` is computed in float64 and rounded to float32 (correctly rounded). PyTorch's float32 log (MKL VML
+  on CPU) is within 1 ulp of it, so only scores closer than ~2 ulp can be ordered differently.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "SpeakerCacheParams",
+    "SpeakerCacheState",
+    "apply_mask_to_preds",
+    "concat_and_pad",
+    "init_state",
+    "streaming_update",
+    "torch_topk_indices",
+]
+
+_F32 = np.float32
+_NEG_INF = _F32(-np.inf)
+# float32 lanes of the SIMD vector ATen's CPU sum kernel is compiled for (AVX2 width, also on AVX-512 machines);
+# it only decides the summation order (see _sum_frames / _sum_last_axis).
+_ATEN_FLOAT_VEC_WIDTH = 8
+
+# NeMo config key -> dataclass field, for keys that are spelled differently.
+_CONFIG_ALIASES = {"num_spks": "n_spk"}
+
+
+@dataclass(frozen=True)
+class SpeakerCacheParams:
+    """Fields of NeMo's ``sortformer_modules`` config used by the streaming update (defaults = NeMo's)."""
+
+    n_spk: int = 4
+    spkcache_len: int = 188
+    fifo_len: int = 0
+    chunk_len: int = 188
+    spkcache_update_period: int = 188
+    spkcache_sil_frames_per_spk: int = 3
+    pred_score_threshold: float = 0.25
+    max_index: int = 99999
+    scores_boost_latest: float = 0.05
+    sil_threshold: float = 0.2
+    strong_boost_rate: float = 0.75
+    weak_boost_rate: float = 1.5
+    min_pos_scores_rate: float = 0.5
+    # Not read by the update; kept so callers can derive chunking (lc/rc) from the same object.
+    chunk_left_context: int = 1
+    chunk_right_context: int = 1
+    subsampling_factor: int = 8
+
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any]) -> SpeakerCacheParams:
+        """Build from a ``sortformer_modules`` config mapping (``num_spks`` or ``n_spk``; extra keys ignored)."""
+        names = {f.name: f for f in fields(cls)}
+        kwargs: dict[str, Any] = {}
+        for key, value in cfg.items():
+            name = _CONFIG_ALIASES.get(key, key)
+            if name in names and value is not None:
+                kwargs[name] = float(value) if names[name].type == "float" else int(value)
+        return cls(**kwargs)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict of all fields (round-trips through :meth:`from_config`)."""
+        return asdict(self)
+
+
+@dataclass
+class SpeakerCacheState:
+    """Streaming state of a batch of streams, as NeMo's async ``StreamingSortformerState``.
+
+    ``fifo_preds`` is ``None`` until the first update, exactly like NeMo (it is rewritten from the fresh
+    graph predictions on every update, so its previous value is never read).
+    """
+
+    spkcache: np.ndarray  # (B, spkcache_len, D) float32
+    spkcache_lengths: np.ndarray  # (B,) int64
+    spkcache_preds: np.ndarray  # (B, spkcache_len, n_spk) float32, zeros initially (as NeMo)
+    fifo: np.ndarray  # (B, fifo_len, D) float32
+    fifo_lengths: np.ndarray  # (B,) int64
+    fifo_preds: np.ndarray | None  # (B, fifo_len, n_spk) float32, None initially (as NeMo)
+    mean_sil_emb: np.ndarray  # (B, D) float32
+    n_sil_frames: np.ndarray  # (B,) int64
+
+    def copy(self) -> SpeakerCacheState:
+        """Deep copy (all arrays copied)."""
+        return replace(self, **{f.name: _copy_or_none(getattr(self, f.name)) for f in fields(self)})
+
+
+def _copy_or_none(value: np.ndarray | None) -> np.ndarray | None:
+    return None if value is None else value.copy()
+
+
+def init_state(params: SpeakerCacheParams, batch_size: int, emb_dim: int) -> SpeakerCacheState:
+    """Zero state as ``init_streaming_state(async_streaming=True)`` (emb_dim = NeMo's ``fc_d_model``)."""
+    return SpeakerCacheState(
+        spkcache=np.zeros((batch_size, params.spkcache_len, emb_dim), dtype=_F32),
+        spkcache_lengths=np.zeros((batch_size,), dtype=np.int64),
+        spkcache_preds=np.zeros((batch_size, params.spkcache_len, params.n_spk), dtype=_F32),
+        fifo=np.zeros((batch_size, params.fifo_len, emb_dim), dtype=_F32),
+        fifo_lengths=np.zeros((batch_size,), dtype=np.int64),
+        fifo_preds=None,
+        mean_sil_emb=np.zeros((batch_size, emb_dim), dtype=_F32),
+        n_sil_frames=np.zeros((batch_size,), dtype=np.int64),
+    )
+
+
+def apply_mask_to_preds(preds: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Zero the predictions of frames at or beyond ``lengths`` (NeMo ``apply_mask_to_preds``)."""
+    preds = np.asarray(preds)
+    valid = np.arange(preds.shape[1])[None, :, None] < np.asarray(lengths).reshape(-1, 1, 1)
+    return np.where(valid, preds, np.zeros((), dtype=preds.dtype))
+
+
+def concat_and_pad(embs: Sequence[np.ndarray], lengths: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Per stream, concatenate the first ``lengths[i]`` frames of each ``embs[i]``; zero-pad (NeMo ``concat_and_pad``).
+
+    This is the layout ``streaming_update`` expects ``preds`` in: spkcache, then FIFO, then chunk frames.
+    """
+    if len(embs) != len(lengths):
+        raise ValueError(f"Length lists must have the same length, got {len(embs)} and {len(lengths)}.")
+    if len(embs) == 0:
+        raise ValueError("Cannot concatenate empty lists of embeddings or lengths.")
+    batch_size, emb_dim = embs[0].shape[0], embs[0].shape[2]
+    lens = [np.asarray(length, dtype=np.int64) for length in lengths]
+    total = np.sum(np.stack(lens), axis=0)
+    out = np.zeros((batch_size, int(total.max()), emb_dim), dtype=embs[0].dtype)
+    for b in range(batch_size):
+        start = 0
+        for emb, length in zip(embs, lens, strict=True):
+            n = int(length[b])
+            out[b, start : start + n] = emb[b, :n]
+            start += n
+    return out, total
+
+
+def streaming_update(
+    params: SpeakerCacheParams,
+    state: SpeakerCacheState,
+    chunk_embs: np.ndarray,
+    chunk_lengths: np.ndarray,
+    preds: np.ndarray,
+    lc: int = 0,
+    rc: int = 0,
+) -> tuple[SpeakerCacheState, np.ndarray]:
+    """One ``streaming_update_async`` step; returns a new state (inputs untouched) and the chunk predictions.
+
+    Args:
+        params: cache parameters.
+        state: previous state.
+        chunk_embs: (B, lc + chunk + rc, D) pre-encoded chunk embeddings (after ``drop_extra_pre_encoded``).
+        chunk_lengths: (B,) valid frames in ``chunk_embs`` (including the ``lc`` left-context frames).
+        preds: (B, T, n_spk) graph sigmoid outputs for ``concat_and_pad([spkcache, fifo, chunk])``,
+            masked with :func:`apply_mask_to_preds`.
+        lc: left-context frames at the start of the chunk; rc: right-context frames at its end.
+
+    Returns:
+        The new state and chunk predictions of shape (B, T_chunk - lc - rc, n_spk).
+    """
+    chunk_embs = np.asarray(chunk_embs, dtype=_F32)
+    preds = np.asarray(preds, dtype=_F32)
+    chunk_lengths = np.asarray(chunk_lengths, dtype=np.int64)
+    batch_size, _, emb_dim = chunk_embs.shape
+    n_spk = preds.shape[2]
+    if n_spk != params.n_spk:
+        raise ValueError(f"preds have {n_spk} speakers, params.n_spk is {params.n_spk}")
+
+    max_spkcache_len, max_fifo_len = state.spkcache.shape[1], state.fifo.shape[1]
+    max_chunk_len = chunk_embs.shape[1] - lc - rc
+    max_pop_out_len = min(max(params.spkcache_update_period, max_chunk_len), max_chunk_len + max_fifo_len)
+
+    fresh_fifo_preds = np.zeros((batch_size, max_fifo_len, n_spk), dtype=_F32)
+    chunk_preds = np.zeros((batch_size, max_chunk_len, n_spk), dtype=_F32)
+    chunk_lens = np.clip(chunk_lengths - lc, 0, max_chunk_len)
+    fifo = np.zeros((batch_size, max_fifo_len + max_chunk_len, emb_dim), dtype=_F32)
+    fifo_preds = np.zeros((batch_size, max_fifo_len + max_chunk_len, n_spk), dtype=_F32)
+    spkcache = np.zeros((batch_size, max_spkcache_len + max_pop_out_len, emb_dim), dtype=_F32)
+    spkcache_preds = np.zeros((batch_size, max_spkcache_len + max_pop_out_len, n_spk), dtype=_F32)
+    spkcache_lengths = state.spkcache_lengths.astype(np.int64, copy=True)
+    fifo_lengths = state.fifo_lengths.astype(np.int64, copy=True)
+    mean_sil_emb = state.mean_sil_emb.astype(_F32, copy=True)
+    n_sil_frames = state.n_sil_frames.astype(np.int64, copy=True)
+
+    for b in range(batch_size):
+        sc_len, f_len, c_len = int(spkcache_lengths[b]), int(fifo_lengths[b]), int(chunk_lens[b])
+        # FIFO predictions are refreshed from this step's graph output; the chunk's are sliced after them.
+        fresh_fifo_preds[b, :f_len] = preds[b, sc_len : sc_len + f_len]
+        chunk_start = sc_len + f_len + lc
+        chunk_preds[b, :c_len] = preds[b, chunk_start : chunk_start + c_len]
+        spkcache[b, :sc_len] = state.spkcache[b, :sc_len]
+        spkcache_preds[b, :sc_len] = state.spkcache_preds[b, :sc_len]
+        fifo[b, :f_len] = state.fifo[b, :f_len]
+        fifo_preds[b, :f_len] = fresh_fifo_preds[b, :f_len]
+
+        # Append the chunk (without its left/right context) to the FIFO.
+        fifo_lengths[b] += c_len
+        fifo[b, f_len : f_len + c_len] = chunk_embs[b, lc : lc + c_len]
+        fifo_preds[b, f_len : f_len + c_len] = chunk_preds[b, :c_len]
+        if f_len + c_len <= max_fifo_len:
+            continue
+
+        # FIFO overflow: move its oldest pop_out_len frames to the speaker cache.
+        pop_out_len = max(params.spkcache_update_period, max_chunk_len - max_fifo_len + f_len)
+        pop_out_len = min(pop_out_len, f_len + c_len)
+        spkcache_lengths[b] += pop_out_len
+        pop_out_embs = fifo[b, :pop_out_len]
+        pop_out_preds = fifo_preds[b, :pop_out_len]
+        mean_sil_emb[b], n_sil_frames[b] = _silence_profile(
+            params, mean_sil_emb[b], int(n_sil_frames[b]), pop_out_embs, pop_out_preds
+        )
+        spkcache[b, sc_len : sc_len + pop_out_len] = pop_out_embs
+        # NeMo's "already compressed once" test; cache preds are never negative, so it always holds in practice.
+        if spkcache_preds[b, 0, 0] >= 0:
+            spkcache_preds[b, sc_len : sc_len + pop_out_len] = pop_out_preds
+        elif sc_len + pop_out_len > params.spkcache_len:
+            spkcache_preds[b, :sc_len] = preds[b, :sc_len]
+            spkcache_preds[b, sc_len : sc_len + pop_out_len] = pop_out_preds
+        fifo_lengths[b] -= pop_out_len
+        new_f_len = int(fifo_lengths[b])
+        fifo[b, :new_f_len] = fifo[b, pop_out_len : pop_out_len + new_f_len].copy()
+        fifo_preds[b, :new_f_len] = fifo_preds[b, pop_out_len : pop_out_len + new_f_len].copy()
+        fifo[b, new_f_len:] = 0
+        fifo_preds[b, new_f_len:] = 0
+
+    new_spkcache = spkcache[:, : params.spkcache_len].copy()
+    new_spkcache_preds = spkcache_preds[:, : params.spkcache_len].copy()
+    for b in np.flatnonzero(spkcache_lengths > params.spkcache_len):
+        new_spkcache[b], new_spkcache_preds[b] = _compress_spkcache(
+            params, spkcache[b], spkcache_preds[b], mean_sil_emb[b]
+        )
+        spkcache_lengths[b] = params.spkcache_len
+
+    new_state = SpeakerCacheState(
+        spkcache=new_spkcache,
+        spkcache_lengths=spkcache_lengths,
+        spkcache_preds=new_spkcache_preds,
+        fifo=fifo[:, :max_fifo_len].copy(),
+        fifo_lengths=fifo_lengths,
+        fifo_preds=fifo_preds[:, :max_fifo_len].copy(),
+        mean_sil_emb=mean_sil_emb,
+        n_sil_frames=n_sil_frames,
+    )
+    return new_state, chunk_preds
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Speaker-cache compression (single stream: every NeMo op here is independent per batch row).
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _compress_spkcache(
+    params: SpeakerCacheParams, emb_seq: np.ndarray, preds: np.ndarray, mean_sil_emb: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Keep the ``spkcache_len`` most important frames of (n_frames, D) ``emb_seq`` (NeMo ``_compress_spkcache``)."""
+    n_spk = preds.shape[1]
+    per_spk = params.spkcache_len // n_spk - params.spkcache_sil_frames_per_spk
+    strong_boost_per_spk = math.floor(per_spk * params.strong_boost_rate)
+    weak_boost_per_spk = math.floor(per_spk * params.weak_boost_rate)
+    min_pos_scores_per_spk = math.floor(per_spk * params.min_pos_scores_rate)
+
+    scores = _log_pred_scores(params, preds)
+    scores = _disable_low_scores(preds, scores, min_pos_scores_per_spk)
+    if params.scores_boost_latest > 0:  # boost the frames just moved in from the FIFO
+        scores[params.spkcache_len :] += _F32(params.scores_boost_latest)
+    scores = _boost_topk_scores(scores, strong_boost_per_spk, scale_factor=2.0)  # >= K frames per speaker
+    scores = _boost_topk_scores(scores, weak_boost_per_spk, scale_factor=1.0)  # no speaker dominates
+    if params.spkcache_sil_frames_per_spk > 0:  # room for silence frames at the end of each speaker block
+        pad = np.full((params.spkcache_sil_frames_per_spk, n_spk), np.inf, dtype=_F32)
+        scores = np.concatenate([scores, pad], axis=0)
+
+    frame_idx, is_disabled = _topk_frame_indices(params, scores)
+    gathered_embs = np.where(is_disabled[:, None], mean_sil_emb[None, :], emb_seq[frame_idx])
+    gathered_preds = np.where(is_disabled[:, None], _F32(0.0), preds[frame_idx])
+    return gathered_embs.astype(_F32, copy=False), gathered_preds.astype(_F32, copy=False)
+
+
+def _ceil_log2(x: int) -> int:
+    return 1 if x <= 2 else (x - 1).bit_length()
+
+
+def _cascade_sum(x: np.ndarray) -> np.ndarray:
+    """Sum over axis 0 like ATen's CPU ``multi_row_sum``: 4 accumulation levels, blocks of 2**level_power rows."""
+    n_levels = 4
+    level_power = max(4, _ceil_log2(x.shape[0]) // n_levels)
+    level_step = 1 << level_power
+    level_mask = level_step - 1
+    acc = [np.zeros(x.shape[1:], dtype=x.dtype) for _ in range(n_levels)]
+    i, n = 0, x.shape[0]
+    while i + level_step <= n:
+        for _ in range(level_step):
+            acc[0] = acc[0] + x[i]
+            i += 1
+        for j in range(1, n_levels):
+            acc[j] = acc[j] + acc[j - 1]
+            acc[j - 1] = np.zeros_like(acc[j - 1])
+            if i & (level_mask << (j * level_power)):
+                break
+    for k in range(i, n):
+        acc[0] = acc[0] + x[k]
+    for j in range(1, n_levels):
+        acc[0] = acc[0] + acc[j]
+    return acc[0]
+
+
+def _ilp_row_sum(x: np.ndarray) -> np.ndarray:
+    """Sum over axis 0 like ATen's CPU ``row_sum``: 4 interleaved cascade sums, leftovers into the first."""
+    n_ilp = x.shape[0] // 4
+    partial = _cascade_sum(x[: 4 * n_ilp].reshape(n_ilp, 4, *x.shape[1:]))
+    total = partial[0]
+    for k in range(4 * n_ilp, x.shape[0]):
+        total = total + x[k]
+    for k in range(1, 4):
+        total = total + partial[k]
+    return total
+
+
+def _sum_last_axis(x: np.ndarray) -> np.ndarray:
+    """``x.sum(-1)`` over a contiguous last (speaker) axis in ATen's CPU order."""
+    width = _ATEN_FLOAT_VEC_WIDTH
+    n = x.shape[-1]
+    if n < width:  # scalar_inner_sum
+        return _ilp_row_sum(np.moveaxis(x, -1, 0))
+    # vectorized_inner_sum: ILP sum of whole vectors, then scalar tail, then the vector's lanes in order.
+    n_vec = n // width
+    lanes = _ilp_row_sum(np.moveaxis(x[..., : n_vec * width].reshape(*x.shape[:-1], n_vec, width), -2, 0))
+    total = np.zeros(x.shape[:-1], dtype=x.dtype)
+    for k in range(n_vec * width, n):
+        total = total + x[..., k]
+    for k in range(width):
+        total = total + lanes[..., k]
+    return total
+
+
+def _sum_frames(x: np.ndarray) -> np.ndarray:
+    """``x.sum(0)`` of a contiguous (n, D) float32 array in ATen's order (serial CPU reduction).
+
+    Columns in whole blocks of 4 SIMD vectors use the plain cascade, the remaining ones the 4-way ILP sum.
+    Column chunks handed to threads by a parallel reduction (numel >= 32768) are multiples of 32 columns, so
+    for ``D = 512`` the result is the same with up to 8 torch threads.
+    """
+    split = x.shape[1] - x.shape[1] % (4 * _ATEN_FLOAT_VEC_WIDTH)
+    return np.concatenate([_cascade_sum(x[:, :split]), _ilp_row_sum(x[:, split:])])
+
+
+def _silence_profile(
+    params: SpeakerCacheParams, mean_sil_emb: np.ndarray, n_sil_frames: int, embs: np.ndarray, preds: np.ndarray
+) -> tuple[np.ndarray, int]:
+    """Running mean of frames whose summed activity is below ``sil_threshold`` (NeMo ``_get_silence_profile``)."""
+    is_sil = _sum_last_axis(preds) < _F32(params.sil_threshold)
+    sil_count = int(is_sil.sum())
+    if sil_count == 0:
+        return mean_sil_emb, n_sil_frames
+    sil_emb_sum = _sum_frames(embs * is_sil[:, None].astype(_F32))
+    upd_n_sil_frames = n_sil_frames + sil_count
+    total = mean_sil_emb * _F32(n_sil_frames) + sil_emb_sum
+    return (total / _F32(max(upd_n_sil_frames, 1))).astype(_F32), upd_n_sil_frames
+
+
+def _log_pred_scores(params: SpeakerCacheParams, preds: np.ndarray) -> np.ndarray:
+    """Per-frame speaker scores, high for confident non-overlapped speech (NeMo ``_get_log_pred_scores``)."""
+    threshold = _F32(params.pred_score_threshold)
+    log_probs = _log_f32(np.maximum(preds, threshold))
+    log_1_probs = _log_f32(np.maximum(_F32(1.0) - preds, threshold))
+    log_1_probs_sum = _sum_last_axis(log_1_probs)[:, None]
+    return ((log_probs - log_1_probs) + log_1_probs_sum) - _F32(math.log(0.5))
+
+
+def _log_f32(x: np.ndarray) -> np.ndarray:
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.log(x.astype(np.float64)).astype(_F32)
+
+
+def _disable_low_scores(preds: np.ndarray, scores: np.ndarray, min_pos_scores_per_spk: int) -> np.ndarray:
+    """-inf for non-speech, and for non-positive scores of speakers with enough positive ones."""
+    is_speech = preds > 0.5
+    scores = np.where(is_speech, scores, _NEG_INF)
+    is_pos = scores > 0
+    enough_pos = is_pos.sum(axis=0, keepdims=True) >= min_pos_scores_per_spk
+    return np.where(~is_pos & is_speech & enough_pos, _NEG_INF, scores).astype(_F32, copy=False)
+
+
+def _boost_topk_scores(
+    scores: np.ndarray, n_boost_per_spk: int, scale_factor: float, offset: float = 0.5
+) -> np.ndarray:
+    """Raise each speaker's ``n_boost_per_spk`` highest scores by ``-scale_factor * log(offset)``."""
+    if n_boost_per_spk < 0:
+        raise ValueError(f"n_boost_per_spk must be >= 0, got {n_boost_per_spk}")
+    scores = scores.copy()
+    delta = _F32(scale_factor * math.log(offset))
+    for spk in range(scores.shape[1]):
+        rows = torch_topk_indices(scores[:, spk], n_boost_per_spk)
+        scores[rows, spk] = scores[rows, spk] - delta
+    return scores
+
+
+def _topk_frame_indices(params: SpeakerCacheParams, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Frame indices of the ``spkcache_len`` best (frame, speaker) scores, speaker-major, and disabled mask.
+
+    Disabled = picked with a ``-inf`` score, or one of the appended silence frames (NeMo ``_get_topk_indices``).
+    """
+    n_frames = scores.shape[0]
+    n_frames_no_sil = n_frames - params.spkcache_sil_frames_per_spk
+    flat = np.ascontiguousarray(scores.T).reshape(-1)  # speaker-major, as permute(0, 2, 1).reshape
+    picked = torch_topk_indices(flat, params.spkcache_len)
+    picked = np.where(flat[picked] != _NEG_INF, picked, np.int64(params.max_index))
+    picked = np.sort(picked)
+    is_disabled = picked == params.max_index
+    frame_idx = np.remainder(picked, n_frames)
+    is_disabled |= frame_idx >= n_frames_no_sil
+    frame_idx[is_disabled] = 0
+    return frame_idx, is_disabled
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# torch.topk(largest=True, sorted=False) index set on CPU: libstdc++ nth_element / partial_sort replay.
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def torch_topk_indices(values: np.ndarray, k: int) -> np.ndarray:
+    """Index set that CPU ``torch.topk(values, k, largest=True, sorted=False)`` returns for a 1-D array.
+
+    The order of the returned indices is unspecified (callers only use the set). When the k-th largest value
+    is not tied across the boundary the set is unique and taken with numpy; otherwise libstdc++'s selection
+    algorithm (as compiled into PyTorch) is replayed to pick the same tied elements.
+    """
+    values = np.asarray(values)
+    n = values.shape[0]
+    if k < 0 or k > n:
+        raise ValueError(f"k={k} out of range for {n} values")
+    if k == 0:
+        return np.zeros((0,), dtype=np.int64)
+    if k == n:
+        return np.arange(n, dtype=np.int64)
+    if not np.isnan(values).any():
+        kth = np.partition(values, n - k)[n - k]
+        above = values > kth
+        n_tied = int(np.count_nonzero(values == kth))
+        if int(np.count_nonzero(above)) + n_tied == k:
+            return np.flatnonzero(above | (values == kth)).astype(np.int64)
+    return _stdlib_topk(values.astype(np.float64).tolist(), k)
+
+
+def _greater(x: float, y: float) -> bool:
+    """PyTorch's topk comparator (largest=True): NaN first, then by value."""
+    return (x != x and y == y) or x > y
+
+
+def _stdlib_topk(vals: list[float], k: int) -> np.ndarray:
+    """Replay PyTorch CPU topk's selection on (value, index) pairs; returns the first k indices."""
+    queue = list(zip(vals, range(len(vals)), strict=True))
+    n = len(queue)
+    if k * 64 <= n:
+        _heap_select(queue, 0, k, n)  # std::partial_sort; its final sort_heap only reorders the first k
+    else:
+        _introselect(queue, 0, k - 1, n, 2 * (n.bit_length() - 1))  # std::nth_element
+    return np.array([idx for _, idx in queue[:k]], dtype=np.int64)
+
+
+def _introselect(q: list[tuple[float, int]], first: int, nth: int, last: int, depth_limit: int) -> None:
+    while last - first > 3:
+        if depth_limit == 0:
+            _heap_select(q, first, nth + 1, last)
+            q[first], q[nth] = q[nth], q[first]
+            return
+        depth_limit -= 1
+        cut = _unguarded_partition_pivot(q, first, last)
+        if cut <= nth:
+            first = cut
+        else:
+            last = cut
+    _insertion_sort(q, first, last)
+
+
+def _unguarded_partition_pivot(q: list[tuple[float, int]], first: int, last: int) -> int:
+    mid = first + (last - first) // 2
+    _move_median_to_first(q, first, first + 1, mid, last - 1)
+    pivot = q[first][0]
+    lo, hi = first + 1, last
+    while True:
+        while _greater(q[lo][0], pivot):
+            lo += 1
+        hi -= 1
+        while _greater(pivot, q[hi][0]):
+            hi -= 1
+        if not lo < hi:
+            return lo
+        q[lo], q[hi] = q[hi], q[lo]
+        lo += 1
+
+
+def _move_median_to_first(q: list[tuple[float, int]], result: int, a: int, b: int, c: int) -> None:
+    va, vb, vc = q[a][0], q[b][0], q[c][0]
+    if _greater(va, vb):
+        if _greater(vb, vc):
+            pick = b
+        elif _greater(va, vc):
+            pick = c
+        else:
+            pick = a
+    elif _greater(va, vc):
+        pick = a
+    elif _greater(vb, vc):
+        pick = c
+    else:
+        pick = b
+    q[result], q[pick] = q[pick], q[result]
+
+
+def _insertion_sort(q: list[tuple[float, int]], first: int, last: int) -> None:
+    if first == last:
+        return
+    for i in range(first + 1, last):
+        item = q[i]
+        if _greater(item[0], q[first][0]):
+            q[first + 1 : i + 1] = q[first:i]
+            q[first] = item
+        else:
+            j = i - 1
+            while _greater(item[0], q[j][0]):
+                q[j + 1] = q[j]
+                j -= 1
+            q[j + 1] = item
+
+
+def _heap_select(q: list[tuple[float, int]], first: int, middle: int, last: int) -> None:
+    _make_heap(q, first, middle)
+    length = middle - first
+    for i in range(middle, last):
+        if _greater(q[i][0], q[first][0]):
+            item = q[i]  # std::__pop_heap(first, middle, i)
+            q[i] = q[first]
+            _adjust_heap(q, first, 0, length, item)
+
+
+def _make_heap(q: list[tuple[float, int]], first: int, last: int) -> None:
+    length = last - first
+    if length < 2:
+        return
+    parent = (length - 2) // 2
+    while True:
+        _adjust_heap(q, first, parent, length, q[first + parent])
+        if parent == 0:
+            return
+        parent -= 1
+
+
+def _adjust_heap(q: list[tuple[float, int]], first: int, hole: int, length: int, item: tuple[float, int]) -> None:
+    top = hole
+    child = hole
+    while child < (length - 1) // 2:
+        child = 2 * (child + 1)
+        if _greater(q[first + child][0], q[first + child - 1][0]):
+            child -= 1
+        q[first + hole] = q[first + child]
+        hole = child
+    if length % 2 == 0 and child == (length - 2) // 2:
+        child = 2 * (child + 1)
+        q[first + hole] = q[first + child - 1]
+        hole = child - 1
+    # std::__push_heap(first, hole, top, item)
+    parent = (hole - 1) // 2
+    while hole > top and _greater(q[first + parent][0], item[0]):
+        q[first + hole] = q[first + parent]
+        hole = parent
+        parent = (hole - 1) // 2
+    q[first + hole] = item

@@ -251,3 +251,33 @@ def build_asr(size: str, work_dir: Path, seed: int = 0):
     torch.manual_seed(seed)
     model = EncDecMultiTalkerRNNTBPEModel(cfg=OmegaConf.create(asr_config(size, str(tok_dir))))
     return model.eval()
+
+
+def make_decisive(diar, asr, diar_gain: float = 8.0, joint_gain: float = 8.0, emit_rate: float = 0.3) -> None:
+    """Scale the output layers of random-init models so decisions are not at a knife edge.
+
+    Random weights leave speaker sigmoids near 0.5 and joint logits nearly tied, where a 1e-6 difference
+    between two correct implementations flips a threshold or an argmax. Larger output weights spread the
+    scores (sigmoids near 0/1, clear argmax) without changing any code path. The blank logit is then biased
+    so that about `emit_rate` of the frames of a random-feature encoder output emit a token at the start
+    state (otherwise a gained joint emits max_symbols tokens on every frame).
+    """
+    import torch
+
+    from export.wrappers import DecoderJointStep
+
+    blank = int(asr.decoder.blank_idx)
+    out = asr.joint.joint_net[-1]
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        diar.sortformer_modules.single_hidden_to_spks.weight.mul_(diar_gain)
+        diar.sortformer_modules.single_hidden_to_spks.bias.mul_(diar_gain)
+        out.weight.mul_(joint_gain)
+        feats = torch.randn(1, asr.encoder._feat_in, 800, generator=gen) * 3 - 8
+        enc, _ = asr.encoder(audio_signal=feats, length=torch.tensor([800]))
+        frames = enc[0].T
+        n, layers, hidden = frames.shape[0], asr.decoder.pred_rnn_layers, asr.decoder.pred_hidden
+        logits, _, _ = DecoderJointStep(asr).eval()(
+            frames, torch.full((n,), blank), torch.zeros(n, layers, hidden), torch.zeros(n, layers, hidden))
+        others = torch.cat([logits[:, :blank], logits[:, blank + 1 :]], dim=1).max(dim=1).values
+        out.bias[blank] += torch.quantile(others - logits[:, blank], 1.0 - emit_rate)

@@ -191,7 +191,8 @@ def _export_into(diar, asr, work: Path, presets, fp16: bool, sources: dict, resu
         manifest["presets"][preset_name(ctx)] = {"att_context_size": list(ctx), "graph": name,
                                                  "streaming_cfg": streaming_cfg_dict(asr)}
         _timed(result, name, "encoder",
-               lambda: export_graph(EncoderStep(asr).eval(), specs["encoder"], encoder_example(dims, asr), work / name))
+               lambda n=name: export_graph(EncoderStep(asr).eval(), specs["encoder"], encoder_example(dims, asr),
+                                           work / n))
     set_preset(asr, presets[0])
     _timed(result, "decoder_joint", "decoder_joint",
            lambda: export_graph(DecoderJointStep(asr).eval(), specs["decoder_joint"], decoder_joint_example(dims),

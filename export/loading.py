@@ -36,7 +36,8 @@ def nemo_target(path: Path) -> str:
 def _check_class(path: Path, expected: str) -> None:
     target = nemo_target(path)
     if not target.endswith("." + expected):
-        raise ModelSourceError(f"{path} holds a {target.rsplit('.', 1)[-1] or 'model of unknown class'}, not a {expected}")
+        found = target.rsplit(".", 1)[-1] or "model of unknown class"
+        raise ModelSourceError(f"{path} holds a {found}, not a {expected}")
 
 
 def load_diarizer(nemo: str | None = None, pretrained: str | None = None):

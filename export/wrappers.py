@@ -24,7 +24,7 @@ def concat_and_pad(embs: list[torch.Tensor], lengths: list[torch.Tensor]) -> tup
     valid = pos < total.unsqueeze(1)
     start = torch.zeros_like(total)  # first output position of segment i
     offset = 0  # first input position of segment i in `full`
-    for emb, length in zip(embs, lengths):
+    for emb, length in zip(embs, lengths, strict=True):
         in_seg = (pos >= start.unsqueeze(1)) & (pos < (start + length).unsqueeze(1))
         index = torch.where(in_seg, pos - start.unsqueeze(1) + offset, index)
         start = start + length

@@ -1,0 +1,442 @@
+"""`make parity`: ONNX Runtime + numpy against NeMo's PyTorch streaming, stage by stage, chained.
+
+Every graph is fed its own returned state for >= 20 steps, at the lowest and highest latency preset and in
+both speaker modes. The last line printed is
+
+    parity: diarizer=<max_abs> encoder=<max_abs> decoder_joint=<max_abs> features=<max_abs> \
+cache_update=<max_abs> tokens=<same>/<total>    (one line)
+
+and the exit status is non-zero if any max_abs > 1e-4 or any token differs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import torch
+
+from export import builders
+from export.audio import synth_conversation
+from export.exporter import configure_diarizer_streaming, export_all, load_manifest, set_preset
+from export.loading import load_asr, load_diarizer
+from export.wrappers import DecoderJointStep
+from mtasr import greedy, spkcache
+from mtasr.features import FeatureParams, StreamingLogMel, logmel
+from mtasr.masking import mask_features
+from mtasr.spec import ATT_CONTEXT_SIZES, graph_specs, preset_name
+from mtasr.spec import ModelDims as Dims
+
+TOLERANCE = 1e-4
+STATE_FIELDS = ("spkcache", "spkcache_lengths", "spkcache_preds", "fifo", "fifo_lengths", "fifo_preds",
+                "mean_sil_emb", "n_sil_frames")
+
+
+@dataclass
+class Figures:
+    """Max abs differences per stage (and token agreement), with per-check details."""
+
+    diarizer: float = 0.0
+    encoder: float = 0.0
+    decoder_joint: float = 0.0
+    features: float = 0.0
+    cache_update: float = 0.0
+    tokens_same: int = 0
+    tokens_total: int = 0
+    details: dict = field(default_factory=dict)
+    failures: list[str] = field(default_factory=list)
+
+    def bump(self, stage: str, value: float, check: str) -> None:
+        setattr(self, stage, max(getattr(self, stage), float(value)))
+        self.details[check] = max(self.details.get(check, 0.0), float(value))
+
+    def line(self) -> str:
+        return (f"parity: diarizer={self.diarizer:.3g} encoder={self.encoder:.3g} "
+                f"decoder_joint={self.decoder_joint:.3g} features={self.features:.3g} "
+                f"cache_update={self.cache_update:.3g} tokens={self.tokens_same}/{self.tokens_total}")
+
+    def ok(self) -> bool:
+        worst = max(self.diarizer, self.encoder, self.decoder_joint, self.features, self.cache_update)
+        tokens_ok = self.tokens_same == self.tokens_total and self.tokens_total > 0
+        return worst <= TOLERANCE and tokens_ok and not self.failures
+
+
+def _session(path: Path) -> ort.InferenceSession:
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def _np(x: torch.Tensor) -> np.ndarray:
+    return x.detach().cpu().numpy()
+
+
+def _maxabs(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape:
+        raise AssertionError(f"shape mismatch {a.shape} vs {b.shape}")
+    return float(np.abs(a - b).max()) if a.size else 0.0
+
+
+# ---------------------------------------------------------------------------------------------------- models
+def prepare_models(size: str, work: Path, seed: int = 0) -> tuple[Path, Path, float]:
+    """Build random-init (decisive) models, save `.nemo`, restore them through the real loading code.
+
+    Returns the two paths and the max abs parameter difference of the save/restore round trip.
+    """
+    nemo_dir = work / "nemo"
+    nemo_dir.mkdir(parents=True, exist_ok=True)
+    diar_path, asr_path = nemo_dir / "diarizer.nemo", nemo_dir / "asr.nemo"
+    diar = builders.build_diarizer(size, seed)
+    asr = builders.build_asr(size, nemo_dir, seed)
+    builders.make_decisive(diar, asr)
+    diar.save_to(str(diar_path))
+    asr.save_to(str(asr_path))
+    worst = 0.0
+    for built, loaded in ((diar, load_diarizer(str(diar_path))), (asr, load_asr(str(asr_path)))):
+        ref = built.state_dict()
+        got = loaded.state_dict()
+        if set(ref) != set(got):
+            raise AssertionError(f"round trip changed parameter names: {set(ref) ^ set(got)}")
+        worst = max(worst, max(_maxabs(_np(ref[k]).astype(np.float64), _np(got[k])) for k in ref))
+    del diar, asr
+    return diar_path, asr_path, worst
+
+
+# -------------------------------------------------------------------------------------------------- features
+def check_features(fig: Figures, diar, asr, graphs: Path, audio: np.ndarray) -> None:
+    signal = torch.from_numpy(audio)[None]
+    length = torch.tensor([audio.shape[0]])
+    for name, model in (("asr", asr), ("diarizer", diar)):
+        params = FeatureParams.load(graphs / f"features_{name}.npz")
+        model.preprocessor.featurizer.dither = 0.0
+        with torch.no_grad():
+            ref, ref_len = model.preprocessor(input_signal=signal, length=length)
+        ref = _np(ref[0, :, : int(ref_len[0])])
+        got = logmel(params, audio)
+        fig.bump("features", _maxabs(got[:, : ref.shape[1]], ref), f"features_{name}_offline")
+        if got.shape[1] < ref.shape[1]:
+            raise AssertionError(f"{name}: numpy gave {got.shape[1]} frames, NeMo {ref.shape[1]}")
+        if params.normalize in ("NA", "", None):
+            stream = StreamingLogMel(params)
+            rng = np.random.default_rng(1)
+            parts, pos = [], 0
+            while pos < audio.shape[0]:
+                step = int(rng.integers(1, 4000))
+                parts.append(stream.push(audio[pos : pos + step]))
+                pos += step
+            parts.append(stream.flush())
+            streamed = np.concatenate(parts, axis=1)
+            fig.bump("features", _maxabs(streamed[:, : ref.shape[1]], ref), f"features_{name}_streamed")
+
+
+# -------------------------------------------------------------------------------------------------- diarizer
+def _nemo_state_np(state) -> dict[str, np.ndarray]:
+    return {k: _np(getattr(state, k)).copy() for k in STATE_FIELDS if getattr(state, k, None) is not None}
+
+
+def _compare_states(fig: Figures, ours: spkcache.SpeakerCacheState, nemo: dict[str, np.ndarray], check: str) -> None:
+    for key, ref in nemo.items():
+        got = getattr(ours, key)
+        if key.endswith("lengths") or key == "n_sil_frames":
+            if not np.array_equal(np.asarray(got), ref):
+                raise AssertionError(f"{check}: {key} differs: {got} vs {ref}")
+        else:
+            fig.bump("cache_update", _maxabs(got, ref), f"{check}_state")
+
+
+def _run_diarizer_chain(fig: Figures, diar, sess, params, chunks, drop: int, check: str) -> int:
+    """chunks: iterable of (feats (B, T, n_mels) torch, lengths, lc_frames, rc_frames). Returns steps run."""
+    sm = diar.sortformer_modules
+    nemo_state = sm.init_streaming_state(batch_size=1, async_streaming=True, device=torch.device("cpu"))
+    total = torch.zeros((1, 0, sm.n_spk))
+    ours = spkcache.init_state(params, 1, int(sm.fc_d_model))
+    compressions = 0
+    steps = 0
+    for feats, lengths, left, right in chunks:
+        with torch.no_grad():
+            nemo_state, total = diar.forward_streaming_step(
+                processed_signal=feats, processed_signal_length=lengths, streaming_state=nemo_state,
+                total_preds=total, drop_extra_pre_encoded=drop, left_offset=left, right_offset=right)
+        preds, embs, emb_lengths = sess.run(None, {
+            "chunk": _np(feats), "chunk_lengths": _np(lengths).astype(np.int64),
+            "spkcache": ours.spkcache, "spkcache_lengths": ours.spkcache_lengths,
+            "fifo": ours.fifo, "fifo_lengths": ours.fifo_lengths})
+        before = int(ours.spkcache_lengths[0])
+        ours, chunk_preds = spkcache.streaming_update(
+            params, ours, embs, emb_lengths, preds, lc=round(left / 8), rc=math.ceil(right / 8))
+        compressions += int(before + int(ours.fifo_lengths[0]) >= params.spkcache_len and before > 0)
+        ref = _np(total[:, -chunk_preds.shape[1]:]) if chunk_preds.shape[1] else np.zeros_like(chunk_preds)
+        fig.bump("diarizer", _maxabs(chunk_preds, ref), check)
+        _compare_states(fig, ours, _nemo_state_np(nemo_state), check)
+        steps += 1
+    fig.details[f"{check}_steps"] = steps
+    fig.details[f"{check}_spkcache_full_steps"] = compressions
+    return steps
+
+
+def check_diarizer_multitalker(fig: Figures, diar, asr, graphs: Path, manifest: dict, feats: torch.Tensor,
+                               feat_len: int) -> None:
+    """The diarizer as SpeakerTaggedASR drives it: on the ASR's chunks, dropping the extra pre-encoded frames."""
+    from nemo.collections.asr.parts.utils.streaming_utils import CacheAwareStreamingAudioBuffer
+
+    params = spkcache.SpeakerCacheParams.from_config(manifest["diarizer"]["spkcache"])
+    sess = _session(graphs / manifest["diarizer"]["graph"] / "model.onnx")
+    buf = CacheAwareStreamingAudioBuffer(model=asr, online_normalization=False, pad_and_drop_preencoded=True)
+    buf.append_processed_signal(feats[:1, :, :feat_len])
+    chunks = ((c.transpose(1, 2), n, 0, 0) for c, n in buf)
+    _run_diarizer_chain(fig, diar, sess, params, chunks, manifest["diarizer"]["drop_extra_pre_encoded"],
+                        "diarizer_multitalker_flow")
+
+
+def check_diarizer_standalone(fig: Figures, diar, graphs: Path, manifest: dict, audio: np.ndarray) -> None:
+    """The tutorial's Step 1: whole-file features, chunk_len 6, right context 7, FIFO 188, cache 188."""
+    params = spkcache.SpeakerCacheParams.from_config(manifest["diarizer"]["spkcache"])
+    sess = _session(graphs / manifest["diarizer"]["standalone_graph"] / "model.onnx")
+    diar.preprocessor.featurizer.dither = 0.0
+    with torch.no_grad():
+        feats, feat_len = diar.preprocessor(input_signal=torch.from_numpy(audio)[None],
+                                            length=torch.tensor([audio.shape[0]]))
+    loader = diar.sortformer_modules.streaming_feat_loader(
+        feat_seq=feats, feat_seq_length=feat_len, feat_seq_offset=torch.zeros((1,), dtype=torch.long))
+    chunks = ((c, n, int(lo), int(ro)) for _, c, n, lo, ro in loader)
+    _run_diarizer_chain(fig, diar, sess, params, chunks, 0, "diarizer_standalone")
+
+
+# ------------------------------------------------------------------------------------------- encoder + tokens
+class _Recorder:
+    """Wraps `encoder.cache_aware_stream_step` to keep what NeMo's encoder returned at each step."""
+
+    def __init__(self, encoder) -> None:
+        self.encoder, self.orig, self.calls = encoder, encoder.cache_aware_stream_step, []
+
+    def __call__(self, *args, **kwargs):
+        out = self.orig(*args, **kwargs)
+        self.calls.append(tuple(o.detach().clone() if torch.is_tensor(o) else o for o in out))
+        return out
+
+    def __enter__(self):
+        self.encoder.cache_aware_stream_step = self
+        return self
+
+    def __exit__(self, *exc):
+        del self.encoder.cache_aware_stream_step
+
+
+def _as_list(x) -> list:
+    return x.tolist() if torch.is_tensor(x) else list(x)
+
+
+def _speaker_activity(rng: np.random.Generator, rows: int, frames: int) -> np.ndarray:
+    """Diarizer-like activity: mostly near 0/1 with some soft values."""
+    base = (rng.random((rows, frames)) > 0.45).astype(np.float32)
+    soft = base * rng.uniform(0.7, 1.0, (rows, frames)) + rng.uniform(0, 0.2, (rows, frames))
+    return np.clip(soft, 0, 1).astype(np.float32)
+
+
+def check_encoder_and_tokens(fig: Figures, asr, graphs: Path, manifest: dict, feats: torch.Tensor, feat_len: int,
+                             ctx: tuple[int, int], masked: bool, min_steps: int) -> None:
+    """Chain the encoder graph + numpy greedy (decoder_joint graph) against NeMo's conformer_stream_step."""
+    from nemo.collections.asr.parts.utils.streaming_utils import CacheAwareStreamingAudioBuffer
+
+    check = f"encoder_{preset_name(ctx)}_{'masked' if masked else 'kernel'}"
+    set_preset(asr, ctx)
+    cfg = asr.encoder.streaming_cfg
+    drop = int(cfg.drop_extra_pre_encoded)
+    dims = Dims(**manifest["dims"])
+    enc_sess = _session(graphs / manifest["presets"][preset_name(ctx)]["graph"] / "model.onnx")
+    dj_sess = _session(graphs / manifest["asr"]["decoder_joint"] / "model.onnx")
+    dj_torch = DecoderJointStep(asr).eval()
+    blank = manifest["asr"]["blank_id"]
+    max_symbols = manifest["asr"]["max_symbols"]
+
+    def step_fn(frame, targets, h, c):
+        outs = dj_sess.run(None, {"encoder_frame": frame, "targets": targets, "h_in": h, "c_in": c})
+        with torch.no_grad():
+            ref = dj_torch(*(torch.from_numpy(x) for x in (frame, targets, h, c)))
+        for got, want in zip(outs, ref, strict=True):
+            fig.bump("decoder_joint", _maxabs(got, _np(want)), "decoder_joint")
+        return outs
+
+    t_start = time.perf_counter()
+    rows = 2  # two target speakers of one session, as SpeakerTaggedASR batches them
+    buf = CacheAwareStreamingAudioBuffer(model=asr, online_normalization=False, pad_and_drop_preencoded=True)
+    buf.append_processed_signal(feats[:1, :, :feat_len])
+    ch, tm, chl = asr.encoder.get_initial_cache_state(batch_size=rows)
+    nemo_caches = (ch, tm, chl)
+    our = {"cache_last_channel": _np(ch.transpose(0, 1)).copy(), "cache_last_time": _np(tm.transpose(0, 1)).copy(),
+           "cache_last_channel_len": _np(chl).astype(np.int64)}
+    hyps = None
+    dec = greedy.init_state(rows, dims.pred_layers, dims.pred_hidden, blank)
+    rng = np.random.default_rng(7)
+    steps = 0
+    with _Recorder(asr.encoder) as rec:
+        for chunk, lengths in buf:
+            chunk = chunk.repeat(rows, 1, 1)
+            lengths = lengths.repeat(rows)
+            # encoder frames of this chunk after pre-encode and dropping, as NeMo's forward_pre_encoded computes
+            with torch.no_grad():
+                _, pre_len = asr.encoder.pre_encode(x=chunk.transpose(1, 2), lengths=lengths)
+            n_out = int(pre_len.max()) - drop
+            spk = _speaker_activity(rng, rows, n_out)
+            bg = (rng.random((rows, n_out)) > 0.5).astype(np.float32)
+            is_last = buf.is_buffer_empty()
+            if masked:
+                masked_np = mask_features(_np(chunk), spk)
+                ref_chunk = torch.from_numpy(masked_np)
+                asr.clear_speaker_targets()
+                signal, signal_len, bypass = ref_chunk, lengths, False
+                our_signal, our_spk, our_bg = masked_np, np.ones_like(spk), np.zeros_like(bg)
+            else:
+                with torch.no_grad():
+                    pre, pre_len = asr.encoder.pre_encode(x=chunk.transpose(1, 2), lengths=lengths)
+                signal, signal_len, bypass = pre[:, drop:], (pre_len.to(torch.int64) - drop).clamp(min=0), True
+                asr.set_speaker_targets(torch.from_numpy(spk), torch.from_numpy(bg))
+                our_signal, our_spk, our_bg = _np(chunk), spk, bg
+            with torch.no_grad():
+                _, _, c1, c2, c3, hyps = asr.conformer_stream_step(
+                    processed_signal=signal, processed_signal_length=signal_len, cache_last_channel=nemo_caches[0],
+                    cache_last_time=nemo_caches[1], cache_last_channel_len=nemo_caches[2], keep_all_outputs=is_last,
+                    previous_hypotheses=hyps, previous_pred_out=None, drop_extra_pre_encoded=drop,
+                    return_transcription=True, bypass_pre_encode=bypass)
+            asr.clear_speaker_targets()
+            nemo_caches = (c1, c2, c3)
+            encoded, encoded_len, n1, n2, n3 = enc_sess.run(None, {
+                "audio_signal": np.ascontiguousarray(our_signal, dtype=np.float32),
+                "length": _np(lengths).astype(np.int64), **our,
+                "spk_targets": our_spk, "bg_spk_targets": our_bg})
+            our = {"cache_last_channel": n1, "cache_last_time": n2, "cache_last_channel_len": n3}
+            ref_enc, ref_len = rec.calls[-1][0], rec.calls[-1][1]
+            if not np.array_equal(encoded_len, _np(ref_len)):
+                raise AssertionError(f"{check}: encoded_len {encoded_len} vs NeMo {_np(ref_len)}")
+            n = int(encoded_len.max())
+            fig.bump("encoder", _maxabs(encoded[:, :n], _np(ref_enc.transpose(1, 2))[:, :n]), check)
+            fig.bump("encoder", _maxabs(n1, _np(c1.transpose(0, 1))), check + "_cache")
+            fig.bump("encoder", _maxabs(n2, _np(c2.transpose(0, 1))), check + "_cache")
+            if not np.array_equal(n3, _np(c3)):
+                raise AssertionError(f"{check}: cache_last_channel_len {n3} vs {_np(c3)}")
+            dec = greedy.greedy_decode(step_fn, encoded, encoded_len, dec, blank, max_symbols)
+            steps += 1
+    same = total = 0
+    for r, hyp in enumerate(hyps):
+        ref_tokens = [int(x) for x in _as_list(hyp.y_sequence)]
+        ref_frames = [int(x) for x in _as_list(hyp.timestamp)]
+        got = list(zip(dec.tokens[r], dec.frame_indices[r], strict=True))
+        want = list(zip(ref_tokens, ref_frames, strict=True))
+        total += max(len(want), len(got))
+        same += sum(1 for a, b in zip(got, want, strict=False) if a == b)
+    if steps < min_steps:
+        fig.failures.append(f"{check}: only {steps} chained steps (< {min_steps}); use longer audio")
+    fig.tokens_same += same
+    fig.tokens_total += total
+    fig.details[f"{check}_steps"] = steps
+    fig.details[f"{check}_tokens"] = f"{same}/{total}"
+    fig.details[f"{check}_seconds"] = round(time.perf_counter() - t_start, 1)
+
+
+# ------------------------------------------------------------------------------------------------------ main
+def run(size: str, work: Path, presets: list[tuple[int, int]], seconds: dict[str, float], fp16: bool) -> Figures:
+    fig = Figures()
+    t0 = time.perf_counter()
+    diar_path, asr_path, roundtrip = prepare_models(size, work)
+    fig.details["nemo_roundtrip_max_abs"] = roundtrip
+    if roundtrip != 0.0:
+        raise AssertionError(f".nemo round trip changed parameters by {roundtrip}")
+    fig.details["build_seconds"] = round(time.perf_counter() - t0, 1)
+    diar, asr = load_diarizer(str(diar_path)), load_asr(str(asr_path))
+    graphs = work / "graphs"
+    t0 = time.perf_counter()
+    res = export_all(diar, asr, graphs, presets=presets, fp16=fp16,
+                     sources={"diarizer": str(diar_path), "asr": str(asr_path)})
+    fig.details["export_seconds"] = round(time.perf_counter() - t0, 1)
+    fig.details["graph_export_seconds"] = res.seconds
+    manifest = load_manifest(graphs)
+    configure_diarizer_streaming(diar)
+    t0 = time.perf_counter()
+    long_audio = synth_conversation(seconds["long"], n_speakers=3, seed=0)
+    check_features(fig, diar, asr, graphs, long_audio[: 16000 * 8])
+    asr.preprocessor.featurizer.dither = 0.0
+    with torch.no_grad():
+        feats, feat_len = asr.preprocessor(input_signal=torch.from_numpy(long_audio)[None],
+                                           length=torch.tensor([long_audio.shape[0]]))
+    hi = max(presets, key=lambda p: p[1])
+    set_preset(asr, hi)
+    check_diarizer_multitalker(fig, diar, asr, graphs, manifest, feats, int(feat_len[0]))
+    check_diarizer_standalone(fig, diar, graphs, manifest, long_audio[: int(16000 * seconds["standalone"])])
+    fig.details["diarizer_seconds"] = round(time.perf_counter() - t0, 1)
+    t0 = time.perf_counter()
+    for ctx in presets:
+        n_frames = min(int(seconds["encoder_hi" if ctx == hi else "encoder_lo"] * 100), int(feat_len[0]))
+        for masked in (False, True):
+            check_encoder_and_tokens(fig, asr, graphs, manifest, feats, n_frames, ctx, masked, min_steps=20)
+    fig.details["encoder_seconds"] = round(time.perf_counter() - t0, 1)
+    if fp16:
+        fig.details["fp16"] = fp16_deviation(graphs, manifest, Dims(**manifest["dims"]))
+    return fig
+
+
+def fp16_deviation(graphs: Path, manifest: dict, dims: Dims) -> dict[str, float]:
+    """Max abs of each fp16 graph vs its fp32 twin on random inputs, where ONNX Runtime CPU can run it."""
+    from export.exporter import decoder_joint_example, diarizer_example
+
+    out: dict[str, float] = {}
+    specs = graph_specs(dims)
+    for name, kind in manifest["graphs"].items():
+        if name.endswith("_fp16") or kind == "encoder":
+            continue
+        example = diarizer_example(dims, 121) if kind == "diarizer" else decoder_joint_example(dims)
+        feed = {k: _np(v) for k, v in zip(specs[kind].input_names, example, strict=True)}
+        try:
+            ref = _session(graphs / name / "model.onnx").run(None, feed)
+            got = _session(graphs / f"{name}_fp16" / "model.onnx").run(None, feed)
+            out[name] = max(_maxabs(a, b) for a, b in zip(got, ref, strict=True))
+        except Exception as exc:  # noqa: BLE001 - report, fp16 on CPU is best effort
+            out[name] = f"unmeasured: {type(exc).__name__}"
+    return out
+
+
+def quiet_nemo() -> None:
+    """NeMo logs every model construction at INFO/WARNING; keep the parity output readable."""
+    import logging
+
+    from nemo.utils import logging as nemo_logging
+
+    nemo_logging.setLevel(logging.ERROR)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--size", choices=builders.SIZES, default="tiny")
+    ap.add_argument("--work", type=Path, default=None, help="folder for .nemo files and graphs")
+    ap.add_argument("--long-seconds", type=float, default=64.0, help="audio for the highest preset (compression)")
+    ap.add_argument("--encoder-seconds", type=float, nargs=2, default=(24.0, 2.0), metavar=("HI", "LO"),
+                    help="audio for the encoder/token chains at the highest and lowest preset (>= 20 steps each)")
+    ap.add_argument("--fp16", action="store_true", help="also export fp16 copies and measure their deviation")
+    args = ap.parse_args(argv)
+    work = args.work or Path("artifacts") / f"parity_{args.size}"
+    presets = [ATT_CONTEXT_SIZES[-1], ATT_CONTEXT_SIZES[0]]  # lowest and highest latency
+    quiet_nemo()
+    torch.manual_seed(0)
+    t0 = time.perf_counter()
+    fig = run(args.size, work, presets,
+              {"long": args.long_seconds, "encoder_hi": args.encoder_seconds[0], "encoder_lo": args.encoder_seconds[1],
+               "standalone": min(args.long_seconds, 30.0)},
+              args.fp16)
+    fig.details["total_seconds"] = round(time.perf_counter() - t0, 1)
+    print(json.dumps(fig.details, indent=1, default=str))
+    for failure in fig.failures:
+        print(f"FAILED: {failure}")
+    (work / "parity.json").write_text(json.dumps({"line": fig.line(), **fig.details}, indent=1, default=str))
+    print(fig.line())
+    return 0 if fig.ok() else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,33 @@
+"""Shared fixtures: one tiny parity run (models, .nemo files, graphs) reused by the export tests."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PARITY_LINE = re.compile(
+    r"^parity: diarizer=(?P<diarizer>\S+) encoder=(?P<encoder>\S+) decoder_joint=(?P<decoder_joint>\S+) "
+    r"features=(?P<features>\S+) cache_update=(?P<cache_update>\S+) tokens=(?P<same>\d+)/(?P<total>\d+)$"
+)
+
+
+def run_cli(*args: str, timeout: float = 3600) -> subprocess.CompletedProcess:
+    """Run `python -m <args>` from the repository root, capturing output."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.run([sys.executable, "-m", *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def tiny_parity(tmp_path_factory) -> dict:
+    """`python -m export.parity --size tiny` once per session: its exit code, last line and work folder."""
+    work = tmp_path_factory.mktemp("parity_tiny")
+    proc = run_cli("export.parity", "--size", "tiny", "--fp16", "--work", str(work))
+    lines = [ln for ln in proc.stdout.splitlines() if ln.strip()]
+    return {"proc": proc, "last": lines[-1] if lines else "", "work": work}

@@ -1,0 +1,36 @@
+"""The tiny parity run: every stage equal to NeMo within 1e-4 and every token equal, chained >= 20 steps."""
+
+from __future__ import annotations
+
+import json
+
+from conftest import PARITY_LINE
+
+TOL = 1e-4
+
+
+def test_parity_line_and_exit_code(tiny_parity):
+    proc = tiny_parity["proc"]
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    m = PARITY_LINE.match(tiny_parity["last"])
+    assert m, f"last line is not the parity line: {tiny_parity['last']!r}"
+    for stage in ("diarizer", "encoder", "decoder_joint", "features", "cache_update"):
+        assert float(m[stage]) <= TOL, f"{stage} = {m[stage]}"
+    assert int(m["same"]) == int(m["total"]) > 0
+
+
+def test_parity_covers_what_it_claims(tiny_parity):
+    """Not vacuous: compression happened, >= 20 chained steps per chain, tokens in every chain, round trip exact."""
+    details = json.loads((tiny_parity["work"] / "parity.json").read_text())
+    assert details["nemo_roundtrip_max_abs"] == 0.0
+    assert details["diarizer_multitalker_flow_spkcache_full_steps"] > 0
+    assert details["diarizer_multitalker_flow_steps"] >= 20
+    assert details["diarizer_standalone_steps"] >= 20
+    for preset in ("70_0", "70_13"):
+        for mode in ("kernel", "masked"):
+            check = f"encoder_{preset}_{mode}"
+            assert details[f"{check}_steps"] >= 20
+            same, total = map(int, details[f"{check}_tokens"].split("/"))
+            assert same == total > 0, check
+    fp16 = details["fp16"]
+    assert set(fp16) >= {"diarizer", "decoder_joint"}

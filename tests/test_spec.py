@@ -1,0 +1,50 @@
+"""The spec is the single source of truth: graphs and README follow it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from mtasr import spec
+
+ROOT = Path(__file__).resolve().parents[1]
+ONNX_TYPES = {np.float32: onnx.TensorProto.FLOAT, np.int64: onnx.TensorProto.INT64}
+
+
+def test_presets():
+    assert spec.parse_preset("70,13") == (70, 13)
+    assert spec.parse_preset("[70, 0]") == (70, 0)
+    with pytest.raises(ValueError, match="unknown latency preset"):
+        spec.parse_preset("70,5")
+    with pytest.raises(ValueError, match="bad latency preset"):
+        spec.parse_preset("fast")
+
+
+def test_exported_graphs_match_spec(tiny_parity):
+    graphs = tiny_parity["work"] / "graphs"
+    manifest = json.loads((graphs / "manifest.json").read_text())
+    specs = spec.graph_specs(spec.ModelDims(**manifest["dims"]))
+    assert manifest["graphs"], "no graphs exported"
+    for folder, kind in manifest["graphs"].items():
+        model = onnx.load(str(graphs / folder / "model.onnx"), load_external_data=False)
+        g = specs[kind]
+        for tensors, infos in ((g.inputs, model.graph.input), (g.outputs, model.graph.output)):
+            assert [t.name for t in tensors] == [i.name for i in infos], folder
+            for t, info in zip(tensors, infos, strict=True):
+                tt = info.type.tensor_type
+                assert tt.elem_type == ONNX_TYPES[t.dtype], (folder, t.name)
+                dims = [d.dim_value if d.HasField("dim_value") else -1 for d in tt.shape.dim]
+                assert len(dims) == len(t.dims), (folder, t.name)
+                for want, got in zip(t.shape, dims, strict=True):
+                    assert want == -1 or got == want, (folder, t.name, dims)
+
+
+def test_readme_tensor_table_is_generated():
+    text = (ROOT / "README.md").read_text()
+    begin, end = text.index(spec.README_TABLE_BEGIN), text.index(spec.README_TABLE_END)
+    current = text[begin + len(spec.README_TABLE_BEGIN) : end].strip()
+    assert current == spec.tensor_table_markdown(spec.PUBLIC_CHECKPOINT_DIMS), "run: python -m mtasr.spec"

@@ -1,4 +1,4 @@
-"""Numpy port of NeMo Streaming Sortformer's arrival-order speaker-cache update (asynchronous flavour).
+"""Numpy port of NeMo Streaming Sortformer's arrival-order speaker-cache update (asynchronous and synchronous).
 
 Mirrors ``SortformerModules.init_streaming_state(async_streaming=True)``, ``streaming_update_async`` and
 everything they call (``_compress_spkcache``, ``_get_silence_profile``, ``_get_log_pred_scores``,
@@ -6,6 +6,13 @@ everything they call (``_compress_spkcache``, ``_get_silence_profile``, ``_get_l
 plus ``apply_mask_to_preds`` and ``concat_and_pad`` that ``forward_streaming_step`` wraps around the graph.
 Only eval-mode behaviour is reproduced (no ``scores_add_rnd`` noise, no speaker permutation: the asynchronous
 path never permutes, so NeMo's ``spk_perm`` stays ``None`` and is not kept here).
+
+The synchronous flavour (:func:`init_sync_state`, :func:`streaming_update_sync`) mirrors
+``init_streaming_state(async_streaming=False)`` and ``streaming_update``, which NeMo's multitalker flow
+(``SpeakerTaggedASR``) uses: cache and FIFO are variable-length arrays that start empty, the whole chunk is
+appended (no per-stream lengths), and the cache predictions only exist from the first compression on, where
+they are taken from the *current* graph predictions of the cache frames (the asynchronous flavour keeps the
+predictions the frames had when they left the FIFO). The two flavours therefore give different results.
 
 Bit-exactness notes (reference: NeMo on CPU PyTorch):
 
@@ -32,10 +39,13 @@ import numpy as np
 __all__ = [
     "SpeakerCacheParams",
     "SpeakerCacheState",
+    "SyncSpeakerCacheState",
     "apply_mask_to_preds",
     "concat_and_pad",
     "init_state",
+    "init_sync_state",
     "streaming_update",
+    "streaming_update_sync",
     "torch_topk_indices",
 ]
 
@@ -106,7 +116,40 @@ class SpeakerCacheState:
 
     def copy(self) -> SpeakerCacheState:
         """Deep copy (all arrays copied)."""
-        return replace(self, **{f.name: _copy_or_none(getattr(self, f.name)) for f in fields(self)})
+        return _deep_copy(self)
+
+
+@dataclass
+class SyncSpeakerCacheState:
+    """Streaming state of NeMo's synchronous update (``async_streaming=False``) for equal-length streams.
+
+    Cache and FIFO grow from 0 frames; ``spkcache_preds`` stays ``None`` until the first compression and
+    ``fifo_preds`` until the first update, exactly like NeMo. Feed the graph ``spkcache_lengths = n_cache`` and
+    ``fifo_lengths = n_fifo`` (see :meth:`lengths`).
+    """
+
+    spkcache: np.ndarray  # (B, n_cache, D) float32, n_cache in 0..spkcache_len
+    spkcache_preds: np.ndarray | None  # (B, n_cache, n_spk) float32, None until the first compression
+    fifo: np.ndarray  # (B, n_fifo, D) float32
+    fifo_preds: np.ndarray | None  # (B, n_fifo, n_spk) float32, None until the first update
+    mean_sil_emb: np.ndarray  # (B, D) float32
+    n_sil_frames: np.ndarray  # (B,) int64
+
+    def lengths(self) -> tuple[np.ndarray, np.ndarray]:
+        """(B,) int64 ``spkcache_lengths`` and ``fifo_lengths`` to feed the diarizer graph."""
+        batch_size = self.spkcache.shape[0]
+        return (
+            np.full((batch_size,), self.spkcache.shape[1], dtype=np.int64),
+            np.full((batch_size,), self.fifo.shape[1], dtype=np.int64),
+        )
+
+    def copy(self) -> SyncSpeakerCacheState:
+        """Deep copy (all arrays copied)."""
+        return _deep_copy(self)
+
+
+def _deep_copy(state: Any) -> Any:
+    return replace(state, **{f.name: _copy_or_none(getattr(state, f.name)) for f in fields(state)})
 
 
 def _copy_or_none(value: np.ndarray | None) -> np.ndarray | None:
@@ -121,6 +164,18 @@ def init_state(params: SpeakerCacheParams, batch_size: int, emb_dim: int) -> Spe
         spkcache_preds=np.zeros((batch_size, params.spkcache_len, params.n_spk), dtype=_F32),
         fifo=np.zeros((batch_size, params.fifo_len, emb_dim), dtype=_F32),
         fifo_lengths=np.zeros((batch_size,), dtype=np.int64),
+        fifo_preds=None,
+        mean_sil_emb=np.zeros((batch_size, emb_dim), dtype=_F32),
+        n_sil_frames=np.zeros((batch_size,), dtype=np.int64),
+    )
+
+
+def init_sync_state(params: SpeakerCacheParams, batch_size: int, emb_dim: int) -> SyncSpeakerCacheState:
+    """Empty state as ``init_streaming_state(async_streaming=False)`` (emb_dim = NeMo's ``fc_d_model``)."""
+    return SyncSpeakerCacheState(
+        spkcache=np.zeros((batch_size, 0, emb_dim), dtype=_F32),
+        spkcache_preds=None,
+        fifo=np.zeros((batch_size, 0, emb_dim), dtype=_F32),
         fifo_preds=None,
         mean_sil_emb=np.zeros((batch_size, emb_dim), dtype=_F32),
         n_sil_frames=np.zeros((batch_size,), dtype=np.int64),
@@ -227,8 +282,8 @@ def streaming_update(
         spkcache_lengths[b] += pop_out_len
         pop_out_embs = fifo[b, :pop_out_len]
         pop_out_preds = fifo_preds[b, :pop_out_len]
-        mean_sil_emb[b], n_sil_frames[b] = _silence_profile(
-            params, mean_sil_emb[b], int(n_sil_frames[b]), pop_out_embs, pop_out_preds
+        mean_sil_emb[b : b + 1], n_sil_frames[b : b + 1] = _silence_profile(
+            params, mean_sil_emb[b : b + 1], n_sil_frames[b : b + 1], pop_out_embs[None], pop_out_preds[None]
         )
         spkcache[b, sc_len : sc_len + pop_out_len] = pop_out_embs
         # NeMo's "already compressed once" test; cache preds are never negative, so it always holds in practice.
@@ -259,6 +314,79 @@ def streaming_update(
         fifo=fifo[:, :max_fifo_len].copy(),
         fifo_lengths=fifo_lengths,
         fifo_preds=fifo_preds[:, :max_fifo_len].copy(),
+        mean_sil_emb=mean_sil_emb,
+        n_sil_frames=n_sil_frames,
+    )
+    return new_state, chunk_preds
+
+
+def streaming_update_sync(
+    params: SpeakerCacheParams,
+    state: SyncSpeakerCacheState,
+    chunk_embs: np.ndarray,
+    preds: np.ndarray,
+    lc: int = 0,
+    rc: int = 0,
+) -> tuple[SyncSpeakerCacheState, np.ndarray]:
+    """One synchronous ``streaming_update`` step (eval mode); returns a new state (inputs untouched) and chunk preds.
+
+    Args:
+        params: cache parameters.
+        state: previous state.
+        chunk_embs: (B, lc + chunk + rc, D) pre-encoded chunk embeddings; all ``chunk`` frames are appended to
+            the FIFO whatever their validity, as NeMo does.
+        preds: (B, T, n_spk) graph sigmoid outputs for ``[spkcache, fifo, chunk_embs]``, masked beyond the valid
+            frames with :func:`apply_mask_to_preds`. T >= n_cache + n_fifo; frames missing up to
+            n_cache + n_fifo + lc + chunk (a graph that drops the chunk's invalid tail) count as masked (0), later
+            ones are unused.
+        lc: left-context frames at the start of the chunk; rc: right-context frames at its end.
+
+    Returns:
+        The new state and chunk predictions of shape (B, T_chunk - lc - rc, n_spk).
+    """
+    chunk_embs = np.asarray(chunk_embs, dtype=_F32)
+    preds = np.asarray(preds, dtype=_F32)
+    batch_size, n_in, emb_dim = chunk_embs.shape
+    n_cache, n_fifo = state.spkcache.shape[1], state.fifo.shape[1]
+    chunk_len = n_in - lc - rc
+    chunk_start = n_cache + n_fifo + lc
+    if preds.ndim != 3 or preds.shape[0] != batch_size or preds.shape[2] != params.n_spk:
+        raise ValueError(f"preds shape {preds.shape} does not fit batch {batch_size} and n_spk {params.n_spk}")
+    if chunk_len < 0 or preds.shape[1] < n_cache + n_fifo:
+        raise ValueError(f"preds have {preds.shape[1]} frames, need {n_cache + n_fifo} + chunk (lc={lc}, rc={rc})")
+    if preds.shape[1] < chunk_start + chunk_len:  # what NeMo's apply_mask_to_preds would have zeroed
+        pad = np.zeros((batch_size, chunk_start + chunk_len - preds.shape[1], params.n_spk), dtype=_F32)
+        preds = np.concatenate([preds, pad], axis=1)
+
+    chunk_preds = preds[:, chunk_start : chunk_start + chunk_len].copy()
+    fifo = np.concatenate([state.fifo, chunk_embs[:, lc : lc + chunk_len]], axis=1)
+    fifo_preds = np.concatenate([preds[:, n_cache : n_cache + n_fifo], chunk_preds], axis=1)
+    spkcache, spkcache_preds = state.spkcache.copy(), _copy_or_none(state.spkcache_preds)
+    mean_sil_emb, n_sil_frames = state.mean_sil_emb.astype(_F32), state.n_sil_frames.astype(np.int64)
+
+    if n_fifo + chunk_len > params.fifo_len:  # FIFO overflow: move its oldest frames to the speaker cache
+        pop_out_len = max(params.spkcache_update_period, chunk_len - params.fifo_len + n_fifo)
+        pop_out_len = min(pop_out_len, n_fifo + chunk_len)
+        pop_out_embs, pop_out_preds = fifo[:, :pop_out_len], fifo_preds[:, :pop_out_len]
+        mean_sil_emb, n_sil_frames = _silence_profile(params, mean_sil_emb, n_sil_frames, pop_out_embs, pop_out_preds)
+        fifo, fifo_preds = fifo[:, pop_out_len:], fifo_preds[:, pop_out_len:]
+        spkcache = np.concatenate([spkcache, pop_out_embs], axis=1)
+        if spkcache_preds is not None:  # cache already compressed at least once
+            spkcache_preds = np.concatenate([spkcache_preds, pop_out_preds], axis=1)
+        if spkcache.shape[1] > params.spkcache_len:
+            if spkcache_preds is None:  # first compression: the cache frames' current predictions
+                spkcache_preds = np.concatenate([preds[:, :n_cache], pop_out_preds], axis=1)
+            compressed = [
+                _compress_spkcache(params, spkcache[b], spkcache_preds[b], mean_sil_emb[b]) for b in range(batch_size)
+            ]
+            spkcache = np.stack([embs for embs, _ in compressed]).reshape(batch_size, -1, emb_dim)
+            spkcache_preds = np.stack([p for _, p in compressed]).reshape(batch_size, -1, params.n_spk)
+
+    new_state = SyncSpeakerCacheState(
+        spkcache=np.ascontiguousarray(spkcache),
+        spkcache_preds=None if spkcache_preds is None else np.ascontiguousarray(spkcache_preds),
+        fifo=np.ascontiguousarray(fifo),
+        fifo_preds=np.ascontiguousarray(fifo_preds),
         mean_sil_emb=mean_sil_emb,
         n_sil_frames=n_sil_frames,
     )
@@ -365,17 +493,21 @@ def _sum_frames(x: np.ndarray) -> np.ndarray:
 
 
 def _silence_profile(
-    params: SpeakerCacheParams, mean_sil_emb: np.ndarray, n_sil_frames: int, embs: np.ndarray, preds: np.ndarray
-) -> tuple[np.ndarray, int]:
-    """Running mean of frames whose summed activity is below ``sil_threshold`` (NeMo ``_get_silence_profile``)."""
+    params: SpeakerCacheParams, mean_sil_emb: np.ndarray, n_sil_frames: np.ndarray, embs: np.ndarray, preds: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Running mean of frames whose summed activity is below ``sil_threshold`` (NeMo ``_get_silence_profile``).
+
+    Batched like NeMo: (B, D) mean, (B,) counts, (B, n, D) embs, (B, n, n_spk) preds. The inputs are returned
+    unchanged only when no row has a silent frame; otherwise every row is recomputed (``mean * n / n``).
+    """
     is_sil = _sum_last_axis(preds) < _F32(params.sil_threshold)
-    sil_count = int(is_sil.sum())
-    if sil_count == 0:
+    sil_count = is_sil.sum(axis=1, dtype=np.int64)
+    if not (sil_count > 0).any():
         return mean_sil_emb, n_sil_frames
-    sil_emb_sum = _sum_frames(embs * is_sil[:, None].astype(_F32))
+    sil_emb_sum = np.stack([_sum_frames(e * s[:, None].astype(_F32)) for e, s in zip(embs, is_sil, strict=True)])
     upd_n_sil_frames = n_sil_frames + sil_count
-    total = mean_sil_emb * _F32(n_sil_frames) + sil_emb_sum
-    return (total / _F32(max(upd_n_sil_frames, 1))).astype(_F32), upd_n_sil_frames
+    total = mean_sil_emb * n_sil_frames[:, None].astype(_F32) + sil_emb_sum
+    return (total / np.maximum(upd_n_sil_frames, 1)[:, None].astype(_F32)).astype(_F32), upd_n_sil_frames
 
 
 def _log_pred_scores(params: SpeakerCacheParams, preds: np.ndarray) -> np.ndarray:

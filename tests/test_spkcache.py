@@ -1,4 +1,7 @@
-"""Parity of mtasr.spkcache (numpy) with NeMo's SortformerModules async speaker-cache update (torch, CPU).
+"""Parity of mtasr.spkcache (numpy) with NeMo's SortformerModules speaker-cache updates (torch, CPU).
+
+Both the asynchronous (``streaming_update_async``) and the synchronous (``streaming_update``, used by the
+multitalker flow) updates are checked.
 
 Both implementations are driven side by side over long synthetic streams: the same chunk embeddings, and the
 same "graph" predictions computed from the (asserted identical) concatenated spkcache+FIFO+chunk input. After
@@ -10,7 +13,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import numpy as np
@@ -22,10 +25,13 @@ import mtasr.spkcache as sc
 from mtasr.spkcache import (
     SpeakerCacheParams,
     SpeakerCacheState,
+    SyncSpeakerCacheState,
     apply_mask_to_preds,
     concat_and_pad,
     init_state,
+    init_sync_state,
     streaming_update,
+    streaming_update_sync,
     torch_topk_indices,
 )
 
@@ -324,6 +330,205 @@ def test_streaming_update_matches_nemo(scn: Scenario, monkeypatch: pytest.Monkey
 
 
 # ------------------------------------------------------------------------------------------------------------
+# Synchronous update (multitalker flow: SpeakerTaggedASR resets the diarizer with async_streaming=False).
+# ------------------------------------------------------------------------------------------------------------
+
+# Sortformer settings of NeMo's multitalker tutorial; chunk_len 6 / rc 7 sit on the module, chunks come from the ASR.
+_MT = {"spkcache_len": 188, "fifo_len": 188, "update_period": 144, "extra": {"chunk_len": 6, "chunk_right_context": 7}}
+_SMALL = {"spkcache_len": 40, "fifo_len": 20, "update_period": 12, "min_compressions_per_stream": 30}
+SYNC_SCENARIOS = [
+    Scenario("sync_mt_chunk14", chunk=14, frames=(2000,) * 2, min_compressions_per_stream=10, **_MT),
+    Scenario("sync_mt_chunk7", chunk=7, talkers=(2, 4), frames=(1500,) * 2, min_compressions_per_stream=7, **_MT),
+    Scenario("sync_mt_chunk1", chunk=1, talkers=(3, 2), frames=(1000,) * 2, min_compressions_per_stream=4, **_MT),
+    Scenario("sync_small_chunk14", chunk=14, frames=(800,) * 2, **_SMALL),
+    Scenario("sync_small_chunk7", chunk=7, talkers=(2, 4), frames=(780,) * 2, **_SMALL),
+    Scenario("sync_small_chunk1", chunk=1, talkers=(2, 3), frames=(760,) * 2, **_SMALL),
+    Scenario("sync_small_lc1_rc7", chunk=6, lc=1, rc=7, frames=(770,) * 2, **_SMALL),
+    Scenario("sync_small_fifo0_nosil", chunk=14, sil_frames=0, frames=(760,) * 2, **{**_SMALL, "fifo_len": 0}),
+    Scenario("sync_ties_small_chunk7", chunk=7, talkers=(2, 4), frames=(760,) * 2, binary=True, **_SMALL),
+]
+
+
+def _assert_sync_state_equal(nemo_state: Any, state: SyncSpeakerCacheState, where: str, maxdiff: dict) -> None:
+    assert nemo_state.spk_perm is None and nemo_state.spkcache_lengths is None, where
+    assert nemo_state.fifo_lengths is None, where
+    for name in STATE_FLOAT_FIELDS:
+        ref, got = getattr(nemo_state, name), getattr(state, name)
+        assert (ref is None) == (got is None), f"{where}: {name} is {got is None} vs NeMo {ref is None}"
+        if ref is None:
+            continue
+        ref = ref.detach().numpy()
+        assert got.dtype == np.float32 and got.shape == ref.shape, f"{where}: {name} {got.shape} vs {ref.shape}"
+        np.testing.assert_allclose(got, ref, rtol=0, atol=ATOL, err_msg=f"{where}: {name}")
+        maxdiff[name] = max(maxdiff.get(name, 0.0), float(np.max(np.abs(got - ref), initial=0.0)))
+    assert state.n_sil_frames.dtype == np.int64, where
+    np.testing.assert_array_equal(state.n_sil_frames, nemo_state.n_sil_frames.numpy(), err_msg=f"{where}: n_sil")
+
+
+def compare_sync_with_nemo(scn: Scenario, batch: int, seed: int) -> dict[str, Any]:
+    """Drive NeMo's ``streaming_update`` (eval) and :func:`streaming_update_sync` side by side; assert every step."""
+    rng = np.random.default_rng(seed)
+    cfg = scn.cfg()
+    mod = _nemo_module(cfg)
+    params = SpeakerCacheParams.from_config(cfg)
+    n_nemo_compress_rows = 0
+    orig_compress = mod._compress_spkcache
+
+    def counting_compress(*args: Any, **kwargs: Any) -> Any:
+        nonlocal n_nemo_compress_rows
+        n_nemo_compress_rows += kwargs["emb_seq"].shape[0]
+        return orig_compress(*args, **kwargs)
+
+    mod._compress_spkcache = counting_compress
+    embs = [_stream_embs(rng, _activity(rng, scn.frames[b], scn.n_spk, scn.talkers[b]), EMB_DIM) for b in range(batch)]
+    nemo_state = mod.init_streaming_state(batch_size=batch, async_streaming=False)
+    state = init_sync_state(params, batch, EMB_DIM)
+    maxdiff: dict[str, float] = {}
+    _assert_sync_state_equal(nemo_state, state, f"{scn.name} init", maxdiff)
+
+    compressions = n_frames_out = 0
+    first_compression_step = None
+    for step, (chunk, lengths, lc, rc) in enumerate(_chunks(rng, embs, scn.chunk, scn.lc, scn.rc)):
+        where = f"{scn.name} B={batch} step {step}"
+        # Graph input as forward_streaming_step's synchronous branch builds it.
+        t_in = mod.concat_embs([nemo_state.spkcache, nemo_state.fifo, _t(chunk)], dim=1)
+        t_len = nemo_state.spkcache.shape[1] + nemo_state.fifo.shape[1] + _t(lengths)
+        # The server's graph concatenates only the valid frames, so its output lacks the padded chunk tail.
+        m_in, m_len = concat_and_pad([state.spkcache, state.fifo, chunk], [*state.lengths(), lengths])
+        np.testing.assert_allclose(m_in, t_in.numpy()[:, : m_in.shape[1]], rtol=0, atol=ATOL, err_msg=where)
+        np.testing.assert_array_equal(m_len, t_len.numpy(), err_msg=where)
+        raw = _fake_graph(rng, t_in.numpy(), scn.n_spk, scn.binary)
+        t_preds = mod.apply_mask_to_preds(_t(raw), t_len)
+        m_preds = apply_mask_to_preds(raw[:, : m_in.shape[1]], m_len)
+
+        before = state.copy()
+        nemo_state, t_chunk_preds = mod.streaming_update(
+            streaming_state=nemo_state, chunk=_t(chunk), preds=t_preds, lc=lc, rc=rc
+        )
+        new_state, chunk_preds = streaming_update_sync(params, state, chunk, m_preds, lc=lc, rc=rc)
+        for f in fields(SyncSpeakerCacheState):  # the input state must be left untouched
+            old, cur = getattr(before, f.name), getattr(state, f.name)
+            assert (old is None and cur is None) or np.array_equal(old, cur), f"{where}: input {f.name} mutated"
+
+        ref_chunk_preds = t_chunk_preds.numpy()
+        assert chunk_preds.shape == ref_chunk_preds.shape == (batch, chunk.shape[1] - lc - rc, scn.n_spk), where
+        np.testing.assert_allclose(chunk_preds, ref_chunk_preds, rtol=0, atol=ATOL, err_msg=f"{where}: chunk_preds")
+        maxdiff["chunk_preds"] = max(
+            maxdiff.get("chunk_preds", 0.0), float(np.abs(chunk_preds - ref_chunk_preds).max(initial=0.0))
+        )
+        _assert_sync_state_equal(nemo_state, new_state, where, maxdiff)
+
+        n_cache, n_fifo = state.spkcache.shape[1], state.fifo.shape[1]
+        popped = n_fifo + chunk_preds.shape[1] - new_state.fifo.shape[1]
+        if popped > 0 and n_cache + popped > params.spkcache_len:
+            compressions += 1
+            assert new_state.spkcache.shape[1] == params.spkcache_len, where
+            if state.spkcache_preds is None:
+                first_compression_step = first_compression_step or step
+        assert (new_state.spkcache_preds is None) == (compressions == 0), where
+        n_frames_out += chunk_preds.shape[1]
+        state = new_state
+
+    assert n_frames_out >= scn.frames[0]  # the multitalker flow's last chunk is padded, padding frames included
+    assert compressions * batch == n_nemo_compress_rows
+    assert compressions >= scn.min_compressions_per_stream, compressions
+    return {"compressions": compressions, "first": first_compression_step, "maxdiff": maxdiff, "steps": step + 1}
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+@pytest.mark.parametrize("scn", SYNC_SCENARIOS, ids=[s.name for s in SYNC_SCENARIOS])
+def test_streaming_update_sync_matches_nemo(scn: Scenario, batch: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    n_exact_topk = 0
+    orig = sc._stdlib_topk
+
+    def counting(vals: list[float], k: int) -> np.ndarray:
+        nonlocal n_exact_topk
+        n_exact_topk += 1
+        return orig(vals, k)
+
+    monkeypatch.setattr(sc, "_stdlib_topk", counting)
+    t0 = time.perf_counter()
+    result = compare_sync_with_nemo(scn, batch, seed=sum(map(ord, scn.name)) + batch)
+    print(
+        f"\n{scn.name} B={batch}: steps={result['steps']} compressions/stream={result['compressions']} "
+        f"(first at step {result['first']}) tie-replayed topk calls={n_exact_topk} "
+        f"max|diff|={max(result['maxdiff'].values()):.3g} ({time.perf_counter() - t0:.2f}s)"
+    )
+    if scn.binary:
+        assert n_exact_topk > 0  # ties really crossed the top-k boundary
+
+
+def _context_graph(embs: np.ndarray, lengths: np.ndarray, n_spk: int) -> np.ndarray:
+    """Deterministic fake graph whose output depends on the whole input (like self-attention), not just the frame."""
+    valid = (np.arange(embs.shape[1])[None, :] < lengths[:, None])[..., None]
+    ctx = np.tanh((embs[:, :, n_spk : 2 * n_spk] * valid).sum(1) / np.maximum(lengths, 1)[:, None])
+    logits = embs[:, :, :n_spk] + np.float32(2.0) * ctx[:, None, :]
+    return apply_mask_to_preds((1.0 / (1.0 + np.exp(-logits.astype(np.float64)))).astype(np.float32), lengths)
+
+
+def test_sync_and_async_updates_differ() -> None:
+    """Same B=1 stream, same graph: async and sync agree until the first compression, then differ.
+
+    At the first compression the synchronous update scores the cache frames with their *current* predictions,
+    the asynchronous one with the predictions they had when they left the FIFO; so neither may stand in for the
+    other (the multitalker flow needs the synchronous one).
+    """
+    scn = Scenario("sync_vs_async", chunk=14, frames=(1000,), talkers=(4,), **_MT)
+    params = SpeakerCacheParams.from_config(scn.cfg())
+    rng = np.random.default_rng(7)
+    embs = [_stream_embs(rng, _activity(rng, 1000, scn.n_spk, 4), EMB_DIM)]
+    a_state, s_state = init_state(params, 1, EMB_DIM), init_sync_state(params, 1, EMB_DIM)
+    first, diverged_out = None, []
+    for step, (chunk, lengths, lc, rc) in enumerate(_chunks(rng, embs, scn.chunk, 0, 0)):
+        a_in, a_len = concat_and_pad(
+            [a_state.spkcache, a_state.fifo, chunk], [a_state.spkcache_lengths, a_state.fifo_lengths, lengths]
+        )
+        s_in, s_len = concat_and_pad([s_state.spkcache, s_state.fifo, chunk], [*s_state.lengths(), lengths])
+        a_state, a_out = streaming_update(params, a_state, chunk, lengths, _context_graph(a_in, a_len, 4), lc, rc)
+        s_state, s_out = streaming_update_sync(params, s_state, chunk, _context_graph(s_in, s_len, 4), lc, rc)
+        if first is None:
+            np.testing.assert_array_equal(s_in, a_in)  # identical graph inputs until the first compression
+            np.testing.assert_array_equal(s_out, a_out)
+            if s_state.spkcache_preds is not None:
+                first = step
+                n = s_state.spkcache.shape[1]
+                assert n == int(a_state.spkcache_lengths[0]) == params.spkcache_len
+                assert not np.array_equal(s_state.spkcache_preds, a_state.spkcache_preds), "cache preds agree"
+                assert not np.array_equal(s_state.spkcache, a_state.spkcache), "same frames kept"
+                print(
+                    f"\nfirst compression at step {step}: max|spkcache_preds diff|="
+                    f"{np.abs(s_state.spkcache_preds - a_state.spkcache_preds).max():.3g}, "
+                    f"cache frames selected differently: {int((s_state.spkcache != a_state.spkcache).any(-1).sum())}"
+                )
+        elif lengths[0] == chunk.shape[1]:  # (the last, padded chunk differs anyway: sync appends its padding)
+            diverged_out.append(float(np.abs(s_out - a_out).max()))
+    assert first is not None
+    assert max(diverged_out) > 0, max(diverged_out)
+    n_differ = sum(d > 0 for d in diverged_out)
+    print(f"chunk preds after it: max|diff|={max(diverged_out):.3g}, steps differing: {n_differ}/{len(diverged_out)}")
+
+
+def test_sync_state_basics() -> None:
+    params = SpeakerCacheParams(spkcache_len=40, fifo_len=20, spkcache_update_period=12)
+    state = init_sync_state(params, 2, 8)
+    assert state.spkcache.shape == (2, 0, 8) and state.fifo.shape == (2, 0, 8)
+    assert state.spkcache_preds is None and state.fifo_preds is None
+    for lengths in state.lengths():
+        assert lengths.dtype == np.int64 and lengths.tolist() == [0, 0]
+    state = SyncSpeakerCacheState(**{**vars(state), "fifo": np.ones((2, 5, 8), np.float32)})
+    with pytest.raises(ValueError, match="frames"):
+        streaming_update_sync(params, state, np.zeros((2, 14, 8), np.float32), np.zeros((2, 4, 4), np.float32))
+    new_state, chunk_preds = streaming_update_sync(  # a chunk tail missing from preds counts as masked
+        params, state, np.ones((2, 14, 8), np.float32), np.ones((2, 12, 4), np.float32)
+    )
+    np.testing.assert_array_equal(chunk_preds[:, :7], 1)
+    np.testing.assert_array_equal(chunk_preds[:, 7:], 0)
+    assert new_state.fifo.shape == (2, 19, 8) and new_state.fifo_preds.shape == (2, 19, 4)
+    with pytest.raises(ValueError, match="n_spk"):
+        streaming_update_sync(params, state, np.zeros((2, 14, 8), np.float32), np.zeros((2, 14, 3), np.float32))
+
+
+# ------------------------------------------------------------------------------------------------------------
 # Building blocks, each against NeMo / torch on identical inputs.
 # ------------------------------------------------------------------------------------------------------------
 
@@ -418,11 +623,21 @@ def test_compression_pieces_match_nemo(binary: bool) -> None:
 
             # Silence profile (bit-exact, including ATen's cascade summation order).
             n_sil = rng.integers(0, 500, 3)
-            t_mean, t_n = mod._get_silence_profile(_t(sil), _t(n_sil), _t(embs), _t(preds * 0.1))
-            for b in range(3):
-                mean, n = sc._silence_profile(params, sil[b], int(n_sil[b]), embs[b], preds[b] * np.float32(0.1))
-                np.testing.assert_array_equal(mean, t_mean[b].numpy())
-                assert n == int(t_n[b])
+            sil_preds = preds * np.float32(0.1)
+            sil_preds[1] += np.float32(0.3)  # row 1 has no silent frame: NeMo still recomputes it (batch-wide)
+            t_mean, t_n = mod._get_silence_profile(_t(sil), _t(n_sil), _t(embs), _t(sil_preds))
+            mean, n = sc._silence_profile(params, sil, n_sil, embs, sil_preds)
+            np.testing.assert_array_equal(mean, t_mean.numpy())
+            np.testing.assert_array_equal(n, t_n.numpy())
+            for b in range(3):  # one row at a time, as the asynchronous update calls it
+                mean, n = sc._silence_profile(
+                    params, sil[b : b + 1], n_sil[b : b + 1], embs[b : b + 1], sil_preds[b : b + 1]
+                )
+                t_mean, t_n = mod._get_silence_profile(
+                    _t(sil[b : b + 1]), _t(n_sil[b : b + 1]), _t(embs[b : b + 1]), _t(sil_preds[b : b + 1])
+                )
+                np.testing.assert_array_equal(mean, t_mean.numpy())
+                np.testing.assert_array_equal(n, t_n.numpy())
 
 
 def test_init_mask_concat_and_params() -> None:

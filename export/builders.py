@@ -51,7 +51,6 @@ def diarizer_config(size: str) -> dict[str, Any]:
         "ats_weight": 0.5,
         "max_num_of_spks": NUM_SPEAKERS,
         "streaming_mode": True,
-        "async_streaming": True,
         "model_defaults": {"fc_d_model": fc_d, "tf_d_model": tf_d},
         "preprocessor": _preprocessor("per_feature", None),
         "sortformer_modules": {

@@ -27,15 +27,20 @@ TUTORIAL_DIAR_STREAMING = {
 }
 
 
-def configure_diarizer_streaming(diar, **overrides: int) -> None:
-    """Apply the tutorial's streaming setting (or overrides) to a Sortformer, as the tutorial does."""
+def configure_diarizer_streaming(diar, async_streaming: bool = False, **overrides: int) -> None:
+    """Apply the tutorial's streaming setting (or overrides) to a Sortformer, as the tutorial does.
+
+    The multitalker flow (`SpeakerTaggedASR`) starts its diarizer state without `async_streaming`, so the
+    speaker-cache update there is NeMo's synchronous `streaming_update`; the tutorial's standalone Step 1
+    starts an async state (`streaming_update_async`).
+    """
     sm = diar.sortformer_modules
     for key, value in {**TUTORIAL_DIAR_STREAMING, **overrides}.items():
         setattr(sm, key, value)
     sm.log = False
     sm._check_streaming_parameters()
     diar.streaming_mode = True
-    diar.async_streaming = True
+    diar.async_streaming = async_streaming
 
 
 def set_preset(asr, att_context: tuple[int, int]) -> None:
@@ -158,7 +163,9 @@ def _export_into(diar, asr, work: Path, presets, fp16: bool, sources: dict, resu
         "diarizer": {
             "graph": "diarizer",
             "drop_extra_pre_encoded": drop,
+            "update": "sync",
             "standalone_graph": "diarizer_standalone",
+            "standalone_update": "async",
             "spkcache": spkcache_params_dict(diar),
             "subsampling_factor": int(diar.encoder.subsampling_factor),
         },

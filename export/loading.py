@@ -41,7 +41,7 @@ def _check_class(path: Path, expected: str) -> None:
 
 
 def load_diarizer(nemo: str | None = None, pretrained: str | None = None):
-    """The Streaming Sortformer from a `.nemo` path or a pretrained name, eval mode, CPU, async streaming."""
+    """The Streaming Sortformer from a `.nemo` path or a pretrained name, eval mode, CPU."""
     from nemo.collections.asr.models import SortformerEncLabelModel
 
     if nemo:
@@ -52,7 +52,6 @@ def load_diarizer(nemo: str | None = None, pretrained: str | None = None):
             model = SortformerEncLabelModel.from_pretrained(pretrained or DIARIZER_PRETRAINED, map_location="cpu")
         except Exception as exc:  # hub errors come in many types
             raise ModelSourceError(f"cannot fetch pretrained {pretrained}: {type(exc).__name__}: {exc}") from None
-    model.async_streaming = True  # the update with per-row lengths, the one the exported graph implies
     return model.eval()
 
 

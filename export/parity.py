@@ -142,9 +142,13 @@ def _nemo_state_np(state) -> dict[str, np.ndarray]:
     return {k: _np(getattr(state, k)).copy() for k in STATE_FIELDS if getattr(state, k, None) is not None}
 
 
-def _compare_states(fig: Figures, ours: spkcache.SpeakerCacheState, nemo: dict[str, np.ndarray], check: str) -> None:
-    for key, ref in nemo.items():
-        got = getattr(ours, key)
+def _compare_states(fig: Figures, ours, nemo: dict[str, np.ndarray], check: str) -> None:
+    for key in STATE_FIELDS:
+        ref, got = nemo.get(key), getattr(ours, key, None)
+        if ref is None or got is None:
+            if (ref is None) != (got is None):
+                raise AssertionError(f"{check}: {key} is {'None' if got is None else 'set'} here, not in NeMo")
+            continue
         if key.endswith("lengths") or key == "n_sil_frames":
             if not np.array_equal(np.asarray(got), ref):
                 raise AssertionError(f"{check}: {key} differs: {got} vs {ref}")
@@ -152,12 +156,17 @@ def _compare_states(fig: Figures, ours: spkcache.SpeakerCacheState, nemo: dict[s
             fig.bump("cache_update", _maxabs(got, ref), f"{check}_state")
 
 
-def _run_diarizer_chain(fig: Figures, diar, sess, params, chunks, drop: int, check: str) -> int:
-    """chunks: iterable of (feats (B, T, n_mels) torch, lengths, lc_frames, rc_frames). Returns steps run."""
+def _run_diarizer_chain(fig: Figures, diar, sess, params, chunks, drop: int, check: str, sync: bool) -> int:
+    """chunks: iterable of (feats (B, T, n_mels) torch, lengths, lc_frames, rc_frames). Returns steps run.
+
+    sync: NeMo's `streaming_update` (the multitalker flow) rather than `streaming_update_async`.
+    """
     sm = diar.sortformer_modules
-    nemo_state = sm.init_streaming_state(batch_size=1, async_streaming=True, device=torch.device("cpu"))
+    diar.async_streaming = not sync
+    nemo_state = sm.init_streaming_state(batch_size=1, async_streaming=not sync, device=torch.device("cpu"))
     total = torch.zeros((1, 0, sm.n_spk))
-    ours = spkcache.init_state(params, 1, int(sm.fc_d_model))
+    dim = int(sm.fc_d_model)
+    ours = spkcache.init_sync_state(params, 1, dim) if sync else spkcache.init_state(params, 1, dim)
     compressions = 0
     steps = 0
     for feats, lengths, left, right in chunks:
@@ -165,14 +174,21 @@ def _run_diarizer_chain(fig: Figures, diar, sess, params, chunks, drop: int, che
             nemo_state, total = diar.forward_streaming_step(
                 processed_signal=feats, processed_signal_length=lengths, streaming_state=nemo_state,
                 total_preds=total, drop_extra_pre_encoded=drop, left_offset=left, right_offset=right)
+        lc, rc = round(left / 8), math.ceil(right / 8)
+        if sync:
+            cache_len = np.array([ours.spkcache.shape[1]], dtype=np.int64)
+            fifo_len = np.array([ours.fifo.shape[1]], dtype=np.int64)
+        else:
+            cache_len, fifo_len = ours.spkcache_lengths, ours.fifo_lengths
         preds, embs, emb_lengths = sess.run(None, {
             "chunk": _np(feats), "chunk_lengths": _np(lengths).astype(np.int64),
-            "spkcache": ours.spkcache, "spkcache_lengths": ours.spkcache_lengths,
-            "fifo": ours.fifo, "fifo_lengths": ours.fifo_lengths})
-        before = int(ours.spkcache_lengths[0])
-        ours, chunk_preds = spkcache.streaming_update(
-            params, ours, embs, emb_lengths, preds, lc=round(left / 8), rc=math.ceil(right / 8))
-        compressions += int(before + int(ours.fifo_lengths[0]) >= params.spkcache_len and before > 0)
+            "spkcache": ours.spkcache, "spkcache_lengths": cache_len, "fifo": ours.fifo, "fifo_lengths": fifo_len})
+        if sync:
+            ours, chunk_preds = spkcache.streaming_update_sync(params, ours, embs[:, : int(emb_lengths[0])], preds,
+                                                               lc=lc, rc=rc)
+        else:
+            ours, chunk_preds = spkcache.streaming_update(params, ours, embs, emb_lengths, preds, lc=lc, rc=rc)
+        compressions += int(int(cache_len[0]) == params.spkcache_len)
         ref = _np(total[:, -chunk_preds.shape[1]:]) if chunk_preds.shape[1] else np.zeros_like(chunk_preds)
         fig.bump("diarizer", _maxabs(chunk_preds, ref), check)
         _compare_states(fig, ours, _nemo_state_np(nemo_state), check)
@@ -193,7 +209,7 @@ def check_diarizer_multitalker(fig: Figures, diar, asr, graphs: Path, manifest: 
     buf.append_processed_signal(feats[:1, :, :feat_len])
     chunks = ((c.transpose(1, 2), n, 0, 0) for c, n in buf)
     _run_diarizer_chain(fig, diar, sess, params, chunks, manifest["diarizer"]["drop_extra_pre_encoded"],
-                        "diarizer_multitalker_flow")
+                        "diarizer_multitalker_flow", sync=True)
 
 
 def check_diarizer_standalone(fig: Figures, diar, graphs: Path, manifest: dict, audio: np.ndarray) -> None:
@@ -207,7 +223,7 @@ def check_diarizer_standalone(fig: Figures, diar, graphs: Path, manifest: dict, 
     loader = diar.sortformer_modules.streaming_feat_loader(
         feat_seq=feats, feat_seq_length=feat_len, feat_seq_offset=torch.zeros((1,), dtype=torch.long))
     chunks = ((c, n, int(lo), int(ro)) for _, c, n, lo, ro in loader)
-    _run_diarizer_chain(fig, diar, sess, params, chunks, 0, "diarizer_standalone")
+    _run_diarizer_chain(fig, diar, sess, params, chunks, 0, "diarizer_standalone", sync=False)
 
 
 # ------------------------------------------------------------------------------------------- encoder + tokens

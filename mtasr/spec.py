@@ -106,7 +106,8 @@ class ModelDims:
         return dict(self.__dict__)
 
 
-F32, I64, I32 = np.float32, np.int64, np.int32
+F32, I64, I32, I16 = np.float32, np.int64, np.int32, np.int16
+BYTES = np.object_  # Triton TYPE_STRING (UTF-8 JSON here)
 
 
 def diarizer_spec(d: ModelDims) -> GraphSpec:
@@ -172,6 +173,32 @@ def decoder_joint_spec(d: ModelDims) -> GraphSpec:
     )
 
 
+ORCHESTRATOR = "multitalker"
+MAX_CHUNK_SECONDS = 2.0  # largest audio piece one request may carry
+MIN_CHUNK_SECONDS = 0.0  # an empty piece is an error unless it closes the sequence (END)
+
+
+def orchestrator_spec() -> GraphSpec:
+    """The streaming model clients talk to (Triton sequence batching; one request per audio piece).
+
+    Exactly one of `audio` / `audio_int16` per request: 16 kHz mono samples (float32 in [-1, 1] or int16).
+    Sequence controls (START, END, READY, CORRID) are the sequence batcher's, not listed here.
+    """
+    return GraphSpec(
+        ORCHESTRATOR,
+        inputs=(
+            TensorSpec("audio", F32, ("batch", "samples"), "16 kHz mono float32 samples"),
+            TensorSpec("audio_int16", I16, ("batch", "samples"), "16 kHz mono int16 samples"),
+        ),
+        outputs=(
+            TensorSpec("segments", BYTES, ("batch", 1), "JSON list of SegLST segments changed since last response"),
+            TensorSpec("transcript", BYTES, ("batch", 1), "JSON SegLST of the whole session (final at END)"),
+            TensorSpec("speaker_activity", F32, ("batch", "frames", NUM_SPEAKERS),
+                       "diarizer probabilities of the 80 ms frames decided by this request"),
+        ),
+    )
+
+
 def graph_specs(d: ModelDims) -> dict[str, GraphSpec]:
     return {g.name: g for g in (diarizer_spec(d), encoder_spec(d), decoder_joint_spec(d))}
 
@@ -183,7 +210,8 @@ def tensor_table_markdown(d: ModelDims) -> str:
         for io, tensors in (("in", g.inputs), ("out", g.outputs)):
             for t in tensors:
                 dims = ", ".join(str(x) for x in t.dims)
-                rows.append(f"| {g.name} | {io} | `{t.name}` | {np.dtype(t.dtype).name} | ({dims}) |")
+                dtype = "bytes" if t.dtype is BYTES else np.dtype(t.dtype).name
+                rows.append(f"| {g.name} | {io} | `{t.name}` | {dtype} | ({dims}) |")
     return "\n".join(rows)
 
 

@@ -1,0 +1,1 @@
+"""gRPC streaming client, server launcher and load tools for the multitalker Triton repository."""

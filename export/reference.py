@@ -1,0 +1,112 @@
+"""`mtasr-reference`: NeMo's own streaming multitalker flow (the tutorial's `SpeakerTaggedASR` loop) on audio
+files, writing `<out>/<stem>.seglst.json`. It is the oracle the served pipeline is compared with.
+
+With no model arguments it uses the `.nemo` files and settings a model folder (or repository) records in
+its manifest.json, so `mtasr-client X --out A` and `mtasr-reference X --out B` are directly comparable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from export.exporter import configure_diarizer_streaming, set_preset
+
+# The tutorial's MultitalkerTranscriptionConfig values this flow reads, with the serving choices applied:
+# fp32 (no autocast), pad_and_drop_preencoded so every chunk has the exported encoder's fixed size.
+FLOW_CONFIG = {
+    "max_num_of_spks": 4, "parallel_speaker_strategy": True, "masked_asr": True, "mask_preencode": False,
+    "cache_gating": True, "cache_gating_buffer_size": 2, "single_speaker_mode": False, "log": False,
+    "streaming_mode": True, "spkcache_len": 188, "spkcache_refresh_rate": 0, "fifo_len": 188, "chunk_len": 0,
+    "chunk_left_context": 0, "chunk_right_context": 0, "att_context_size": [70, 13], "use_amp": False,
+    "batch_size": 1, "online_normalization": False, "pad_and_drop_preencoded": True, "binary_diar_preds": False,
+    "fix_prev_words_count": 5, "update_prev_words_sentence": 5, "sent_break_sec": 30.0,
+    "ignored_initial_frame_steps": 5, "generate_realtime_scripts": False, "deploy_mode": True,
+    "print_sample_indices": [0], "verbose": False, "audio_file": None, "manifest_file": None,
+}
+
+
+class Reference:
+    """The NeMo models configured like the tutorial, ready to transcribe files one by one."""
+
+    def __init__(self, diar_nemo: str, asr_nemo: str, preset: tuple[int, int], masked_asr: bool) -> None:
+        import torch
+        from omegaconf import OmegaConf
+
+        from export.loading import load_asr, load_diarizer
+
+        torch.set_grad_enabled(False)
+        self.diar = load_diarizer(diar_nemo)
+        self.asr = load_asr(asr_nemo)
+        # Tutorial Step 3: the diarizer's streaming parameters for the multitalker flow.
+        configure_diarizer_streaming(self.diar, chunk_left_context=0)
+        set_preset(self.asr, preset)
+        self.cfg = OmegaConf.create({**FLOW_CONFIG, "att_context_size": list(preset), "masked_asr": masked_asr})
+
+    def transcribe(self, audio: np.ndarray, session_id: str) -> list[dict]:
+        """Stream `audio` (16 kHz mono float32) through `SpeakerTaggedASR`; returns its SegLST."""
+        import torch
+        from nemo.collections.asr.parts.utils.multispk_transcribe_utils import SpeakerTaggedASR
+        from nemo.collections.asr.parts.utils.streaming_utils import CacheAwareStreamingAudioBuffer
+
+        buffer = CacheAwareStreamingAudioBuffer(model=self.asr, online_normalization=False,
+                                                pad_and_drop_preencoded=True)
+        buffer.append_audio(np.ascontiguousarray(audio, dtype=np.float32), stream_id=-1)
+        streamer = SpeakerTaggedASR(self.cfg, self.asr, self.diar)
+        drop = self.asr.encoder.streaming_cfg.drop_extra_pre_encoded
+        with torch.inference_mode():
+            for step, (chunk, lengths) in enumerate(iter(buffer)):
+                streamer.perform_parallel_streaming_stt_spk(
+                    step_num=step, chunk_audio=chunk, chunk_lengths=lengths,
+                    is_buffer_empty=buffer.is_buffer_empty(), drop_extra_pre_encoded=drop)
+        segs = streamer.generate_seglst_dicts_from_parallel_streaming(samples=[{"audio_filepath": session_id}])
+        return [{**s, "start_time": float(s["start_time"]), "end_time": float(s["end_time"])} for s in segs]
+
+
+def from_manifest(folder: Path, diar_nemo: str | None, asr_nemo: str | None, preset: str | None,
+                  masked: bool | None) -> Reference:
+    manifest = json.loads((Path(folder) / "manifest.json").read_text())
+    serving = manifest.get("serving", {})
+    name = preset or serving.get("preset") or manifest["default_preset"]
+    ctx = tuple(manifest["presets"][name]["att_context_size"])
+    if masked is None:
+        masked = serving.get("speaker_mode", "kernel") == "masked"
+    return Reference(diar_nemo or manifest["sources"]["diarizer"], asr_nemo or manifest["sources"]["asr"], ctx,
+                     masked)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from client.audio import AudioError, read_audio
+
+    ap = argparse.ArgumentParser(prog="mtasr-reference", description=__doc__.split("\n")[0])
+    ap.add_argument("audio", nargs="+", type=Path)
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--models", type=Path, default=Path("artifacts/demo"),
+                    help="model folder or repository whose manifest.json names the .nemo files and settings")
+    ap.add_argument("--diar-nemo")
+    ap.add_argument("--asr-nemo")
+    ap.add_argument("--preset", help="e.g. 70_13 (default: the manifest's)")
+    mode = ap.add_mutually_exclusive_group()
+    mode.add_argument("--masked", dest="masked", action="store_true", default=None)
+    mode.add_argument("--kernel", dest="masked", action="store_false")
+    args = ap.parse_args(argv)
+    try:
+        audios = [(p, read_audio(p)) for p in args.audio]
+        ref = from_manifest(args.models, args.diar_nemo, args.asr_nemo, args.preset, args.masked)
+    except (AudioError, FileNotFoundError, KeyError) as exc:
+        print(f"mtasr-reference: error: {exc}", file=sys.stderr)
+        return 2
+    args.out.mkdir(parents=True, exist_ok=True)
+    for path, audio in audios:
+        segs = ref.transcribe(audio, path.stem)
+        (args.out / f"{path.stem}.seglst.json").write_text(json.dumps(segs, indent=1))
+        print(f"{path.stem}: {len(segs)} segments")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

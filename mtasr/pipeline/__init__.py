@@ -1,0 +1,11 @@
+"""The served multitalker pipeline, Triton-free: NeMo's `SpeakerTaggedASR` flow over stateless graphs.
+
+`Engine` owns no per-stream state; `Session` does. A `GraphRunner` runs the graphs (onnxruntime in process,
+or BLS calls inside Triton).
+"""
+
+from mtasr.pipeline.config import PipelineConfig
+from mtasr.pipeline.engine import Engine, Session, StepOutput
+from mtasr.pipeline.runner import GraphRunner, OrtRunner
+
+__all__ = ["Engine", "GraphRunner", "OrtRunner", "PipelineConfig", "Session", "StepOutput"]

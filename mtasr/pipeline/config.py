@@ -1,0 +1,73 @@
+"""Pipeline settings: what the model repository was built with (manifest) plus the flow's own options."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mtasr.spec import FRAME_SEC, NUM_SPEAKERS, preset_name
+
+
+@dataclass(frozen=True)
+class ChunkGeometry:
+    """NeMo's cache-aware streaming config for one preset, with `pad_and_drop_preencoded=True`."""
+
+    chunk_frames: int  # new mel frames per step (chunk_size[1])
+    shift_frames: int  # mel frames the buffer advances per step (shift_size[1])
+    pre_encode_cache: int  # mel frames of the previous chunk prepended (pre_encode_cache_size[1])
+    drop_extra_pre_encoded: int
+    valid_out_len: int  # encoder frames per full step
+    min_frames: int  # a final piece shorter than this is dropped (the pre-encoder's sampling frames)
+
+    @classmethod
+    def from_streaming_cfg(cls, cfg: dict, subsampling: int) -> ChunkGeometry:
+        def last(v):
+            return v[-1] if isinstance(v, list) else v
+
+        return cls(last(cfg["chunk_size"]), last(cfg["shift_size"]), last(cfg["pre_encode_cache_size"]),
+                   int(cfg["drop_extra_pre_encoded"]), int(cfg["valid_out_len"]), subsampling)
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """Everything a session needs besides the graphs; field names follow NeMo's `MultitalkerTranscriptionConfig`."""
+
+    preset: tuple[int, int]
+    geometry: ChunkGeometry
+    dims: dict
+    spkcache: dict  # SpeakerCacheParams fields
+    vocabulary: tuple[str, ...]
+    blank_id: int
+    max_symbols: int
+    masked_asr: bool = False  # False: speaker-kernel mode; True: feature masking (NeMo's default)
+    max_num_of_spks: int = NUM_SPEAKERS
+    cache_gating: bool = True
+    cache_gating_buffer_size: int = 2
+    binary_diar_preds: bool = False
+    sent_break_sec: float = 30.0
+    frame_len_sec: float = FRAME_SEC
+    graphs: dict = field(default_factory=dict)  # role -> graph/model name
+
+    @property
+    def nframes_per_chunk(self) -> int:
+        return self.preset[1] + 1
+
+    @classmethod
+    def from_manifest(cls, manifest: dict, preset: str | None = None, masked_asr: bool = False,
+                      **options) -> PipelineConfig:
+        name = preset or manifest["default_preset"]
+        entry = manifest["presets"][name]
+        ctx = tuple(entry["att_context_size"])
+        preset_name(ctx)
+        geometry = ChunkGeometry.from_streaming_cfg(entry["streaming_cfg"], manifest["asr"]["subsampling_factor"])
+        graphs = {"diarizer": manifest["diarizer"]["graph"], "encoder": entry["graph"],
+                  "decoder_joint": manifest["asr"]["decoder_joint"]}
+        return cls(preset=ctx, geometry=geometry, dims=manifest["dims"], spkcache=manifest["diarizer"]["spkcache"],
+                   vocabulary=tuple(manifest["asr"]["vocabulary"]), blank_id=int(manifest["asr"]["blank_id"]),
+                   max_symbols=int(manifest["asr"]["max_symbols"]), masked_asr=masked_asr, graphs=graphs,
+                   **options)
+
+    @classmethod
+    def from_folder(cls, folder: str | Path, **kwargs) -> PipelineConfig:
+        return cls.from_manifest(json.loads((Path(folder) / "manifest.json").read_text()), **kwargs)

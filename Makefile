@@ -37,3 +37,43 @@ lint: setup
 
 clean:
 	rm -rf artifacts .pytest_cache
+
+# --- Serving: Triton without Docker. .venv-serve keeps numpy 1.x (Triton 2.51's Python backend BLS breaks on
+# numpy 2); .triton/ holds tritonserver + the Python backend from the nvidia-pytriton wheel (not triton/: that
+# folder would shadow the `triton` Python package for torch when Python runs from the repository root).
+SERVE_VENV := .venv-serve
+SERVE_PY := $(SERVE_VENV)/bin/python
+SERVE_STAMP := $(SERVE_VENV)/.setup-stamp
+SERVE_PKGS := numpy==1.26.4 onnxruntime==1.32.0 'tritonclient[grpc]==2.73.0' protobuf==6.33.6
+TRITON_DIR := .triton
+# make serve GRAPHS=<exported folder> [TARGET=cpu|gpu] [REPO=...] [PRESET=70_13] [SPEAKER_MODE=kernel|masked]
+GRAPHS ?= artifacts/demo
+TARGET ?= cpu
+REPO ?= artifacts/repo
+PRESET ?=
+SPEAKER_MODE ?= kernel
+HTTP_PORT ?= 8000
+GRPC_PORT ?= 8001
+METRICS_PORT ?= 8002
+
+.PHONY: serve-setup serve
+
+serve-setup: $(SERVE_STAMP)
+
+$(SERVE_STAMP): pyproject.toml docker/install_triton_local.sh
+	test -x $(SERVE_PY) || python3 -m venv $(SERVE_VENV)
+	echo '*' > $(SERVE_VENV)/.gitignore
+	$(SERVE_PY) -m pip install -q --upgrade pip
+	$(SERVE_PY) -m pip install -q $(SERVE_PKGS)
+	$(SERVE_PY) -m pip install -q --no-deps -e .
+	bash docker/install_triton_local.sh $(SERVE_PY) $(TRITON_DIR)
+	touch $(SERVE_STAMP)
+
+# The server tests need .venv-serve and .triton/ (added prerequisite; the test recipe above is unchanged).
+test: serve-setup
+
+serve: serve-setup
+	$(SERVE_PY) -m model_repository.build --graphs $(GRAPHS) --target $(TARGET) --out $(REPO) \
+		$(if $(PRESET),--preset $(PRESET)) --speaker-mode $(SPEAKER_MODE)
+	$(SERVE_PY) -m client.server --repo $(REPO) --http-port $(HTTP_PORT) --grpc-port $(GRPC_PORT) \
+		--metrics-port $(METRICS_PORT)

@@ -1,0 +1,170 @@
+"""Build a Triton model repository from an exported graphs folder, or regenerate the committed reference configs.
+
+    python -m model_repository.build --graphs DIR --target cpu|gpu --out DIR [--preset 70_13]
+                                     [--speaker-mode kernel|masked] [--copy]
+    python -m model_repository.build --write-committed
+
+Models: `diarizer`, `encoder` (the chosen latency preset's graph), `decoder_joint` (fp16 graphs on gpu when
+exported) and `multitalker` (config; `1/` holds `manifest.json`, the feature files and model.py, copied from
+`model_repository/multitalker/model.py` when that exists). Graph files are symlinked into `<model>/1/`
+(`--copy` copies them); on cpu each graph model gets `onnx_model.py` as its `1/model.py`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import sys
+from dataclasses import fields
+from pathlib import Path
+
+from mtasr.spec import ORCHESTRATOR, PUBLIC_CHECKPOINT_DIMS, ModelDims, parse_preset, preset_name
+from mtasr.triton_config import GRAPH_MODELS, SPEAKER_MODES, TARGETS, repository_configs, to_pbtxt
+
+log = logging.getLogger("model_repository.build")
+HERE = Path(__file__).resolve().parent
+ONNX_MODEL_PY = HERE / "onnx_model.py"
+ORCHESTRATOR_PY = HERE / ORCHESTRATOR / "model.py"
+COMMITTED_DIR = HERE / "configs"
+COMMITTED_PRESET = "70_13"
+MARKER = ".mtasr-repository"
+
+
+class BuildError(Exception):
+    """Bad graphs folder, preset or output folder."""
+
+
+def manifest_dims(manifest: dict) -> ModelDims:
+    return ModelDims(**{f.name: int(manifest["dims"][f.name]) for f in fields(ModelDims)})
+
+
+def graph_folders(manifest: dict, target: str, preset: str) -> dict[str, str]:
+    """Repository model name -> exported graph folder (the `_fp16` copy on gpu when there is one)."""
+    if preset not in manifest.get("presets", {}):
+        raise BuildError(f"preset {preset} was not exported; the graphs have {sorted(manifest.get('presets', {}))}")
+    chosen = {"diarizer": manifest.get("diarizer", {}).get("graph", "diarizer"),
+              "encoder": manifest["presets"][preset]["graph"],
+              "decoder_joint": manifest.get("asr", {}).get("decoder_joint", "decoder_joint")}
+    graphs = manifest.get("graphs", {})
+    for model, folder in chosen.items():
+        if graphs.get(folder) != model:
+            raise BuildError(f"manifest lists no {model} graph {folder!r} (graphs: {graphs})")
+        if target == "gpu" and graphs.get(folder + "_fp16") == model:
+            chosen[model] = folder + "_fp16"
+    return chosen
+
+
+def write_configs(configs: dict, out: Path) -> list[Path]:
+    paths = []
+    for name, cfg in configs.items():
+        path = out / name / "config.pbtxt"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(to_pbtxt(cfg))
+        paths.append(path)
+    return paths
+
+
+def _place(src: Path, dst: Path, copy: bool) -> None:
+    if copy:
+        shutil.copy2(src, dst)
+    else:
+        dst.symlink_to(src.resolve())
+
+
+def build(graphs: Path, target: str, out: Path, preset: str | None = None, speaker_mode: str = "kernel",
+          copy: bool = False) -> Path:
+    """Write a complete repository into `out` (replaced only when it is one this builder wrote)."""
+    graphs, out = Path(graphs), Path(out)
+    if target not in TARGETS:
+        raise BuildError(f"unknown target {target!r}; use one of {TARGETS}")
+    if not (graphs / "manifest.json").is_file():
+        raise BuildError(f"{graphs} has no manifest.json: not an exported graphs folder")
+    manifest = json.loads((graphs / "manifest.json").read_text())
+    try:
+        preset = preset_name(parse_preset(preset)) if preset else manifest.get("default_preset", COMMITTED_PRESET)
+    except ValueError as exc:
+        raise BuildError(str(exc)) from None
+    folders = graph_folders(manifest, target, preset)
+    for folder in folders.values():
+        if not (graphs / folder / "model.onnx").is_file():
+            raise BuildError(f"missing graph file {graphs / folder / 'model.onnx'}")
+    if out.exists() and any(out.iterdir()) and not (out / MARKER).exists():
+        raise BuildError(f"{out} is not empty and not a repository built here; refusing to replace it")
+
+    work = out.with_name(out.name + ".partial")
+    shutil.rmtree(work, ignore_errors=True)
+    configs = repository_configs(manifest_dims(manifest), target, preset, speaker_mode)
+    write_configs(configs, work)
+    for model, folder in folders.items():
+        version = work / model / "1"
+        version.mkdir(parents=True)
+        for f in sorted((graphs / folder).iterdir()):
+            _place(f, version / f.name, copy)
+        if target == "cpu":
+            shutil.copy2(ONNX_MODEL_PY, version / "model.py")
+    orchestrator = work / ORCHESTRATOR / "1"
+    orchestrator.mkdir(parents=True)
+    for name in ["manifest.json", *manifest.get("features", {}).values()]:
+        shutil.copy2(graphs / name, orchestrator / name)
+    if ORCHESTRATOR_PY.is_file():
+        shutil.copy2(ORCHESTRATOR_PY, orchestrator / "model.py")
+    else:
+        log.warning("%s does not exist yet: %s/1/model.py not written, Triton cannot load %s",
+                    ORCHESTRATOR_PY, ORCHESTRATOR, ORCHESTRATOR)
+    (work / MARKER).write_text(json.dumps({"graphs": str(graphs.resolve()), "target": target, "preset": preset,
+                                           "speaker_mode": speaker_mode, "models": folders}, indent=2))
+    shutil.rmtree(out, ignore_errors=True)
+    work.rename(out)
+    return out
+
+
+def committed_configs() -> dict[str, str]:
+    """`<target>/<model>/config.pbtxt` -> text for the public checkpoints' dims (the committed references)."""
+    texts = {}
+    for target in TARGETS:
+        for name, cfg in repository_configs(PUBLIC_CHECKPOINT_DIMS, target, COMMITTED_PRESET, "kernel").items():
+            texts[f"{target}/{name}/config.pbtxt"] = to_pbtxt(cfg)
+    return texts
+
+
+def write_committed(root: Path = COMMITTED_DIR) -> list[Path]:
+    paths = []
+    for rel, text in committed_configs().items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        paths.append(path)
+    return paths
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m model_repository.build", description=__doc__.split("\n")[0])
+    ap.add_argument("--graphs", type=Path, help="exported graphs folder (with manifest.json)")
+    ap.add_argument("--target", choices=TARGETS, default="cpu")
+    ap.add_argument("--out", type=Path, help="repository folder to write")
+    ap.add_argument("--preset", help="latency preset, e.g. 70_13 (default: the manifest's default_preset)")
+    ap.add_argument("--speaker-mode", choices=SPEAKER_MODES, default="kernel")
+    ap.add_argument("--copy", action="store_true", help="copy graph files instead of symlinking them")
+    ap.add_argument("--write-committed", action="store_true",
+                    help=f"regenerate {COMMITTED_DIR.relative_to(HERE.parent)}/ for the public checkpoints' dims")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(name)s: %(levelname)s: %(message)s")
+    if args.write_committed:
+        for path in write_committed():
+            print(path.relative_to(HERE.parent))
+        return 0
+    if args.graphs is None or args.out is None:
+        ap.error("--graphs and --out are required (or --write-committed)")
+    try:
+        out = build(args.graphs, args.target, args.out, args.preset, args.speaker_mode, args.copy)
+    except BuildError as exc:
+        print(f"{ap.prog}: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"repository: {out} ({args.target}; models: {', '.join([*GRAPH_MODELS, ORCHESTRATOR])})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

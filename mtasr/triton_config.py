@@ -1,0 +1,142 @@
+"""Triton `config.pbtxt` for every served model, built from `mtasr.spec` through Triton's ModelConfig protobuf.
+
+Targets: "gpu" serves the graphs with Triton's ONNX Runtime backend (`platform: onnxruntime_onnx`, KIND_GPU);
+"cpu" serves them with the Python backend running ONNX Runtime (`model_repository/onnx_model.py`, KIND_CPU).
+The `multitalker` orchestrator is a Python-backend model under the sequence batcher (oldest strategy). Its
+control inputs START / END / READY are TYPE_BOOL (false/true) and CORRID is TYPE_UINT64, each shaped
+[batch, 1] in the requests the model receives.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2 as mc
+
+from mtasr.spec import BYTES, ORCHESTRATOR, GraphSpec, ModelDims, TensorSpec, graph_specs, orchestrator_spec
+
+TARGETS = ("cpu", "gpu")
+SPEAKER_MODES = ("kernel", "masked")
+GRAPH_MODELS = ("diarizer", "encoder", "decoder_joint")  # model names in the repository (= graph kinds)
+GRAPH_MAX_BATCH = 64
+ORCHESTRATOR_MAX_BATCH = 32
+SEQUENCE_IDLE_US = 30_000_000
+
+# numpy dtype -> Triton data type name, the one mapping used everywhere.
+NUMPY_TO_TRITON: dict[type, str] = {
+    np.bool_: "TYPE_BOOL",
+    np.uint8: "TYPE_UINT8",
+    np.uint16: "TYPE_UINT16",
+    np.uint32: "TYPE_UINT32",
+    np.uint64: "TYPE_UINT64",
+    np.int8: "TYPE_INT8",
+    np.int16: "TYPE_INT16",
+    np.int32: "TYPE_INT32",
+    np.int64: "TYPE_INT64",
+    np.float16: "TYPE_FP16",
+    np.float32: "TYPE_FP32",
+    np.float64: "TYPE_FP64",
+    BYTES: "TYPE_STRING",
+}
+
+
+def triton_dtype(dtype: type) -> int:
+    """numpy dtype -> `model_config_pb2.DataType` value; KeyError for a dtype Triton has no type for."""
+    key = BYTES if dtype is BYTES else np.dtype(dtype).type
+    return mc.DataType.Value(NUMPY_TO_TRITON[key])
+
+
+def _io(message, t: TensorSpec, **extra) -> None:
+    """Fill a ModelInput / ModelOutput from a spec tensor; the batch axis (dims[0]) is Triton's, not listed.
+
+    A batch-only tensor (spec dims `("batch",)`) gets Triton's convention `dims: [1]` with `reshape: {shape: []}`
+    (Triton refuses empty dims): clients send [B, 1], the model sees [B].
+    """
+    message.name = t.name
+    message.data_type = triton_dtype(t.dtype)
+    message.dims.extend(t.shape[1:] or (1,))
+    if not t.shape[1:]:
+        message.reshape.SetInParent()
+    for key, value in extra.items():
+        setattr(message, key, value)
+
+
+def _tensors(cfg: mc.ModelConfig, spec: GraphSpec, optional: bool = False) -> None:
+    for t in spec.inputs:
+        _io(cfg.input.add(), t, **({"optional": True} if optional else {}))
+    for t in spec.outputs:
+        _io(cfg.output.add(), t)
+
+
+def _param(cfg: mc.ModelConfig, key: str, value: str) -> None:
+    cfg.parameters[key].string_value = str(value)
+
+
+def graph_config(spec: GraphSpec, target: str, name: str | None = None,
+                 max_batch_size: int = GRAPH_MAX_BATCH) -> mc.ModelConfig:
+    """A stateless graph model with dynamic batching: ONNX Runtime backend on GPU, Python backend on CPU."""
+    if target not in TARGETS:
+        raise ValueError(f"unknown target {target!r}; use one of {TARGETS}")
+    cfg = mc.ModelConfig(name=name or spec.name, max_batch_size=max_batch_size)
+    if target == "gpu":
+        cfg.platform = "onnxruntime_onnx"
+        cfg.default_model_filename = "model.onnx"
+        kind = mc.ModelInstanceGroup.KIND_GPU
+    else:
+        cfg.backend = "python"
+        kind = mc.ModelInstanceGroup.KIND_CPU
+    cfg.instance_group.add(count=1, kind=kind)
+    _tensors(cfg, spec)
+    sizes = [s for s in (8, 16, 32, 64) if s <= max_batch_size]
+    cfg.dynamic_batching.preferred_batch_size.extend(sizes)
+    cfg.dynamic_batching.max_queue_delay_microseconds = 500
+    return cfg
+
+
+def orchestrator_config(graphs: dict[str, str], preset: str, speaker_mode: str,
+                        max_batch_size: int = ORCHESTRATOR_MAX_BATCH) -> mc.ModelConfig:
+    """The streaming `multitalker` model: Python backend, sequence batching (oldest), both audio inputs optional.
+
+    `graphs` maps each of GRAPH_MODELS to the repository model the orchestrator calls through BLS; they, the
+    latency `preset`, the `speaker_mode` ("kernel" | "masked") and the `manifest` file name (in the version
+    folder `1/`, next to the feature files) are model parameters.
+    """
+    if speaker_mode not in SPEAKER_MODES:
+        raise ValueError(f"unknown speaker mode {speaker_mode!r}; use one of {SPEAKER_MODES}")
+    cfg = mc.ModelConfig(name=ORCHESTRATOR, backend="python", max_batch_size=max_batch_size)
+    cfg.instance_group.add(count=1, kind=mc.ModelInstanceGroup.KIND_CPU)
+    _tensors(cfg, orchestrator_spec(), optional=True)
+    seq = cfg.sequence_batching
+    seq.max_sequence_idle_microseconds = SEQUENCE_IDLE_US
+    seq.oldest.max_candidate_sequences = 2 * max_batch_size
+    seq.oldest.preferred_batch_size.extend([s for s in (8, 16, 32) if s <= max_batch_size])
+    seq.oldest.max_queue_delay_microseconds = 2000
+    Control = mc.ModelSequenceBatching.Control
+    for name, kind in (("START", Control.CONTROL_SEQUENCE_START), ("END", Control.CONTROL_SEQUENCE_END),
+                       ("READY", Control.CONTROL_SEQUENCE_READY)):
+        seq.control_input.add(name=name).control.add(kind=kind, bool_false_true=[False, True])
+    seq.control_input.add(name="CORRID").control.add(kind=Control.CONTROL_SEQUENCE_CORRID,
+                                                     data_type=triton_dtype(np.uint64))
+    for kind in GRAPH_MODELS:
+        _param(cfg, f"{kind}_model", graphs[kind])
+    _param(cfg, "preset", preset)
+    _param(cfg, "speaker_mode", speaker_mode)
+    _param(cfg, "manifest", "manifest.json")
+    return cfg
+
+
+def repository_configs(dims: ModelDims, target: str, preset: str,
+                       speaker_mode: str = "kernel") -> dict[str, mc.ModelConfig]:
+    """Model name -> config for a whole repository: the three graph models and `multitalker`."""
+    specs = graph_specs(dims)
+    configs = {kind: graph_config(specs[kind], target, name=kind) for kind in GRAPH_MODELS}
+    configs[ORCHESTRATOR] = orchestrator_config({k: k for k in GRAPH_MODELS}, preset, speaker_mode)
+    return configs
+
+
+def to_pbtxt(cfg: mc.ModelConfig) -> str:
+    return text_format.MessageToString(cfg)
+
+
+def parse_pbtxt(text: str) -> mc.ModelConfig:
+    return text_format.Parse(text, mc.ModelConfig())

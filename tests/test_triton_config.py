@@ -1,0 +1,188 @@
+"""Triton configs: generated from mtasr.spec, committed references without drift, repository builder layout."""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+from dataclasses import fields
+from pathlib import Path
+
+import numpy as np
+import pytest
+from tritonclient.grpc import model_config_pb2 as mc
+from tritonclient.utils import np_to_triton_dtype
+
+from model_repository import build as builder
+from mtasr.spec import (
+    ORCHESTRATOR,
+    PUBLIC_CHECKPOINT_DIMS,
+    GraphSpec,
+    ModelDims,
+    TensorSpec,
+    graph_specs,
+    orchestrator_spec,
+)
+from mtasr.triton_config import NUMPY_TO_TRITON, TARGETS, parse_pbtxt, repository_configs, triton_dtype
+
+ROOT = Path(__file__).resolve().parents[1]
+REGENERATE = "regenerate with `python -m model_repository.build --write-committed`"
+
+
+def _committed() -> dict[str, str]:
+    return {str(p.relative_to(builder.COMMITTED_DIR)): p.read_text()
+            for p in sorted(builder.COMMITTED_DIR.rglob("config.pbtxt"))}
+
+
+def test_committed_configs_match_a_fresh_generation():
+    fresh, committed = builder.committed_configs(), _committed()
+    assert sorted(committed) == sorted(fresh), REGENERATE
+    for rel, text in fresh.items():
+        assert committed[rel] == text, f"{rel} drifted from mtasr.spec: {REGENERATE}"
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_committed_configs_parse_back(target):
+    expected = repository_configs(PUBLIC_CHECKPOINT_DIMS, target, builder.COMMITTED_PRESET, "kernel")
+    for name, cfg in expected.items():
+        parsed = parse_pbtxt((builder.COMMITTED_DIR / target / name / "config.pbtxt").read_text())
+        assert isinstance(parsed, mc.ModelConfig) and parsed == cfg and parsed.name == name
+
+
+def _check_tensors(configured, tensors: tuple[TensorSpec, ...]) -> None:
+    assert [c.name for c in configured] == [t.name for t in tensors]
+    for c, t in zip(configured, tensors, strict=True):
+        assert mc.DataType.Name(c.data_type) == NUMPY_TO_TRITON[np.dtype(t.dtype).type], t.name
+        if t.shape[1:]:
+            assert list(c.dims) == list(t.shape[1:]) and not c.HasField("reshape"), t.name
+        else:  # batch-only: Triton wants dims [1] and a reshape to the model's [batch]
+            assert list(c.dims) == [1] and c.HasField("reshape") and list(c.reshape.shape) == [], t.name
+
+
+def _check_io(cfg: mc.ModelConfig, spec: GraphSpec) -> None:
+    _check_tensors(cfg.input, spec.inputs)
+    _check_tensors(cfg.output, spec.outputs)
+
+
+@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("dims", [PUBLIC_CHECKPOINT_DIMS, ModelDims(64, 188, 188, 2, 64, 70, 8, 2, 64, 64)])
+def test_graph_configs_follow_the_spec(target, dims):
+    configs = repository_configs(dims, target, "70_13")
+    for name, spec in graph_specs(dims).items():
+        cfg = configs[name]
+        _check_io(cfg, spec)
+        assert cfg.max_batch_size == 64 and cfg.dynamic_batching.max_queue_delay_microseconds > 0
+        assert max(cfg.dynamic_batching.preferred_batch_size) <= cfg.max_batch_size
+        [group] = cfg.instance_group
+        if target == "gpu":
+            assert cfg.platform == "onnxruntime_onnx" and not cfg.backend
+            assert group.kind == mc.ModelInstanceGroup.KIND_GPU and cfg.default_model_filename == "model.onnx"
+        else:
+            assert cfg.backend == "python" and not cfg.platform
+            assert group.kind == mc.ModelInstanceGroup.KIND_CPU
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_orchestrator_config(target):
+    cfg = repository_configs(PUBLIC_CHECKPOINT_DIMS, target, "70_6", "masked")[ORCHESTRATOR]
+    _check_io(cfg, orchestrator_spec())
+    assert all(i.optional for i in cfg.input) and {i.name for i in cfg.input} == {"audio", "audio_int16"}
+    assert [o.data_type for o in cfg.output[:2]] == [mc.TYPE_STRING, mc.TYPE_STRING]
+    assert cfg.backend == "python" and cfg.max_batch_size == 32
+    assert cfg.instance_group[0].kind == mc.ModelInstanceGroup.KIND_CPU
+    seq = cfg.sequence_batching
+    assert seq.WhichOneof("strategy_choice") == "oldest" and seq.oldest.max_candidate_sequences >= cfg.max_batch_size
+    assert seq.max_sequence_idle_microseconds == 30_000_000
+    controls = {c.name: c.control[0] for c in seq.control_input}
+    kind = mc.ModelSequenceBatching.Control
+    assert {n: kind.Kind.Name(c.kind) for n, c in controls.items()} == {
+        "START": "CONTROL_SEQUENCE_START", "END": "CONTROL_SEQUENCE_END", "READY": "CONTROL_SEQUENCE_READY",
+        "CORRID": "CONTROL_SEQUENCE_CORRID"}
+    assert all(list(controls[n].bool_false_true) == [False, True] for n in ("START", "END", "READY"))
+    assert controls["CORRID"].data_type == mc.TYPE_UINT64
+    params = {k: v.string_value for k, v in cfg.parameters.items()}
+    assert params == {"diarizer_model": "diarizer", "encoder_model": "encoder", "decoder_joint_model": "decoder_joint",
+                      "preset": "70_6", "speaker_mode": "masked", "manifest": "manifest.json"}
+
+
+def test_dtype_table_agrees_with_tritonclient():
+    for dtype, name in NUMPY_TO_TRITON.items():
+        expected = "TYPE_STRING" if dtype is np.object_ else "TYPE_" + np_to_triton_dtype(np.dtype(dtype))
+        assert name == expected and mc.DataType.Name(triton_dtype(dtype)) == name
+    with pytest.raises(KeyError):
+        triton_dtype(np.complex64)
+
+
+def test_serving_modules_do_not_import_torch():
+    code = "import sys, mtasr, mtasr.spec, mtasr.triton_config; print('torch' in sys.modules)"
+    assert subprocess.check_output([sys.executable, "-c", code], cwd=ROOT, text=True).strip() == "False"
+
+
+# ---- repository builder, on a fake exported folder (placeholder files: nothing is loaded) ----
+
+def _fake_graphs(root: Path, fp16: bool) -> Path:
+    folders = {"diarizer": "diarizer", "diarizer_standalone": "diarizer", "encoder_70_13": "encoder",
+               "encoder_70_0": "encoder", "decoder_joint": "decoder_joint"}
+    if fp16:
+        folders |= {f"{k}_fp16": v for k, v in folders.items()}
+    for folder in folders:
+        (root / folder).mkdir(parents=True)
+        (root / folder / "model.onnx").write_text(folder)
+    (root / "encoder_70_13" / "model.onnx.data").write_text("weights")
+    for name in ("features_asr.npz", "features_diarizer.npz"):
+        (root / name).write_text(name)
+    dims = {f.name: getattr(PUBLIC_CHECKPOINT_DIMS, f.name) for f in fields(ModelDims)}
+    manifest = {"dims": dims, "default_preset": "70_0", "graphs": folders,
+                "presets": {p: {"graph": f"encoder_{p}"} for p in ("70_13", "70_0")},
+                "diarizer": {"graph": "diarizer"}, "asr": {"decoder_joint": "decoder_joint"},
+                "features": {"asr": "features_asr.npz", "diarizer": "features_diarizer.npz"}}
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    return root
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_build_layout(tmp_path, target):
+    graphs = _fake_graphs(tmp_path / "graphs", fp16=True)
+    repo = builder.build(graphs, target, tmp_path / "repo", preset="70,13", speaker_mode="masked")
+    suffix = "_fp16" if target == "gpu" else ""
+    chosen = {"diarizer": "diarizer", "encoder": "encoder_70_13", "decoder_joint": "decoder_joint"}
+    for model, folder in chosen.items():
+        version = repo / model / "1"
+        assert (version / "model.onnx").read_text() == folder + suffix
+        assert (version / "model.py").is_file() == (target == "cpu")
+        assert parse_pbtxt((repo / model / "config.pbtxt").read_text()).name == model
+    assert (repo / "encoder" / "1" / "model.onnx.data").exists() == (target == "cpu")  # only the fp32 folder has one
+    if target == "cpu":
+        assert (repo / "diarizer" / "1" / "model.py").read_text() == builder.ONNX_MODEL_PY.read_text()
+    orchestrator = repo / ORCHESTRATOR
+    assert {p.name for p in (orchestrator / "1").iterdir()} >= {"manifest.json", "features_asr.npz"}
+    params = parse_pbtxt((orchestrator / "config.pbtxt").read_text()).parameters
+    assert params["preset"].string_value == "70_13" and params["speaker_mode"].string_value == "masked"
+    # a rebuild replaces the repository; the default preset is the manifest's
+    builder.build(graphs, target, repo)
+    assert (repo / "encoder" / "1" / "model.onnx").read_text() == "encoder_70_0" + suffix
+
+
+def test_build_without_orchestrator_code_warns(tmp_path, monkeypatch, caplog):
+    monkeypatch.setattr(builder, "ORCHESTRATOR_PY", tmp_path / "absent" / "model.py")
+    with caplog.at_level(logging.WARNING, logger="model_repository.build"):
+        repo = builder.build(_fake_graphs(tmp_path / "graphs", fp16=False), "cpu", tmp_path / "repo")
+    assert (repo / ORCHESTRATOR / "config.pbtxt").is_file() and not (repo / ORCHESTRATOR / "1" / "model.py").exists()
+    assert "does not exist yet" in caplog.text
+
+
+def test_build_errors(tmp_path):
+    graphs = _fake_graphs(tmp_path / "graphs", fp16=False)
+    with pytest.raises(builder.BuildError, match="preset 70_6 was not exported"):
+        builder.build(graphs, "cpu", tmp_path / "repo", preset="70_6")
+    with pytest.raises(builder.BuildError, match="unknown latency preset"):
+        builder.build(graphs, "cpu", tmp_path / "repo", preset="70,5")
+    with pytest.raises(builder.BuildError, match="no manifest.json"):
+        builder.build(tmp_path, "cpu", tmp_path / "repo")
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep")
+    with pytest.raises(builder.BuildError, match="refusing to replace"):
+        builder.build(graphs, "cpu", tmp_path / "mine")
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep"
+    assert not (tmp_path / "repo").exists() and not (tmp_path / "repo.partial").exists()

@@ -61,8 +61,8 @@ class PipelineConfig:
         ctx = tuple(entry["att_context_size"])
         preset_name(ctx)
         geometry = ChunkGeometry.from_streaming_cfg(entry["streaming_cfg"], manifest["asr"]["subsampling_factor"])
-        graphs = {"diarizer": manifest["diarizer"]["graph"], "encoder": entry["graph"],
-                  "decoder_joint": manifest["asr"]["decoder_joint"]}
+        graphs = options.pop("graphs", None) or {"diarizer": manifest["diarizer"]["graph"], "encoder": entry["graph"],
+                                                 "decoder_joint": manifest["asr"]["decoder_joint"]}
         return cls(preset=ctx, geometry=geometry, dims=manifest["dims"], spkcache=manifest["diarizer"]["spkcache"],
                    vocabulary=tuple(manifest["asr"]["vocabulary"]), blank_id=int(manifest["asr"]["blank_id"]),
                    max_symbols=int(manifest["asr"]["max_symbols"]), masked_asr=masked_asr, graphs=graphs,

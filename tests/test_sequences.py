@@ -1,0 +1,95 @@
+"""Sequence lifecycle and bad input, Triton-free: clear errors, other sequences untouched, state freed."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from export.audio import synth_conversation
+from mtasr.features import FeatureParams
+from mtasr.pipeline import Engine, OrtRunner, PipelineConfig
+from mtasr.pipeline.sequences import AudioRequest, SequenceManager
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_parity):
+    graphs = tiny_parity["work"] / "graphs"
+    cfg = PipelineConfig.from_folder(graphs, preset="70_13")
+    return Engine(cfg, FeatureParams.load(graphs / "features_asr.npz"), OrtRunner(graphs))
+
+
+def _req(corrid, audio=None, start=False, end=False, int16=None):
+    return AudioRequest(corrid=corrid, start=start, end=end, audio=audio, audio_int16=int16)
+
+
+def _stream_all(manager, corrid, audio, piece=2560):
+    replies = []
+    for pos in range(0, len(audio), piece):
+        replies += manager.handle([_req(corrid, audio[None, pos : pos + piece], start=pos == 0,
+                                        end=pos + piece >= len(audio))])
+    return replies
+
+
+def test_full_sequence_and_state_freed(engine):
+    m = SequenceManager(engine)
+    audio = synth_conversation(6.0, 2, seed=1)
+    replies = _stream_all(m, 7, audio)
+    assert all(r.error is None for r in replies)
+    assert replies[-1].final and replies[-1].transcript
+    assert sum(r.activity.shape[0] for r in replies) == round(6.0 / 0.08)  # every 80 ms frame reported once
+    assert not m.live  # freed at END
+
+
+@pytest.mark.parametrize(("request_", "message"), [
+    (_req(1, np.zeros((1, 160), np.float64)), "'audio' must be FP32"),
+    (_req(1, np.zeros((2, 160), np.float32)), "one row of samples"),
+    (_req(1, np.zeros((1, 0), np.float32)), "empty audio piece"),
+    (_req(1, np.array([[0.1, np.nan]], np.float32)), "NaN or Inf"),
+    (_req(1, np.array([[0.1, np.inf]], np.float32)), "NaN or Inf"),
+    (_req(1, np.zeros((1, 32001), np.float32)), "over 2 s"),
+    (_req(1), "exactly one of"),
+    (_req(1, np.zeros((1, 160), np.float32), int16=np.zeros((1, 160), np.int16)), "exactly one of"),
+    (_req(99, np.zeros((1, 160), np.float32)), "sequence 99 is not open"),
+])
+def test_bad_requests_leave_other_sequences_untouched(engine, request_, message):
+    m = SequenceManager(engine)
+    audio = synth_conversation(4.0, 2, seed=2)
+    alone = _stream_all(SequenceManager(engine), 5, audio)[-1].transcript
+    m.handle([_req(1, np.zeros((1, 1600), np.float32), start=True)])
+    out = []
+    for pos in range(0, len(audio), 8000):
+        batch = [_req(5, audio[None, pos : pos + 8000], start=pos == 0, end=pos + 8000 >= len(audio)), request_]
+        r = m.handle(batch)
+        assert r[1].error and message in r[1].error
+        out.append(r[0])
+    assert all(r.error is None for r in out)
+    assert out[-1].transcript == alone
+
+
+def test_request_after_end_and_int16(engine):
+    m = SequenceManager(engine)
+    audio = synth_conversation(2.0, 2, seed=3)
+    pcm = (audio * 32767).astype(np.int16)
+    r = m.handle([_req(3, start=True, end=True, int16=pcm[None])])[0]
+    assert r.error is None and r.final
+    r = m.handle([_req(3, np.zeros((1, 160), np.float32))])[0]
+    assert "not open" in r.error
+
+
+def test_idle_timeout_frees_state(engine):
+    clock = Clock()
+    m = SequenceManager(engine, idle_timeout_s=30.0, clock=clock)
+    m.handle([_req(11, np.zeros((1, 1600), np.float32), start=True)])
+    assert 11 in m.live
+    clock.now = 31.0
+    m.handle([_req(12, np.zeros((1, 1600), np.float32), start=True)])
+    assert 11 not in m.live and 12 in m.live
+    assert "not open" in m.handle([_req(11, np.zeros((1, 160), np.float32))])[0].error

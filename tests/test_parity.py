@@ -32,5 +32,6 @@ def test_parity_covers_what_it_claims(tiny_parity):
             assert details[f"{check}_steps"] >= 20
             same, total = map(int, details[f"{check}_tokens"].split("/"))
             assert same == total > 0, check
-    fp16 = details["fp16"]
-    assert set(fp16) >= {"diarizer", "decoder_joint"}
+    fp16 = details["fp16"]  # fp16 vs fp32 graphs, measured on ONNX Runtime CPU
+    assert set(fp16) == {"diarizer", "diarizer_standalone", "encoder_70_0", "encoder_70_13"}
+    assert all(isinstance(v, float) and v < 1.0 for v in fp16.values()), fp16

@@ -32,7 +32,7 @@ def test_exported_graphs_match_spec(tiny_parity):
     for folder, kind in manifest["graphs"].items():
         model = onnx.load(str(graphs / folder / "model.onnx"), load_external_data=False)
         g = specs[kind]
-        for tensors, infos in ((g.inputs, model.graph.input), (g.outputs, model.graph.output)):
+        for io, tensors, infos in (("in", g.inputs, model.graph.input), ("out", g.outputs, model.graph.output)):
             assert [t.name for t in tensors] == [i.name for i in infos], folder
             for t, info in zip(tensors, infos, strict=True):
                 tt = info.type.tensor_type
@@ -40,7 +40,8 @@ def test_exported_graphs_match_spec(tiny_parity):
                 dims = [d.dim_value if d.HasField("dim_value") else -1 for d in tt.shape.dim]
                 assert len(dims) == len(t.dims), (folder, t.name)
                 for want, got in zip(t.shape, dims, strict=True):
-                    assert want == -1 or got == want, (folder, t.name, dims)
+                    # outputs may stay symbolic where the exporter cannot prove a size (e.g. sliced caches)
+                    assert want == -1 or got == want or (io == "out" and got == -1), (folder, t.name, dims)
 
 
 def test_readme_tensor_table_is_generated():

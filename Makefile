@@ -7,7 +7,7 @@ ifeq ($(FULL),1)
 SIZE := full
 endif
 
-.PHONY: setup test parity export lint readme-table clean
+.PHONY: setup demo test parity export lint clean
 
 setup: $(STAMP)
 
@@ -16,8 +16,13 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install -q --upgrade pip
 	# CPU torch first (a local wheel here); the constraints keep pip from pulling a CUDA build later.
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -c constraints.txt -e '.[export,dev]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[export,client,dev]'
 	touch $(STAMP)
+
+# Export (tiny random-init, or DIAR_NEMO=... ASR_NEMO=...), serve on a local tritonserver, stream a committed
+# two-speaker sample in real time with the live transcript, write SegLST/RTTM/PNG to artifacts/demo_out.
+demo: setup serve-setup
+	$(PY) -m client.demo
 
 test: setup
 	$(PY) -m pytest -q

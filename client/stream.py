@@ -78,8 +78,8 @@ def stream_audio(url: str, samples: np.ndarray, sequence_id: int, session_id: st
     sent_at: dict[str, float] = {}
     result = StreamResult(session_id=session_id, audio_seconds=len(samples) / SAMPLE_RATE)
 
-    def callback(res, error):
-        replies.put((res, error, time.perf_counter()))
+    def callback(result, error):
+        replies.put((result, error, time.perf_counter()))
 
     client.start_stream(callback=callback)
     t0 = time.perf_counter()

@@ -106,8 +106,11 @@ def build(graphs: Path, target: str, out: Path, preset: str | None = None, speak
             shutil.copy2(ONNX_MODEL_PY, version / "model.py")
     orchestrator = work / ORCHESTRATOR / "1"
     orchestrator.mkdir(parents=True)
-    for name in ["manifest.json", *manifest.get("features", {}).values()]:
+    for name in manifest.get("features", {}).values():
         shutil.copy2(graphs / name, orchestrator / name)
+    # The orchestrator's manifest also records how this repository serves (read by mtasr-reference).
+    serving = {"target": target, "preset": preset, "speaker_mode": speaker_mode}
+    (orchestrator / "manifest.json").write_text(json.dumps({**manifest, "serving": serving}, indent=2))
     if ORCHESTRATOR_PY.is_file():
         shutil.copy2(ORCHESTRATOR_PY, orchestrator / "model.py")
     else:

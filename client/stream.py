@@ -100,12 +100,15 @@ def stream_audio(url: str, samples: np.ndarray, sequence_id: int, session_id: st
                     break
                 rid = res.get_response().id
                 result.latencies_ms.append((t - sent_at.get(rid, t)) * 1000)
-                segs = json.loads(res.as_numpy("segments").reshape(-1)[0])
+                # the server names sessions by sequence id; the client's name (file stem) is the SegLST session_id
+                changed = json.loads(res.as_numpy("segments").reshape(-1)[0])
+                segs = [{**seg, "session_id": session_id} for seg in changed]
                 act = res.as_numpy("speaker_activity")[0]
                 activity.append(act)
                 if on_reply:
                     on_reply(segs, act)
-                result.seglst = json.loads(res.as_numpy("transcript").reshape(-1)[0])
+                transcript = json.loads(res.as_numpy("transcript").reshape(-1)[0])
+                result.seglst = [{**seg, "session_id": session_id} for seg in transcript]
             done.set()
 
         receiver = threading.Thread(target=receive, daemon=True)

@@ -205,8 +205,8 @@ def graph_specs(d: ModelDims) -> dict[str, GraphSpec]:
 
 def tensor_table_markdown(d: ModelDims) -> str:
     """The README's tensor table, generated from the specs."""
-    rows = ["| graph | io | tensor | dtype | dims |", "|---|---|---|---|---|"]
-    for g in graph_specs(d).values():
+    rows = ["| model | io | tensor | dtype | dims |", "|---|---|---|---|---|"]
+    for g in [orchestrator_spec(), *graph_specs(d).values()]:
         for io, tensors in (("in", g.inputs), ("out", g.outputs)):
             for t in tensors:
                 dims = ", ".join(str(x) for x in t.dims)

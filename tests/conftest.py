@@ -31,3 +31,14 @@ def tiny_parity(tmp_path_factory) -> dict:
     proc = run_cli("export.parity", "--size", "tiny", "--fp16", "--work", str(work))
     lines = [ln for ln in proc.stdout.splitlines() if ln.strip()]
     return {"proc": proc, "last": lines[-1] if lines else "", "work": work}
+
+
+TIME_TOL = 0.08  # seconds: one encoder frame
+
+
+def assert_same_seglst(got: list[dict], want: list[dict]) -> None:
+    """Same speakers and words in the same order; start/end times within one 80 ms frame."""
+    assert len(got) == len(want), (got, want)
+    for g, w in zip(got, want, strict=True):
+        assert (g["speaker"], g["words"], g["session_id"]) == (w["speaker"], w["words"], w["session_id"])
+        assert abs(g["start_time"] - w["start_time"]) <= TIME_TOL and abs(g["end_time"] - w["end_time"]) <= TIME_TOL

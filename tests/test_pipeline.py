@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import assert_same_seglst
 
 from export.audio import synth_conversation
 from mtasr.features import FeatureParams
 from mtasr.pipeline import Engine, OrtRunner, PipelineConfig
-
-TIME_TOL = 0.08
 
 
 def _engine(work, preset: str, masked: bool) -> Engine:
@@ -25,13 +24,6 @@ def _stream(engine: Engine, audio: np.ndarray, piece: int, session_id: str = "s"
         while s.pending:
             engine.step([s])
     return s.transcript.final(session_id)
-
-
-def assert_same_seglst(got: list[dict], want: list[dict]) -> None:
-    assert len(got) == len(want), (got, want)
-    for g, w in zip(got, want, strict=True):
-        assert (g["speaker"], g["words"], g["session_id"]) == (w["speaker"], w["words"], w["session_id"])
-        assert abs(g["start_time"] - w["start_time"]) <= TIME_TOL and abs(g["end_time"] - w["end_time"]) <= TIME_TOL
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,8 @@ endif
 
 .PHONY: setup demo test parity export lint clean
 
-setup: $(STAMP)
+# .venv for export/tests + .venv-serve and .triton/ for the server (serve-setup, below).
+setup: $(STAMP) serve-setup
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv .venv
@@ -21,7 +22,7 @@ $(STAMP): pyproject.toml constraints.txt
 
 # Export (tiny random-init, or DIAR_NEMO=... ASR_NEMO=...), serve on a local tritonserver, stream a committed
 # two-speaker sample in real time with the live transcript, write SegLST/RTTM/PNG to artifacts/demo_out.
-demo: setup serve-setup
+demo: setup
 	$(PY) -m client.demo
 
 test: setup
@@ -74,8 +75,6 @@ $(SERVE_STAMP): pyproject.toml docker/install_triton_local.sh
 	bash docker/install_triton_local.sh $(SERVE_PY) $(TRITON_DIR)
 	touch $(SERVE_STAMP)
 
-# The server tests need .venv-serve and .triton/ (added prerequisite; the test recipe above is unchanged).
-test: serve-setup
 
 serve: serve-setup
 	$(SERVE_PY) -m model_repository.build --graphs $(GRAPHS) --target $(TARGET) --out $(REPO) \

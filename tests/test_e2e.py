@@ -26,9 +26,7 @@ COMBOS = {  # (preset, speaker mode) -> committed samples compared with the refe
 }
 
 
-@pytest.fixture(scope="module", params=list(COMBOS), ids=lambda c: f"{c[0]}-{c[1]}")
-def served(request, tiny_parity, tmp_path_factory):
-    preset, mode = request.param
+def _serve(tiny_parity, tmp_path_factory, preset: str, mode: str):
     repo = build(tiny_parity["work"] / "graphs", "cpu", tmp_path_factory.mktemp("repo") / "repo", preset=preset,
                  speaker_mode=mode)
     with TritonServer(repo, log_path=repo.with_name("server.log")) as server:
@@ -36,10 +34,22 @@ def served(request, tiny_parity, tmp_path_factory):
     assert server.proc is None or server.proc.poll() is not None, "server still running after stop"
 
 
-def test_served_equals_reference(served, tiny_parity):
+@pytest.fixture(scope="module", params=list(COMBOS), ids=lambda c: f"{c[0]}-{c[1]}")
+def served_combo(request, tiny_parity, tmp_path_factory):
+    yield from _serve(tiny_parity, tmp_path_factory, *request.param)
+
+
+@pytest.fixture(scope="module")
+def served(tiny_parity, tmp_path_factory):
+    """The default configuration ([70,13], kernel mode) for the behaviour tests."""
+    yield from _serve(tiny_parity, tmp_path_factory, "70_13", "kernel")
+
+
+def test_served_equals_reference(served_combo, tiny_parity):
     from export.reference import Reference
 
     nemo = tiny_parity["work"] / "nemo"
+    served = served_combo
     ctx = tuple(int(x) for x in served["preset"].split("_"))
     ref = Reference(str(nemo / "diarizer.nemo"), str(nemo / "asr.nemo"), ctx, served["mode"] == "masked")
     for i, name in enumerate(COMBOS[(served["preset"], served["mode"])]):
@@ -50,13 +60,7 @@ def test_served_equals_reference(served, tiny_parity):
         assert_same_seglst(got, want)
 
 
-def _only(served, preset="70_13", mode="kernel"):
-    if (served["preset"], served["mode"]) != (preset, mode):
-        pytest.skip("runs on one server configuration")
-
-
 def test_client_chunk_size_does_not_matter(served):
-    _only(served)
     audio = read_audio(DATA / "two_speakers_overlap.flac")
     outs = [stream_audio(served["url"], audio, sequence_id=200 + i, chunk_ms=ms).seglst
             for i, ms in enumerate((20, 160, 1000))]
@@ -64,7 +68,6 @@ def test_client_chunk_size_does_not_matter(served):
 
 
 def test_concurrent_sessions_equal_alone(served):
-    _only(served)
     audios = [synth_conversation(5.0 + i % 3, n_speakers=2 + i % 2, seed=40 + i) for i in range(8)]
     alone = [stream_audio(served["url"], a, sequence_id=300 + i).seglst for i, a in enumerate(audios)]
     together: list = [None] * len(audios)
@@ -115,7 +118,6 @@ BAD = {
 def test_bad_input_clear_error_server_keeps_serving(served, case):
     from tritonclient.utils import InferenceServerException
 
-    _only(served)
     make, start, message = BAD[case]
     audio = read_audio(DATA / "three_speakers.flac")
     expected = stream_audio(served["url"], audio, sequence_id=500).seglst
@@ -126,14 +128,13 @@ def test_bad_input_clear_error_server_keeps_serving(served, case):
         _infer(served["url"], make(), 601, start=start)
     assert message.lower() in err.value.message().lower(), err.value.message()
     assert served["server"].proc.poll() is None, "server died"
-    _infer(served["url"], [_tensor("audio", audio[None, 16000:].copy(), "FP32")], 600, end=True)
+    _infer(served["url"], [_tensor("audio", audio[None, 16000:32000].copy(), "FP32")], 600, end=True)
     assert stream_audio(served["url"], audio, sequence_id=502).seglst == expected
 
 
 def test_request_after_end_and_unknown_corrid(served):
     from tritonclient.utils import InferenceServerException
 
-    _only(served)
     piece = [_tensor("audio", np.zeros((1, 1600), np.float32), "FP32")]
     _infer(served["url"], piece, 700, start=True, end=True)
     for corrid in (700, 9999):  # after END; never started
@@ -143,7 +144,6 @@ def test_request_after_end_and_unknown_corrid(served):
 
 
 def test_more_than_four_speakers_and_vanishing_client(served):
-    _only(served)
     crowd = synth_conversation(8.0, n_speakers=6, seed=9)
     result = stream_audio(served["url"], crowd, sequence_id=800)
     assert result.activity.shape[1] == 4

@@ -1,0 +1,46 @@
+"""mtasr-client's one-line errors: unreadable file, server down, model not ready."""
+
+from __future__ import annotations
+
+from conftest import run_cli
+
+from client.server import free_ports
+
+
+def test_unreadable_file(tmp_path):
+    bad = tmp_path / "x.wav"
+    bad.write_text("not audio")
+    proc = run_cli("client", str(bad), "--out", str(tmp_path / "o"), timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith(f"mtasr-client: error: cannot read {bad}")
+    proc = run_cli("client", str(tmp_path / "missing.wav"), "--out", str(tmp_path / "o"), timeout=120)
+    missing = tmp_path / "missing.wav"
+    assert proc.stderr.strip().splitlines()[-1] == f"mtasr-client: error: no such audio file: {missing}"
+
+
+def test_server_down(tmp_path):
+    from client.audio import write_wav
+    from export.audio import synth_conversation
+
+    wav = tmp_path / "a.wav"
+    write_wav(wav, synth_conversation(1.0, 2))
+    port = free_ports(1)[0]
+    proc = run_cli("client", str(wav), "--out", str(tmp_path / "o"), "--url", f"127.0.0.1:{port}", timeout=120)
+    assert proc.returncode == 2
+    assert "no Triton server answers at" in proc.stderr.strip().splitlines()[-1]
+
+
+def test_model_not_ready(tmp_path, tiny_parity):
+    """A server whose repository lacks `multitalker`: the client says the model is not ready."""
+    from client.audio import write_wav
+    from client.server import TritonServer
+    from export.audio import synth_conversation
+    from model_repository.build import build
+
+    repo = build(tiny_parity["work"] / "graphs", "cpu", tmp_path / "repo")
+    wav = tmp_path / "a.wav"
+    write_wav(wav, synth_conversation(1.0, 2))
+    with TritonServer(repo, models=["decoder_joint"]) as server:
+        proc = run_cli("client", str(wav), "--out", str(tmp_path / "o"), "--url", server.grpc_url, timeout=120)
+    assert proc.returncode == 2
+    assert "model 'multitalker' is not ready" in proc.stderr.strip().splitlines()[-1]

@@ -1,0 +1,1 @@
+"""Measurement scripts (print figures, not timed tests): load generator, encoder batching, memory per session."""

@@ -40,7 +40,7 @@ class Session:
     session_id: str
     chunker: FeatureChunker
     diar: spkcache.SyncSpeakerCacheState
-    total_preds: np.ndarray  # (frames, n_spk) diarizer probabilities so far
+    total_preds: np.ndarray  # (frames, n_spk) latest diarizer probabilities (the cache-gating window)
     transcript: Transcript
     speakers: dict[int, SpeakerState] = field(default_factory=dict)
     offset: float = 0.0  # start time of the next chunk as NeMo counts it
@@ -108,9 +108,11 @@ class Engine:
         outputs, rows = [], []  # rows: (session, speaker, chunk index in work, targets, bg targets)
         for i, (session, _) in enumerate(work):
             preds = chunk_preds[i]
-            session.total_preds = np.concatenate([session.total_preds, preds], axis=0)
+            span = self.cfg.nframes_per_chunk * self.cfg.cache_gating_buffer_size
+            total = np.concatenate([session.total_preds, preds], axis=0)
+            session.total_preds = total[-span:] if span else total  # NeMo's [-0:] keeps everything
             session.total_preds[:, self.cfg.max_num_of_spks :] = 0.0
-            window = session.total_preds[-self.cfg.nframes_per_chunk * self.cfg.cache_gating_buffer_size :]
+            window = session.total_preds
             if self.cfg.cache_gating:
                 active = [s for s in range(self.params.n_spk) if window.shape[0] and window[:, s].max() > 0.5]
                 active = active[: self.cfg.max_num_of_spks]

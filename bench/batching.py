@@ -1,0 +1,103 @@
+"""Encoder step time in process (onnxruntime): k active speakers of s sessions in ONE batched call vs k*s calls.
+
+    python -m bench.batching --graphs /tmp/bgraphs [--preset 70_13] [--speakers 1 2 3 4] [--sessions 1 2 4 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from mtasr.pipeline import OrtRunner, PipelineConfig
+from mtasr.spec import N_MELS, ModelDims, encoder_spec
+
+
+def encoder_feeds(cfg: PipelineConfig, batch: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """Inputs of one full streaming step for `batch` speaker rows, caches half full (as the served pipeline)."""
+    rng = np.random.default_rng(seed)
+    d, g = ModelDims(**cfg.dims), cfg.geometry
+    frames = g.pre_encode_cache + g.chunk_frames
+    n_enc = frames
+    for _ in range(int(np.log2(g.min_frames))):  # causal pre-encoder: kernel 3, stride 2 (Engine._encoder_frames)
+        n_enc = n_enc // 2 + 1
+    n_enc = max(n_enc - g.drop_extra_pre_encoded, 1)
+    spec = encoder_spec(d)
+    half = d.enc_last_channel // 2
+    channel = np.zeros(spec.tensor("cache_last_channel").resolve(batch=batch), np.float32)
+    channel[:, :, -half:] = rng.standard_normal(channel[:, :, -half:].shape).astype(np.float32)
+    return {
+        "audio_signal": rng.standard_normal((batch, N_MELS, frames)).astype(np.float32),
+        "length": np.full((batch,), frames, np.int64),
+        "cache_last_channel": channel,
+        "cache_last_time": rng.standard_normal(spec.tensor("cache_last_time").resolve(batch=batch)).astype(np.float32),
+        "cache_last_channel_len": np.full((batch,), half, np.int64),
+        "spk_targets": (rng.random((batch, n_enc)) > 0.3).astype(np.float32),
+        "bg_spk_targets": (rng.random((batch, n_enc)) > 0.7).astype(np.float32),
+    }
+
+
+def _median_ms(fn, repeats: int) -> float:
+    fn()  # warm-up (allocations for this batch size)
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t) * 1000)
+    return statistics.median(times)
+
+
+def run(graphs: Path | str, preset: str | None = None, speakers: tuple[int, ...] = (1, 2, 3, 4),
+        sessions: tuple[int, ...] = (1, 2, 4, 8), repeats: int = 20, threads: int = 0) -> dict:
+    """Median ms of one batched encoder call vs as many single-row calls, for every (speakers, sessions)."""
+    cfg = PipelineConfig.from_folder(graphs, preset=preset)
+    runner = OrtRunner(graphs, threads=threads)
+    graph, outputs = cfg.graphs["encoder"], encoder_spec(ModelDims(**cfg.dims)).output_names
+    single = encoder_feeds(cfg, 1)
+    rows = []
+    for s in sessions:
+        for k in speakers:
+            n = k * s
+            feeds = encoder_feeds(cfg, n)
+            batched = _median_ms(lambda f=feeds: runner(graph, f, outputs), repeats)
+            singles = _median_ms(lambda n=n: [runner(graph, single, outputs) for _ in range(n)], repeats)
+            rows.append({"speakers": k, "sessions": s, "rows": n, "batched_ms": round(batched, 3),
+                         "single_calls_ms": round(singles, 3), "speedup": round(singles / batched, 2)})
+    return {"graph": graph, "preset": "_".join(map(str, cfg.preset)), "repeats": repeats, "rows": rows}
+
+
+def table(result: dict) -> str:
+    """Markdown table of `run`'s rows."""
+    lines = [f"encoder {result['graph']} (median of {result['repeats']})", "",
+             "| speakers | sessions | rows | batched ms | k*s single ms | speedup |", "|---|---|---|---|---|---|"]
+    lines += [f"| {r['speakers']} | {r['sessions']} | {r['rows']} | {r['batched_ms']:.2f} | "
+              f"{r['single_calls_ms']:.2f} | {r['speedup']:.2f}x |" for r in result["rows"]]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.batching", description=__doc__.splitlines()[0])
+    ap.add_argument("--graphs", type=Path, required=True, help="exported graphs folder (manifest.json)")
+    ap.add_argument("--preset", help="latency preset, e.g. 70_13 (default: the manifest's)")
+    ap.add_argument("--speakers", type=int, nargs="+", default=[1, 2, 3, 4])
+    ap.add_argument("--sessions", type=int, nargs="+", default=[1, 2, 4, 8])
+    ap.add_argument("--repeats", type=int, default=20)
+    ap.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads (0: default)")
+    ap.add_argument("--json", type=Path, help="also write the result here")
+    args = ap.parse_args(argv)
+    result = run(args.graphs, args.preset, tuple(args.speakers), tuple(args.sessions), args.repeats, args.threads)
+    print(table(result))
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=1))
+    else:
+        print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

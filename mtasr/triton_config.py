@@ -13,13 +13,23 @@ import numpy as np
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from mtasr.spec import BYTES, ORCHESTRATOR, GraphSpec, ModelDims, TensorSpec, graph_specs, orchestrator_spec
+from mtasr.spec import (
+    BYTES,
+    NUM_SPEAKERS,
+    ORCHESTRATOR,
+    GraphSpec,
+    ModelDims,
+    TensorSpec,
+    graph_specs,
+    orchestrator_spec,
+)
 
 TARGETS = ("cpu", "gpu")
 SPEAKER_MODES = ("kernel", "masked")
 GRAPH_MODELS = ("diarizer", "encoder", "decoder_joint")  # model names in the repository (= graph kinds)
-GRAPH_MAX_BATCH = 64
 ORCHESTRATOR_MAX_BATCH = 32
+# One orchestrator execute sends every active speaker of every sequence in one encoder call: up to 4 rows each.
+GRAPH_MAX_BATCH = ORCHESTRATOR_MAX_BATCH * NUM_SPEAKERS
 SEQUENCE_IDLE_US = 30_000_000
 
 # numpy dtype -> Triton data type name, the one mapping used everywhere.

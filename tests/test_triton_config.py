@@ -16,6 +16,7 @@ from tritonclient.utils import np_to_triton_dtype
 
 from model_repository import build as builder
 from mtasr.spec import (
+    NUM_SPEAKERS,
     ORCHESTRATOR,
     PUBLIC_CHECKPOINT_DIMS,
     GraphSpec,
@@ -72,7 +73,9 @@ def test_graph_configs_follow_the_spec(target, dims):
     for name, spec in graph_specs(dims).items():
         cfg = configs[name]
         _check_io(cfg, spec)
-        assert cfg.max_batch_size == 64 and cfg.dynamic_batching.max_queue_delay_microseconds > 0
+        # one orchestrator batch (32 sequences x 4 speakers) must fit one encoder / decoder_joint call
+        assert cfg.max_batch_size == configs["multitalker"].max_batch_size * NUM_SPEAKERS == 128
+        assert cfg.dynamic_batching.max_queue_delay_microseconds > 0
         assert max(cfg.dynamic_batching.preferred_batch_size) <= cfg.max_batch_size
         [group] = cfg.instance_group
         if target == "gpu":

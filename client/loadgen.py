@@ -61,8 +61,8 @@ def run_sessions(url: str, n: int, audios: list[np.ndarray], chunk_ms: float = 1
         try:
             results[i] = stream_audio(url, clips[i], sequence_id=ids[i], session_id=f"load{i}", chunk_ms=chunk_ms,
                                       realtime=True, on_reply=lambda *_: bar.update())
-        except ClientError as exc:
-            errors.append(str(exc))
+        except Exception as exc:  # noqa: BLE001 - a failed session (server error, dead server) is a result
+            errors.append(f"{type(exc).__name__}: {exc}")
 
     threads = [threading.Thread(target=session, args=(i,), daemon=True) for i in range(n)]
     for t in threads:

@@ -93,3 +93,23 @@ def test_idle_timeout_frees_state(engine):
     m.handle([_req(12, np.zeros((1, 1600), np.float32), start=True)])
     assert 11 not in m.live and 12 in m.live
     assert "not open" in m.handle([_req(11, np.zeros((1, 160), np.float32))])[0].error
+
+
+def test_failing_graph_call_drops_only_its_sequences(engine):
+    """A graph error (e.g. an overloaded server) answers the batch with errors and frees those sequences,
+    instead of raising out of the Triton model."""
+    m = SequenceManager(engine)
+    m.handle([_req(21, np.zeros((1, 1600), np.float32), start=True)])
+    healthy = engine.run
+
+    def broken(graph, feeds, outputs):
+        raise RuntimeError("encoder: batch too large")
+
+    engine.run = broken
+    try:
+        r = m.handle([_req(22, np.zeros((1, 32000), np.float32), start=True)])[0]
+    finally:
+        engine.run = healthy
+    assert "internal error, sequence 22 dropped: RuntimeError: encoder: batch too large" == r.error
+    assert 22 not in m.live and 21 in m.live
+    assert m.handle([_req(21, np.zeros((1, 1600), np.float32), end=True)])[0].error is None

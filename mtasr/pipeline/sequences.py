@@ -123,7 +123,14 @@ class SequenceManager:
                 touched.append((i, live))
             except RequestError as exc:
                 replies[i] = Reply(error=str(exc))
-        activity = self._run([live.session for _, live in touched])
+        try:
+            activity = self._run([live.session for _, live in touched])
+        except Exception as exc:  # a failed graph call: these sequences' state is unreliable now, drop them
+            for i, _ in touched:
+                self.live.pop(requests[i].corrid, None)
+                replies[i] = Reply(error=f"internal error, sequence {requests[i].corrid} dropped: "
+                                        f"{type(exc).__name__}: {exc}")
+            return replies  # type: ignore[return-value]
         for i, live in touched:
             req = requests[i]
             replies[i] = self._reply(live, activity.get(live.session.session_id), final=req.end)

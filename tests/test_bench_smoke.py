@@ -57,3 +57,13 @@ def test_memory_spec(graphs):
         assert all(isinstance(v, int) and v > 0 for v in sizes.values())
     assert report["graphs"]["total"] < report["full"]["total"]
     assert memory.tree_rss(os.getpid()) > 0
+
+
+def test_native_vs_served(graphs):
+    """The side-by-side run: NeMo native, served through Triton and in process give the same SegLST."""
+    from bench import native_vs_served
+
+    r = native_vs_served.run(graphs, seconds=4.0, preset="70_13", mode="kernel")
+    assert r["outputs_agree"] is True
+    assert min(r["native_seconds"], r["served_seconds"], r["in_process_seconds"]) > 0
+    assert r["served_vs_native"] > 0 and r["audio_seconds"] == 4.0

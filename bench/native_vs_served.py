@@ -1,0 +1,94 @@
+"""Side by side on the same machine, weights, audio and preset: NeMo's native `SpeakerTaggedASR` (PyTorch) vs
+the served pipeline (real tritonserver + gRPC client) and the same pipeline in process (onnxruntime).
+
+    python -m bench.native_vs_served --graphs DIR [--seconds 20] [--preset 70_13] [--speaker-mode kernel]
+
+The `.nemo` files are the ones the graphs' manifest records. Prints JSON: seconds and real-time factor
+(wall / audio) of each, throughput ratios, and whether the three SegLSTs agree.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from export.audio import synth_conversation
+from mtasr.spec import SAMPLE_RATE
+
+
+def _timed(fn):
+    t0 = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - t0
+
+
+def run(graphs: Path, seconds: float, preset: str, mode: str, speakers: int = 2) -> dict:
+    from client.server import TritonServer
+    from client.stream import stream_audio
+    from export.reference import Reference
+    from model_repository.build import build
+    from mtasr.features import FeatureParams
+    from mtasr.pipeline import Engine, OrtRunner, PipelineConfig
+
+    manifest = json.loads((graphs / "manifest.json").read_text())
+    audio = synth_conversation(seconds, n_speakers=speakers, seed=11)
+    warm = audio[: 2 * SAMPLE_RATE]
+    ctx = tuple(manifest["presets"][preset]["att_context_size"])
+    masked = mode == "masked"
+
+    def native_run():  # the models go out of scope (memory) before the server starts
+        ref = Reference(manifest["sources"]["diarizer"], manifest["sources"]["asr"], ctx, masked)
+        ref.transcribe(warm, "warm")
+        return _timed(lambda: ref.transcribe(audio, "s"))
+
+    def local_run():
+        cfg = PipelineConfig.from_manifest(manifest, preset=preset, masked_asr=masked)
+        engine = Engine(cfg, FeatureParams.load(graphs / "features_asr.npz"), OrtRunner(graphs))
+
+        def in_process(x):
+            s = engine.new_session("s")
+            engine.push_audio(s, x, last=True)
+            while s.pending:
+                engine.step([s])
+            return s.transcript.final("s")
+
+        in_process(warm)
+        return _timed(lambda: in_process(audio))
+
+    native, native_s = native_run()
+    local, local_s = local_run()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        repo = build(graphs, "cpu", Path(tmp) / "repo", preset=preset, speaker_mode=mode)
+        with TritonServer(repo, log_path=Path(tmp) / "server.log") as server:
+            stream_audio(server.grpc_url, warm, sequence_id=1)
+            served, served_s = _timed(lambda: stream_audio(server.grpc_url, audio, sequence_id=2, session_id="s"))
+    words = [[(s["speaker"], s["words"]) for s in x] for x in (native, local, served.seglst)]
+    return {
+        "audio_seconds": seconds, "speakers": speakers, "preset": preset, "speaker_mode": mode,
+        "native_seconds": round(native_s, 2), "served_seconds": round(served_s, 2),
+        "in_process_seconds": round(local_s, 2),
+        "native_rtf": round(native_s / seconds, 3), "served_rtf": round(served_s / seconds, 3),
+        "in_process_rtf": round(local_s / seconds, 3),
+        "served_vs_native": round(native_s / served_s, 2), "in_process_vs_native": round(native_s / local_s, 2),
+        "outputs_agree": words[0] == words[1] == words[2],
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--graphs", type=Path, required=True)
+    ap.add_argument("--seconds", type=float, default=20.0)
+    ap.add_argument("--preset", default="70_13")
+    ap.add_argument("--speaker-mode", choices=("kernel", "masked"), default="kernel")
+    args = ap.parse_args(argv)
+    print(json.dumps(run(args.graphs, args.seconds, args.preset, args.speaker_mode), indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -22,11 +22,8 @@ def encoder_feeds(cfg: PipelineConfig, batch: int, seed: int = 0) -> dict[str, n
     """Inputs of one full streaming step for `batch` speaker rows, caches half full (as the served pipeline)."""
     rng = np.random.default_rng(seed)
     d, g = ModelDims(**cfg.dims), cfg.geometry
-    frames = g.pre_encode_cache + g.chunk_frames
-    n_enc = frames
-    for _ in range(int(np.log2(g.min_frames))):  # causal pre-encoder: kernel 3, stride 2 (Engine._encoder_frames)
-        n_enc = n_enc // 2 + 1
-    n_enc = max(n_enc - g.drop_extra_pre_encoded, 1)
+    frames = g.step_frames
+    n_enc = max(int(g.encoder_frames(np.array([frames]))[0]), 1)
     spec = encoder_spec(d)
     half = d.enc_last_channel // 2
     channel = np.zeros(spec.tensor("cache_last_channel").resolve(batch=batch), np.float32)

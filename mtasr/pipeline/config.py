@@ -6,6 +6,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from mtasr.spec import FRAME_SEC, NUM_SPEAKERS, preset_name
 
 
@@ -19,6 +21,18 @@ class ChunkGeometry:
     drop_extra_pre_encoded: int
     valid_out_len: int  # encoder frames per full step
     min_frames: int  # a final piece shorter than this is dropped (the pre-encoder's sampling frames)
+
+    @property
+    def step_frames(self) -> int:
+        """Mel frames of a full chunk: pre-encode cache + new frames."""
+        return self.pre_encode_cache + self.chunk_frames
+
+    def encoder_frames(self, lengths: np.ndarray) -> np.ndarray:
+        """Encoder frames of chunks of `lengths` mel frames: the causal pre-encoder's output minus the drop."""
+        n = np.asarray(lengths, dtype=np.int64).copy()
+        for _ in range(int(np.log2(self.min_frames))):
+            n = n // 2 + 1  # causal conv, kernel 3, stride 2, padding 2 left + 1 right
+        return np.maximum(n - self.drop_extra_pre_encoded, 0)
 
     @classmethod
     def from_streaming_cfg(cls, cfg: dict, subsampling: int) -> ChunkGeometry:

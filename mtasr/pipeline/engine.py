@@ -45,7 +45,7 @@ class Session:
     speakers: dict[int, SpeakerState] = field(default_factory=dict)
     offset: float = 0.0  # start time of the next chunk as NeMo counts it
     steps: int = 0
-    pending: list = field(default_factory=list)  # chunks cut but not yet processed: (feats, length, is_last)
+    pending: list = field(default_factory=list)  # chunks cut but not yet processed: (feats, length)
 
 
 @dataclass
@@ -95,8 +95,7 @@ class Engine:
         chunks = session.chunker.push(samples) if samples.size else []
         if last:
             chunks += session.chunker.finish()
-        for i, (feats, length) in enumerate(chunks):
-            session.pending.append((feats, length, last and i == len(chunks) - 1))
+        session.pending.extend(chunks)
 
     # ------------------------------------------------------------------------------------------- a step
     def step(self, sessions: list[Session]) -> list[StepOutput]:
@@ -187,7 +186,7 @@ class Engine:
         for r, f in enumerate(feats):
             signal[r, :, : f.shape[2]] = f[0]
         lengths = np.array([work[i][1][1] for _, _, i, _, _ in rows], dtype=np.int64)
-        n_enc = int(self._encoder_frames(lengths).max())
+        n_enc = int(self.cfg.geometry.encoder_frames(lengths).max())
         spk_t = np.ones((len(rows), n_enc), dtype=np.float32)
         bg_t = np.zeros((len(rows), n_enc), dtype=np.float32)
         if not self.cfg.masked_asr:
@@ -213,13 +212,6 @@ class Engine:
         for r, s in enumerate(states):
             s.decoder = dec.select([r])
             s.started = True
-
-    def _encoder_frames(self, lengths: np.ndarray) -> np.ndarray:
-        """Encoder frames of a chunk: the causal pre-encoder's output minus the dropped frames."""
-        n = lengths.copy()
-        for _ in range(int(np.log2(self.cfg.geometry.min_frames))):
-            n = n // 2 + 1  # causal conv, kernel 3, stride 2, padding 2 left + 1 right
-        return np.maximum(n - self.cfg.geometry.drop_extra_pre_encoded, 0)
 
     @staticmethod
     def _fit(values: np.ndarray, n: int, default: float) -> np.ndarray:

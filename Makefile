@@ -50,7 +50,7 @@ clean:
 SERVE_VENV := .venv-serve
 SERVE_PY := $(SERVE_VENV)/bin/python
 SERVE_STAMP := $(SERVE_VENV)/.setup-stamp
-SERVE_PKGS := numpy==1.26.4 onnxruntime==1.32.0 'tritonclient[grpc]==2.73.0' protobuf==6.33.6
+SERVE_PKGS := numpy==1.26.4 onnxruntime==1.32.0 threadpoolctl==3.8.0 'tritonclient[grpc]==2.73.0' protobuf==6.33.6
 TRITON_DIR := .triton
 # make serve GRAPHS=<exported folder> [TARGET=cpu|gpu] [REPO=...] [PRESET=70_13] [SPEAKER_MODE=kernel|masked]
 GRAPHS ?= artifacts/demo
@@ -66,13 +66,14 @@ METRICS_PORT ?= 8002
 
 serve-setup: $(SERVE_STAMP)
 
-$(SERVE_STAMP): pyproject.toml docker/install_triton_local.sh
+$(SERVE_STAMP): pyproject.toml docker/install_triton_local.sh docker/install_perf_analyzer.sh
 	test -x $(SERVE_PY) || python3 -m venv $(SERVE_VENV)
 	echo '*' > $(SERVE_VENV)/.gitignore
 	$(SERVE_PY) -m pip install -q --upgrade pip
 	$(SERVE_PY) -m pip install -q $(SERVE_PKGS)
 	$(SERVE_PY) -m pip install -q --no-deps -e .
 	bash docker/install_triton_local.sh $(SERVE_PY) $(TRITON_DIR)
+	bash docker/install_perf_analyzer.sh $(SERVE_PY) $(TRITON_DIR)
 	touch $(SERVE_STAMP)
 
 
@@ -81,3 +82,16 @@ serve: serve-setup
 		$(if $(PRESET),--preset $(PRESET)) --speaker-mode $(SPEAKER_MODE)
 	$(SERVE_PY) -m client.server --repo $(REPO) --http-port $(HTTP_PORT) --grpc-port $(GRPC_PORT) \
 		--metrics-port $(METRICS_PORT)
+
+# --- Benchmarks (issue 4). Figures, not tests: see BENCHMARKS.md. FULL=1 adds the full-size parts (exports the
+# full random-init graphs into artifacts/bench_full if missing: ~12 GB disk, ~13 GB RAM, tens of minutes).
+.PHONY: bench perf
+bench: setup
+	$(PY) -m bench.run $(if $(filter 1,$(FULL)),--full)
+
+# perf_analyzer sweep over gRPC against `multitalker` (tiny graphs unless GRAPHS=...): bench/perf.csv.
+PERF_GRAPHS ?= artifacts/bench_tiny
+CONCURRENCY ?= 1:8:1
+perf: setup
+	test -f $(PERF_GRAPHS)/manifest.json || $(PY) -m export --random-init tiny --out $(PERF_GRAPHS) --presets 70,13
+	$(PY) -m bench.perf --graphs $(PERF_GRAPHS) --concurrency $(CONCURRENCY) --out bench/perf.csv

@@ -21,7 +21,14 @@ from dataclasses import fields
 from pathlib import Path
 
 from mtasr.spec import ORCHESTRATOR, PUBLIC_CHECKPOINT_DIMS, ModelDims, parse_preset, preset_name
-from mtasr.triton_config import GRAPH_MODELS, SPEAKER_MODES, TARGETS, repository_configs, to_pbtxt
+from mtasr.triton_config import (
+    GRAPH_MODELS,
+    IN_PROCESS_DEFAULT,
+    SPEAKER_MODES,
+    TARGETS,
+    repository_configs,
+    to_pbtxt,
+)
 
 log = logging.getLogger("model_repository.build")
 HERE = Path(__file__).resolve().parent
@@ -74,7 +81,7 @@ def _place(src: Path, dst: Path, copy: bool) -> None:
 
 
 def build(graphs: Path, target: str, out: Path, preset: str | None = None, speaker_mode: str = "kernel",
-          copy: bool = False) -> Path:
+          copy: bool = False, in_process: tuple[str, ...] | None = None) -> Path:
     """Write a complete repository into `out` (replaced only when it is one this builder wrote)."""
     graphs, out = Path(graphs), Path(out)
     if target not in TARGETS:
@@ -95,21 +102,24 @@ def build(graphs: Path, target: str, out: Path, preset: str | None = None, speak
 
     work = out.with_name(out.name + ".partial")
     shutil.rmtree(work, ignore_errors=True)
-    configs = repository_configs(manifest_dims(manifest), target, preset, speaker_mode)
+    in_process = IN_PROCESS_DEFAULT.get(target, ()) if in_process is None else tuple(in_process)
+    if not set(in_process) <= set(GRAPH_MODELS):
+        raise BuildError(f"--in-process takes models among {GRAPH_MODELS}, got {','.join(in_process)}")
+    configs = repository_configs(manifest_dims(manifest), target, preset, speaker_mode, in_process)
     write_configs(configs, work)
+    orchestrator = work / ORCHESTRATOR / "1"
+    orchestrator.mkdir(parents=True)
     for model, folder in folders.items():
-        version = work / model / "1"
+        version = orchestrator / "graphs" / model if model in in_process else work / model / "1"
         version.mkdir(parents=True)
         for f in sorted((graphs / folder).iterdir()):
             _place(f, version / f.name, copy)
-        if target == "cpu":
+        if target == "cpu" and model not in in_process:
             shutil.copy2(ONNX_MODEL_PY, version / "model.py")
-    orchestrator = work / ORCHESTRATOR / "1"
-    orchestrator.mkdir(parents=True)
     for name in manifest.get("features", {}).values():
         shutil.copy2(graphs / name, orchestrator / name)
     # The orchestrator's manifest also records how this repository serves (read by mtasr-reference).
-    serving = {"target": target, "preset": preset, "speaker_mode": speaker_mode}
+    serving = {"target": target, "preset": preset, "speaker_mode": speaker_mode, "in_process": list(in_process)}
     (orchestrator / "manifest.json").write_text(json.dumps({**manifest, "serving": serving}, indent=2))
     if ORCHESTRATOR_PY.is_file():
         shutil.copy2(ORCHESTRATOR_PY, orchestrator / "model.py")
@@ -117,7 +127,8 @@ def build(graphs: Path, target: str, out: Path, preset: str | None = None, speak
         log.warning("%s does not exist yet: %s/1/model.py not written, Triton cannot load %s",
                     ORCHESTRATOR_PY, ORCHESTRATOR, ORCHESTRATOR)
     (work / MARKER).write_text(json.dumps({"graphs": str(graphs.resolve()), "target": target, "preset": preset,
-                                           "speaker_mode": speaker_mode, "models": folders}, indent=2))
+                                           "speaker_mode": speaker_mode, "models": folders,
+                                           "in_process": list(in_process)}, indent=2))
     shutil.rmtree(out, ignore_errors=True)
     work.rename(out)
     return out
@@ -150,6 +161,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--preset", help="latency preset, e.g. 70_13 (default: the manifest's default_preset)")
     ap.add_argument("--speaker-mode", choices=SPEAKER_MODES, default="kernel")
     ap.add_argument("--copy", action="store_true", help="copy graph files instead of symlinking them")
+    ap.add_argument("--in-process", metavar="MODELS",
+                    help="graph models the orchestrator runs itself with ONNX Runtime instead of through BLS "
+                         "(comma list, '' for none; default: " +
+                         "; ".join(f"{t}: {','.join(m) or 'none'}" for t, m in IN_PROCESS_DEFAULT.items()) + ")")
     ap.add_argument("--write-committed", action="store_true",
                     help=f"regenerate {COMMITTED_DIR.relative_to(HERE.parent)}/ for the public checkpoints' dims")
     args = ap.parse_args(argv)
@@ -161,11 +176,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.graphs is None or args.out is None:
         ap.error("--graphs and --out are required (or --write-committed)")
     try:
-        out = build(args.graphs, args.target, args.out, args.preset, args.speaker_mode, args.copy)
+        in_process = None if args.in_process is None else tuple(m for m in args.in_process.split(",") if m)
+        out = build(args.graphs, args.target, args.out, args.preset, args.speaker_mode, args.copy, in_process)
     except BuildError as exc:
         print(f"{ap.prog}: error: {exc}", file=sys.stderr)
         return 2
-    print(f"repository: {out} ({args.target}; models: {', '.join([*GRAPH_MODELS, ORCHESTRATOR])})")
+    models = sorted(p.parent.name for p in out.glob("*/config.pbtxt"))
+    print(f"repository: {out} ({args.target}; models: {', '.join(models)})")
     return 0
 
 

@@ -27,6 +27,12 @@ from mtasr.spec import (
 TARGETS = ("cpu", "gpu")
 SPEAKER_MODES = ("kernel", "masked")
 GRAPH_MODELS = ("diarizer", "encoder", "decoder_joint")  # model names in the repository (= graph kinds)
+# Graphs the orchestrator runs in its own ONNX Runtime session instead of through BLS, by target. The RNNT greedy
+# loop calls decoder_joint once per emitted symbol and frame (about 50 calls per step for 2 speakers): through BLS
+# each call is a round trip between processes (~3 ms), in process ~0.07 ms on the tiny models. On the CPU a BLS
+# graph model is one more Python-backend process with its own thread pool on the same cores, so the cpu target
+# runs every graph in process; on gpu the diarizer and encoder stay Triton models (ONNX Runtime / TensorRT).
+IN_PROCESS_DEFAULT = {"cpu": GRAPH_MODELS, "gpu": ("decoder_joint",)}
 ORCHESTRATOR_MAX_BATCH = 32
 # One orchestrator execute sends every active speaker of every sequence in one encoder call: up to 4 rows each.
 GRAPH_MAX_BATCH = ORCHESTRATOR_MAX_BATCH * NUM_SPEAKERS
@@ -104,13 +110,17 @@ def graph_config(spec: GraphSpec, target: str, name: str | None = None,
 
 
 def orchestrator_config(graphs: dict[str, str], preset: str, speaker_mode: str,
-                        max_batch_size: int = ORCHESTRATOR_MAX_BATCH) -> mc.ModelConfig:
+                        max_batch_size: int = ORCHESTRATOR_MAX_BATCH,
+                        in_process: tuple[str, ...] = ()) -> mc.ModelConfig:
     """The streaming `multitalker` model: Python backend, sequence batching (oldest), both audio inputs optional.
 
     `graphs` maps each of GRAPH_MODELS to the repository model the orchestrator calls through BLS; they, the
     latency `preset`, the `speaker_mode` ("kernel" | "masked") and the `manifest` file name (in the version
-    folder `1/`, next to the feature files) are model parameters.
+    folder `1/`, next to the feature files) are model parameters. `in_process` lists the graph models the
+    orchestrator runs itself with ONNX Runtime from `1/graphs/<model>/` (parameter `in_process_models`).
     """
+    if not set(in_process) <= set(GRAPH_MODELS):
+        raise ValueError(f"in-process models must be among {GRAPH_MODELS}, got {in_process}")
     if speaker_mode not in SPEAKER_MODES:
         raise ValueError(f"unknown speaker mode {speaker_mode!r}; use one of {SPEAKER_MODES}")
     cfg = mc.ModelConfig(name=ORCHESTRATOR, backend="python", max_batch_size=max_batch_size)
@@ -132,15 +142,19 @@ def orchestrator_config(graphs: dict[str, str], preset: str, speaker_mode: str,
     _param(cfg, "preset", preset)
     _param(cfg, "speaker_mode", speaker_mode)
     _param(cfg, "manifest", "manifest.json")
+    _param(cfg, "in_process_models", ",".join(in_process))
     return cfg
 
 
-def repository_configs(dims: ModelDims, target: str, preset: str,
-                       speaker_mode: str = "kernel") -> dict[str, mc.ModelConfig]:
-    """Model name -> config for a whole repository: the three graph models and `multitalker`."""
+def repository_configs(dims: ModelDims, target: str, preset: str, speaker_mode: str = "kernel",
+                       in_process: tuple[str, ...] | None = None) -> dict[str, mc.ModelConfig]:
+    """Model name -> config for a whole repository: `multitalker` and the graph models it calls through BLS
+    (those not `in_process`, which defaults to the target's IN_PROCESS_DEFAULT)."""
+    in_process = IN_PROCESS_DEFAULT[target] if in_process is None else tuple(in_process)
     specs = graph_specs(dims)
-    configs = {kind: graph_config(specs[kind], target, name=kind) for kind in GRAPH_MODELS}
-    configs[ORCHESTRATOR] = orchestrator_config({k: k for k in GRAPH_MODELS}, preset, speaker_mode)
+    configs = {kind: graph_config(specs[kind], target, name=kind) for kind in GRAPH_MODELS if kind not in in_process}
+    configs[ORCHESTRATOR] = orchestrator_config({k: k for k in GRAPH_MODELS}, preset, speaker_mode,
+                                                in_process=in_process)
     return configs
 
 

@@ -3,8 +3,10 @@ is asserted)."""
 
 from __future__ import annotations
 
+import json
 import math
 import os
+from pathlib import Path
 
 import pytest
 
@@ -59,11 +61,91 @@ def test_memory_spec(graphs):
     assert memory.tree_rss(os.getpid()) > 0
 
 
-def test_native_vs_served(graphs):
-    """The side-by-side run: NeMo native, served through Triton and in process give the same SegLST."""
-    from bench import native_vs_served
+def test_flop_count_of_known_graphs(tmp_path):
+    """The roofline's FLOP counter gives 2*M*N*K for a MatMul and 2*out*Cin/g*k for a grouped Conv."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
 
-    r = native_vs_served.run(graphs, seconds=4.0, preset="70_13", mode="kernel")
-    assert r["outputs_agree"] is True
-    assert min(r["native_seconds"], r["served_seconds"], r["in_process_seconds"]) > 0
-    assert r["served_vs_native"] > 0 and r["audio_seconds"] == 4.0
+    from bench import roofline
+
+    w = numpy_helper.from_array(np.ones((8, 2, 3), np.float32), "w")  # Conv1d: 8 out, 4 in, groups 2, k 3
+    nodes = [helper.make_node("MatMul", ["a", "b"], ["c"]), helper.make_node("Conv", ["x", "w"], ["y"], group=2)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("a", TensorProto.FLOAT, [5, 6]),
+                                           helper.make_tensor_value_info("b", TensorProto.FLOAT, [6, 7]),
+                                           helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 10])],
+                              [helper.make_tensor_value_info("c", TensorProto.FLOAT, None),
+                               helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], initializer=[w])
+    path = tmp_path / "g.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    feeds = {"a": np.ones((5, 6), np.float32), "b": np.ones((6, 7), np.float32), "x": np.ones((1, 4, 10), np.float32)}
+    counted = roofline.profile_flops(path, feeds)
+    assert counted["by_op_flops"] == {"MatMul": 2 * 5 * 6 * 7, "Conv": 2 * 8 * 8 * 2 * 3}
+    assert counted["gflops"] == (2 * 5 * 6 * 7 + 2 * 8 * 8 * 2 * 3) / 1e9
+
+
+def test_roofline(graphs):
+    from bench import roofline
+
+    r = roofline.run(graphs, repeats=1, peak=roofline.matmul_peak(n=256, repeats=2))
+    assert r["peak"]["peak_gflops"] == max(r["peak"]["onnxruntime_gflops"], r["peak"]["numpy_gflops"]) > 0
+    for step in r["steps"].values():
+        assert step["gflops"] > 0 and step["ms"] > 0 and set(step["by_op_gflops"]) <= {"MatMul", "Conv", "Gemm"}
+        assert step["peak_fraction"] == round(step["gflops"] / (step["ms"] / 1000) / r["peak"]["peak_gflops"], 3)
+
+
+def test_overhead(graphs):
+    from bench import overhead
+
+    r = overhead.run(graphs, sessions=2, seconds=2.0)
+    assert r["requests"] == 2 * -(-int(2.0 * 16000) // 2560)
+    assert set(r["graph_calls"]) == {"diarizer", "encoder_70_13", "decoder_joint"} and r["model_steps"] >= 1
+    assert 0 < r["graph_s"] < r["wall_s"] and r["overhead_ms_per_request"] > 0
+
+
+def test_perf_input_data_is_the_chunk_schedule(graphs):
+    """perf_analyzer input: whole 1.12 s steps of the spec's `audio` tensor, base64 of float32 samples."""
+    import base64
+
+    import numpy as np
+
+    from bench import perf
+
+    step = perf.step_samples(graphs, "70_13")
+    assert step == 112 * 160
+    data = perf.input_data(step, seconds=3.0, streams=2)["data"]
+    assert len(data) == 2 and all(len(stream) == 2 for stream in data)
+    for stream in data:
+        for request in stream:
+            assert set(request) == {"audio"} and request["audio"]["shape"] == [step]
+            assert np.frombuffer(base64.b64decode(request["audio"]["b64"]), np.float32).shape == (step,)
+
+
+@pytest.mark.skipif(not os.environ.get("CI") and not Path(".triton/bin/perf_analyzer").exists(),
+                    reason="no perf_analyzer: make serve-setup")
+def test_perf_analyzer(graphs, tmp_path):
+    from bench import perf
+
+    r = perf.run(graphs, "1:2:1", seconds=3.0, csv_path=tmp_path / "p.csv", interval_ms=1500)
+    assert [row["concurrency"] for row in r["rows"]] == [1, 2] and (tmp_path / "p.csv").is_file()
+    for row in r["rows"]:
+        assert row["inferences_per_s"] > 0 and 0 < row["p50_ms"] <= row["p99_ms"]
+        assert row["audio_x_realtime"] == round(row["inferences_per_s"] * 1.12, 2)
+
+
+def test_bench_run_smoke(graphs, tmp_path):
+    """`make bench` at CI sizes: every part runs, native/served/in-process agree, the last line is well formed."""
+    import re
+
+    from bench import run
+
+    results = run.run_all(graphs, None, run.SMOKE, tmp_path)
+    assert results["native_vs_served_tiny"]["outputs_agree"] is True
+    assert json.loads((tmp_path / "results.json").read_text())["summary"] == results["summary"]
+    paths = run.plots(results, tmp_path)
+    assert all(p.stat().st_size > 1000 for p in paths)
+    md = run.markdown(results, paths)
+    assert "Smoke run" in md and "## Roofline (tiny)" in md
+    line = run.final_line(results["summary"])
+    assert re.fullmatch(r"bench: served_vs_native=\S+ full_rtf=na realtime_sessions_tiny=\d+ p99_ms=\S+ "
+                        r"peak_fraction=[0-9.]+", line), line

@@ -37,7 +37,7 @@ def test_model_not_ready(tmp_path, tiny_parity):
     from export.audio import synth_conversation
     from model_repository.build import build
 
-    repo = build(tiny_parity["work"] / "graphs", "cpu", tmp_path / "repo")
+    repo = build(tiny_parity["work"] / "graphs", "cpu", tmp_path / "repo", in_process=())  # graphs as models
     wav = tmp_path / "a.wav"
     write_wav(wav, synth_conversation(1.0, 2))
     with TritonServer(repo, models=["decoder_joint"]) as server:

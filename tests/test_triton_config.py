@@ -25,7 +25,15 @@ from mtasr.spec import (
     graph_specs,
     orchestrator_spec,
 )
-from mtasr.triton_config import NUMPY_TO_TRITON, TARGETS, parse_pbtxt, repository_configs, triton_dtype
+from mtasr.triton_config import (
+    GRAPH_MODELS,
+    IN_PROCESS_DEFAULT,
+    NUMPY_TO_TRITON,
+    TARGETS,
+    parse_pbtxt,
+    repository_configs,
+    triton_dtype,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 REGENERATE = "regenerate with `python -m model_repository.build --write-committed`"
@@ -69,7 +77,7 @@ def _check_io(cfg: mc.ModelConfig, spec: GraphSpec) -> None:
 @pytest.mark.parametrize("target", TARGETS)
 @pytest.mark.parametrize("dims", [PUBLIC_CHECKPOINT_DIMS, ModelDims(64, 188, 188, 2, 64, 70, 8, 2, 64, 64)])
 def test_graph_configs_follow_the_spec(target, dims):
-    configs = repository_configs(dims, target, "70_13")
+    configs = repository_configs(dims, target, "70_13", in_process=())
     for name, spec in graph_specs(dims).items():
         cfg = configs[name]
         _check_io(cfg, spec)
@@ -84,6 +92,20 @@ def test_graph_configs_follow_the_spec(target, dims):
         else:
             assert cfg.backend == "python" and not cfg.platform
             assert group.kind == mc.ModelInstanceGroup.KIND_CPU
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_in_process_models(target):
+    """Graphs the orchestrator runs itself are not Triton models; the orchestrator's parameter names them."""
+    default = repository_configs(PUBLIC_CHECKPOINT_DIMS, target, "70_13")
+    assert set(default) == {ORCHESTRATOR, *(m for m in GRAPH_MODELS if m not in IN_PROCESS_DEFAULT[target])}
+    assert IN_PROCESS_DEFAULT["cpu"] == GRAPH_MODELS and IN_PROCESS_DEFAULT["gpu"] == ("decoder_joint",)
+    for in_process in [(), ("decoder_joint",), GRAPH_MODELS]:
+        configs = repository_configs(PUBLIC_CHECKPOINT_DIMS, target, "70_13", in_process=in_process)
+        assert set(configs) == {ORCHESTRATOR, *(m for m in GRAPH_MODELS if m not in in_process)}
+        assert configs[ORCHESTRATOR].parameters["in_process_models"].string_value == ",".join(in_process)
+    with pytest.raises(ValueError, match="in-process models"):
+        repository_configs(PUBLIC_CHECKPOINT_DIMS, target, "70_13", in_process=("joint",))
 
 
 @pytest.mark.parametrize("target", TARGETS)
@@ -106,7 +128,8 @@ def test_orchestrator_config(target):
     assert controls["CORRID"].data_type == mc.TYPE_UINT64
     params = {k: v.string_value for k, v in cfg.parameters.items()}
     assert params == {"diarizer_model": "diarizer", "encoder_model": "encoder", "decoder_joint_model": "decoder_joint",
-                      "preset": "70_6", "speaker_mode": "masked", "manifest": "manifest.json"}
+                      "preset": "70_6", "speaker_mode": "masked", "manifest": "manifest.json",
+                      "in_process_models": ",".join(IN_PROCESS_DEFAULT[target])}
 
 
 def test_dtype_table_agrees_with_tritonclient():
@@ -145,26 +168,32 @@ def _fake_graphs(root: Path, fp16: bool) -> Path:
 
 
 @pytest.mark.parametrize("target", TARGETS)
-def test_build_layout(tmp_path, target):
+@pytest.mark.parametrize("in_process", [None, ()])
+def test_build_layout(tmp_path, target, in_process):
     graphs = _fake_graphs(tmp_path / "graphs", fp16=True)
-    repo = builder.build(graphs, target, tmp_path / "repo", preset="70,13", speaker_mode="masked")
+    repo = builder.build(graphs, target, tmp_path / "repo", preset="70,13", speaker_mode="masked",
+                         in_process=in_process)
+    local = IN_PROCESS_DEFAULT[target] if in_process is None else in_process
     suffix = "_fp16" if target == "gpu" else ""
     chosen = {"diarizer": "diarizer", "encoder": "encoder_70_13", "decoder_joint": "decoder_joint"}
     for model, folder in chosen.items():
-        version = repo / model / "1"
+        version = repo / ORCHESTRATOR / "1" / "graphs" / model if model in local else repo / model / "1"
         assert (version / "model.onnx").read_text() == folder + suffix
-        assert (version / "model.py").is_file() == (target == "cpu")
-        assert parse_pbtxt((repo / model / "config.pbtxt").read_text()).name == model
-    assert (repo / "encoder" / "1" / "model.onnx.data").exists() == (target == "cpu")  # only the fp32 folder has one
-    if target == "cpu":
+        assert (version / "model.py").is_file() == (target == "cpu" and model not in local)
+        assert (repo / model / "config.pbtxt").is_file() == (model not in local)
+        if model not in local:
+            assert parse_pbtxt((repo / model / "config.pbtxt").read_text()).name == model
+    encoder = repo / ORCHESTRATOR / "1" / "graphs" / "encoder" if "encoder" in local else repo / "encoder" / "1"
+    assert (encoder / "model.onnx.data").exists() == (target == "cpu")  # only the fp32 folder has one
+    if target == "cpu" and "diarizer" not in local:
         assert (repo / "diarizer" / "1" / "model.py").read_text() == builder.ONNX_MODEL_PY.read_text()
     orchestrator = repo / ORCHESTRATOR
     assert {p.name for p in (orchestrator / "1").iterdir()} >= {"manifest.json", "features_asr.npz"}
     params = parse_pbtxt((orchestrator / "config.pbtxt").read_text()).parameters
     assert params["preset"].string_value == "70_13" and params["speaker_mode"].string_value == "masked"
     # a rebuild replaces the repository; the default preset is the manifest's
-    builder.build(graphs, target, repo)
-    assert (repo / "encoder" / "1" / "model.onnx").read_text() == "encoder_70_0" + suffix
+    builder.build(graphs, target, repo, in_process=in_process)
+    assert (encoder / "model.onnx").read_text() == "encoder_70_0" + suffix
 
 
 def test_build_without_orchestrator_code_warns(tmp_path, monkeypatch, caplog):
@@ -181,6 +210,8 @@ def test_build_errors(tmp_path):
         builder.build(graphs, "cpu", tmp_path / "repo", preset="70_6")
     with pytest.raises(builder.BuildError, match="unknown latency preset"):
         builder.build(graphs, "cpu", tmp_path / "repo", preset="70,5")
+    with pytest.raises(builder.BuildError, match="--in-process takes models among"):
+        builder.build(graphs, "cpu", tmp_path / "repo", in_process=("joint",))
     with pytest.raises(builder.BuildError, match="no manifest.json"):
         builder.build(tmp_path, "cpu", tmp_path / "repo")
     (tmp_path / "mine").mkdir()

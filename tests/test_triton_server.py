@@ -42,7 +42,8 @@ def server(request, tmp_path_factory):
     # The server must run in CI; elsewhere a missing local Triton only skips (with the command that installs it).
     if not (TRITON_DIR / "bin" / "tritonserver").is_file() and not os.environ.get("CI"):
         pytest.skip(f"no local Triton in {TRITON_DIR}: run `make serve-setup` (CI unset)")
-    repo = build(request.getfixturevalue("tiny_graphs"), "cpu", tmp_path_factory.mktemp("triton_repo") / "repo")
+    repo = build(request.getfixturevalue("tiny_graphs"), "cpu", tmp_path_factory.mktemp("triton_repo") / "repo",
+                 in_process=())  # every graph as its own Triton model
     with TritonServer(repo, models=list(GRAPH_MODELS)) as srv:
         yield srv
     assert srv.proc.returncode is not None, "tritonserver still running after the fixture"

@@ -10,7 +10,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from mtasr.features import FeatureParams
-from mtasr.pipeline import Engine, PipelineConfig
+from mtasr.pipeline import Engine, OrtRunner, PipelineConfig, RoutedRunner, single_threaded_blas
 from mtasr.pipeline.sequences import AudioRequest, Reply, SequenceManager
 from mtasr.spec import ModelDims, graph_specs
 
@@ -46,6 +46,7 @@ def _optional(request, name: str) -> np.ndarray | None:
 
 class TritonPythonModel:
     def initialize(self, args: dict) -> None:
+        single_threaded_blas()
         config = json.loads(args["model_config"])
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
         folder = Path(args["model_repository"]) / args["model_version"]
@@ -56,7 +57,12 @@ class TritonPythonModel:
                                            graphs=graphs)
         ranks = {t.name: len(t.dims) for g in graph_specs(ModelDims(**manifest["dims"])).values()
                  for t in g.inputs + g.outputs}
-        engine = Engine(cfg, FeatureParams.load(folder / "features_asr.npz"), BlsRunner(ranks))
+        local = [role for role in params.get("in_process_models", "").split(",") if role]
+        threads = int(params.get("intra_op_threads", "0"))
+        # In-process graphs live in 1/graphs/<model>/; the greedy decoder is small and latency-bound: one thread.
+        big, small = OrtRunner(folder / "graphs", threads=threads), OrtRunner(folder / "graphs", threads=1)
+        runner = RoutedRunner(BlsRunner(ranks), {graphs[r]: small if r == "decoder_joint" else big for r in local})
+        engine = Engine(cfg, FeatureParams.load(folder / "features_asr.npz"), runner)
         idle_us = config.get("sequence_batching", {}).get("max_sequence_idle_microseconds", 30_000_000)
         self.manager = SequenceManager(engine, idle_timeout_s=int(idle_us) / 1e6)
 

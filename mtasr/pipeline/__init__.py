@@ -6,6 +6,7 @@ or BLS calls inside Triton).
 
 from mtasr.pipeline.config import PipelineConfig
 from mtasr.pipeline.engine import Engine, Session, StepOutput
-from mtasr.pipeline.runner import GraphRunner, OrtRunner
+from mtasr.pipeline.runner import GraphRunner, OrtRunner, RoutedRunner, single_threaded_blas
 
-__all__ = ["Engine", "GraphRunner", "OrtRunner", "PipelineConfig", "Session", "StepOutput"]
+__all__ = ["Engine", "GraphRunner", "OrtRunner", "PipelineConfig", "RoutedRunner", "Session", "StepOutput",
+           "single_threaded_blas"]

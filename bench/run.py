@@ -1,0 +1,272 @@
+"""`make bench`: every benchmark in one run; writes bench/results.json, BENCHMARKS.md and PNG plots.
+
+    python -m bench.run [--full] [--smoke] [--tiny-graphs DIR] [--full-graphs DIR] [--out bench]
+
+Parts: NeMo native vs served vs in process (tiny; full size with --full), real-time load search (tiny),
+perf_analyzer sweep (tiny), roofline (tiny; full with --full), state memory (spec + server RSS), encoder batching,
+orchestrator overhead. Missing graphs are exported first (random init, the public architectures for full).
+`--smoke` shrinks every part (seconds, sessions, repeats) for CI: same code paths, meaningless figures.
+The last line printed is
+`bench: served_vs_native=<x> full_rtf=<r> realtime_sessions_tiny=<n> p99_ms=<ms> peak_fraction=<f>`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PRESET = "70_13"
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """How big each part runs (full benchmark vs CI smoke)."""
+
+    native_seconds: float = 20.0
+    full_seconds: float = 12.0
+    load_seconds: float = 10.0
+    load_max: int = 64
+    budget_ms: float = 250.0
+    perf_concurrency: str = "1:8:1"
+    perf_interval_ms: int = 6000
+    repeats: int = 10
+    memory_sessions: tuple[int, ...] = (1, 8, 32)
+    batching_sessions: tuple[int, ...] = (1, 2, 4, 8)
+
+
+SMOKE = Sizes(native_seconds=3.0, full_seconds=3.0, load_seconds=3.0, load_max=2, perf_concurrency="1:1:1",
+              perf_interval_ms=1500, repeats=2, memory_sessions=(1, 2), batching_sessions=(1, 2))
+
+
+def ensure_graphs(folder: Path, size: str) -> Path:
+    """`folder` if it holds exported graphs, else export random-init `size` models (preset 70,13) into it."""
+    if (folder / "manifest.json").is_file():
+        return folder
+    print(f"bench: exporting random-init {size} graphs into {folder}", file=sys.stderr)
+    subprocess.run([sys.executable, "-m", "export", "--random-init", size, "--out", str(folder),
+                    "--presets", "70,13"], cwd=ROOT, check=True)
+    return folder
+
+
+def machine() -> dict:
+    """What the figures were measured on."""
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    import onnxruntime
+
+    return {"cpu": cpu, "cores": os.cpu_count(), "memory_gib": round(mem, 1), "python": platform.python_version(),
+            "onnxruntime": onnxruntime.__version__, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+
+
+def _part(results: dict, name: str, fn, *args, **kwargs) -> None:
+    print(f"bench: {name} ...", file=sys.stderr, flush=True)
+    t = time.perf_counter()
+    results[name] = fn(*args, **kwargs)
+    results.setdefault("part_seconds", {})[name] = round(time.perf_counter() - t, 1)
+    (results["_out"] / "results.json").write_text(json.dumps({k: v for k, v in results.items() if k != "_out"},
+                                                             indent=1, default=str))
+
+
+def load_search(graphs: Path, sizes: Sizes) -> dict:
+    """Largest N of real-time 2-3 speaker sessions (160 ms pieces) with p99 below the budget, on one server."""
+    import tempfile
+
+    from client import loadgen
+    from client.server import TritonServer
+    from model_repository.build import build
+
+    audios = loadgen.make_audios(sizes.load_seconds, 160.0, variants=8)
+    with tempfile.TemporaryDirectory() as tmp:
+        repo = build(graphs, "cpu", Path(tmp) / "repo", preset=PRESET)
+        with TritonServer(repo, log_path=Path(tmp) / "server.log") as server:
+            loadgen.run_sessions(server.grpc_url, 1, audios, progress=False)  # warm-up
+            result = loadgen.search(server.grpc_url, 1, sizes.load_max, audios, budget_ms=sizes.budget_ms)
+    result["budget_ms"] = sizes.budget_ms
+    return result
+
+
+def memory_part(graphs: Path, sizes: Sizes) -> dict:
+    import tempfile
+
+    from bench import memory
+    from client.server import TritonServer
+    from model_repository.build import build
+
+    out = {"spec_bytes": memory.spec_report(graphs, PRESET)}
+    with tempfile.TemporaryDirectory() as tmp:
+        repo = build(graphs, "cpu", Path(tmp) / "repo", preset=PRESET)
+        with TritonServer(repo, log_path=Path(tmp) / "server.log") as server:
+            out["rss_bytes"] = memory.measure_rss(server.grpc_url, server.pid, sizes.memory_sessions)
+    return out
+
+
+def run_all(tiny: Path, full: Path | None, sizes: Sizes, out: Path) -> dict:
+    from bench import batching, native_vs_served, overhead, perf, roofline
+
+    results: dict = {"_out": out, "machine": machine(), "preset": PRESET, "smoke": sizes == SMOKE}
+    _part(results, "native_vs_served_tiny", native_vs_served.run, tiny, sizes.native_seconds, PRESET, "kernel")
+    if full is not None:
+        _part(results, "native_vs_served_full", native_vs_served.run, full, sizes.full_seconds, PRESET, "kernel")
+        _part(results, "roofline_full", roofline.run, full, PRESET, 2, sizes.repeats)
+    _part(results, "roofline_tiny", roofline.run, tiny, PRESET, 2, sizes.repeats)
+    _part(results, "overhead", overhead.run, tiny, PRESET, 8, sizes.load_seconds)
+    _part(results, "batching", batching.run, tiny, PRESET, (1, 2, 3, 4), sizes.batching_sessions, sizes.repeats)
+    _part(results, "memory", memory_part, tiny, sizes)
+    if perf.PERF_ANALYZER.is_file():
+        _part(results, "perf_analyzer", perf.run, tiny, sizes.perf_concurrency, sizes.load_seconds,
+              out / "perf_analyzer.csv", None, PRESET, sizes.perf_interval_ms)
+    _part(results, "load", load_search, tiny, sizes)
+    results.pop("_out")
+    results["summary"] = summary(results)
+    (out / "results.json").write_text(json.dumps(results, indent=1, default=str))
+    return results
+
+
+def summary(r: dict) -> dict:
+    vs = r.get("native_vs_served_full") or r["native_vs_served_tiny"]
+    roof = r.get("roofline_full") or r["roofline_tiny"]
+    load = r["load"]
+    return {"served_vs_native": vs["served_vs_native"], "served_vs_native_size": "full" if "native_vs_served_full"
+            in r else "tiny", "full_rtf": r["native_vs_served_full"]["served_rtf"] if "native_vs_served_full" in r
+            else None, "realtime_sessions_tiny": load["max_realtime_sessions"], "p99_ms": load["p99_ms_at_max"],
+            "peak_fraction": roof["steps"]["encoder"]["peak_fraction"],
+            "peak_fraction_size": "full" if "roofline_full" in r else "tiny"}
+
+
+def final_line(s: dict) -> str:
+    def fmt(v) -> str:
+        return "na" if v is None else (f"{v:.3g}" if isinstance(v, float) else str(v))
+
+    return (f"bench: served_vs_native={fmt(s['served_vs_native'])} full_rtf={fmt(s['full_rtf'])} "
+            f"realtime_sessions_tiny={fmt(s['realtime_sessions_tiny'])} p99_ms={fmt(s['p99_ms'])} "
+            f"peak_fraction={fmt(s['peak_fraction'])}")
+
+
+def plots(r: dict, out: Path) -> list[Path]:
+    """latency_vs_concurrency.png (load runs + perf_analyzer) and served_vs_native.png."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    fig, ax = plt.subplots(figsize=(6.4, 4))
+    runs = sorted(r["load"]["runs"].items(), key=lambda kv: int(kv[0]))
+    n = [int(k) for k, _ in runs]
+    for q in ("p50", "p99"):
+        ax.plot(n, [v[f"{q}_ms"] for _, v in runs], "o-", label=f"real-time sessions, {q}")
+    if "perf_analyzer" in r:
+        rows = r["perf_analyzer"]["rows"]
+        ax.plot([x["concurrency"] for x in rows], [x["p99_ms"] for x in rows], "s--", label="perf_analyzer, p99")
+    ax.axhline(r["load"]["budget_ms"], color="gray", lw=0.8, ls=":", label="budget")
+    ax.set(xlabel="concurrent sessions / concurrency", ylabel="latency per request (ms)", yscale="log",
+           title="tiny models, [70,13], 2-core CPU")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    paths.append(out / "latency_vs_concurrency.png")
+    fig.savefig(paths[-1], dpi=110)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    labels, bars = [], []
+    for size in ("tiny", "full"):
+        v = r.get(f"native_vs_served_{size}")
+        if v:
+            labels += [f"{size}\nNeMo native", f"{size}\nserved", f"{size}\nin process"]
+            bars += [v["native_rtf"], v["served_rtf"], v["in_process_rtf"]]
+    ax.bar(labels, bars, color=["#888", "#2a7", "#27a"] * (len(bars) // 3))
+    ax.axhline(1.0, color="red", lw=0.8, ls=":")
+    ax.set(ylabel="real-time factor (wall / audio)", title="single session, 2 speakers, [70,13]")
+    fig.tight_layout()
+    paths.append(out / "served_vs_native.png")
+    fig.savefig(paths[-1], dpi=110)
+    plt.close(fig)
+    return paths
+
+
+def markdown(r: dict, plot_paths: list[Path]) -> str:
+    from bench import batching, perf, roofline
+
+    m, s = r["machine"], r["summary"]
+    lines = ["# Benchmarks", "", "Generated by `make bench` (`python -m bench.run`); do not edit by hand.", "",
+             f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB; Python {m['python']}, "
+             f"ONNX Runtime {m['onnxruntime']}; {m['date']}. Random-init models with the public architectures "
+             "(tiny for tests; full = 117.7 M + 622.3 M params). Shared machine: compare ratios within one run.",
+             "", "```", final_line(s), "```", ""]
+    if r.get("smoke"):
+        lines += ["**Smoke run (CI sizes): the figures are not meaningful.**", ""]
+    lines += ["## NeMo native vs served, single session", "",
+              "| models | audio s | NeMo native RTF | served RTF | in-process RTF | served / native | outputs agree |",
+              "|---|---|---|---|---|---|---|"]
+    for size in ("tiny", "full"):
+        v = r.get(f"native_vs_served_{size}")
+        if v:
+            lines.append(f"| {size} | {v['audio_seconds']} | {v['native_rtf']} | {v['served_rtf']} | "
+                         f"{v['in_process_rtf']} | {v['served_vs_native']}× | {v['outputs_agree']} |")
+    load = r["load"]
+    lines += ["", f"## Real-time load (tiny; 160 ms pieces, p99 budget {load['budget_ms']:.0f} ms)", "",
+              f"Largest N real time: **{load['max_realtime_sessions']}** (p99 {load['p99_ms_at_max']} ms).", "",
+              "| sessions | p50 ms | p95 ms | p99 ms | worst wall/audio | real time |", "|---|---|---|---|---|---|"]
+    for k, v in sorted(load["runs"].items(), key=lambda kv: int(kv[0])):
+        lines.append(f"| {k} | {v['p50_ms']:.1f} | {v['p95_ms']:.1f} | {v['p99_ms']:.1f} | {v['rtf_max']:.3f} | "
+                     f"{v['realtime']} |")
+    if "perf_analyzer" in r:
+        lines += ["", "## perf_analyzer (tiny; back-to-back 1.12 s requests, gRPC, sequence batching)", "",
+                  perf.table(r["perf_analyzer"])]
+    for size in ("tiny", "full"):
+        if f"roofline_{size}" in r:
+            lines += ["", f"## Roofline ({size})", "", roofline.table(r[f"roofline_{size}"])]
+    o = r["overhead"]
+    lines += ["", "## Orchestrator overhead (tiny, in process, 8 sessions)", "",
+              f"{o['overhead_ms_per_request']} ms per 160 ms request, {o['overhead_ms_per_session_step']} ms per "
+              f"session per 1.12 s model step, outside {sum(o['graph_calls'].values())} graph calls "
+              f"({o['graph_calls']}).", "", "## Encoder batching (tiny)", "", batching.table(r["batching"])]
+    mem = r["memory"]
+    spec = mem["spec_bytes"]
+    rss = mem["rss_bytes"]
+    lines += ["", "## Memory", "", "State bytes per session (spec): " + ", ".join(
+        f"{k} {v['total'] / 2**20:.2f} MiB" for k, v in spec.items() if isinstance(v, dict) and "total" in v), "",
+        f"Server RSS (tiny): baseline {rss['baseline'] / 2**20:.0f} MiB; " + ", ".join(
+            f"{k} open {v / 2**20:.0f} MiB" for k, v in rss["open"].items()) +
+        f"; after END {rss['after_end'] / 2**20:.0f} MiB.", ""]
+    lines += [f"![{p.stem}]({p.as_posix()})" for p in plot_paths]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n")[0])
+    ap.add_argument("--full", action="store_true", help="also the full-size parts (exports ~12 GB if needed)")
+    ap.add_argument("--smoke", action="store_true", help="tiny sizes for CI (figures not meaningful)")
+    ap.add_argument("--tiny-graphs", type=Path, default=ROOT / "artifacts" / "bench_tiny")
+    ap.add_argument("--full-graphs", type=Path, default=ROOT / "artifacts" / "bench_full")
+    ap.add_argument("--out", type=Path, default=ROOT / "bench")
+    args = ap.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    tiny = ensure_graphs(args.tiny_graphs, "tiny")
+    full = ensure_graphs(args.full_graphs, "full") if args.full else None
+    results = run_all(tiny, full, SMOKE if args.smoke else Sizes(), args.out)
+    paths = plots(results, args.out)
+    md = args.out / "BENCHMARKS.md" if args.out != ROOT / "bench" else ROOT / "BENCHMARKS.md"
+    md.write_text(markdown(results, [Path(os.path.relpath(p, md.parent)) for p in paths]))
+    print(f"bench: wrote {args.out / 'results.json'}, {md}, {', '.join(p.name for p in paths)}", file=sys.stderr)
+    print(final_line(results["summary"]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

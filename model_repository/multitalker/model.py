@@ -10,7 +10,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from mtasr.features import FeatureParams
-from mtasr.pipeline import Engine, OrtRunner, PipelineConfig, RoutedRunner, single_threaded_blas
+from mtasr.pipeline import Engine, OrtRunner, PipelineConfig, RoutedRunner, release_free_memory, single_threaded_blas
 from mtasr.pipeline.sequences import AudioRequest, Reply, SequenceManager
 from mtasr.spec import ModelDims, graph_specs
 
@@ -70,7 +70,11 @@ class TritonPythonModel:
         batch = [AudioRequest(corrid=int(_scalar(r, "CORRID")), start=bool(_scalar(r, "START")),
                               end=bool(_scalar(r, "END")), audio=_optional(r, "audio"),
                               audio_int16=_optional(r, "audio_int16")) for r in requests]
-        return [self._response(reply) for reply in self.manager.handle(batch)]
+        live = len(self.manager.live)
+        replies = self.manager.handle(batch)
+        if any(r.final for r in replies) or len(self.manager.live) < live:  # sequences ended or expired
+            release_free_memory()
+        return [self._response(reply) for reply in replies]
 
     @staticmethod
     def _response(reply: Reply):

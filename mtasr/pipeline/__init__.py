@@ -6,7 +6,7 @@ or BLS calls inside Triton).
 
 from mtasr.pipeline.config import PipelineConfig
 from mtasr.pipeline.engine import Engine, Session, StepOutput
-from mtasr.pipeline.runner import GraphRunner, OrtRunner, RoutedRunner, single_threaded_blas
+from mtasr.pipeline.runner import GraphRunner, OrtRunner, RoutedRunner, release_free_memory, single_threaded_blas
 
 __all__ = ["Engine", "GraphRunner", "OrtRunner", "PipelineConfig", "RoutedRunner", "Session", "StepOutput",
-           "single_threaded_blas"]
+           "release_free_memory", "single_threaded_blas"]

@@ -129,7 +129,7 @@ def _send(client, samples: np.ndarray, sequence_id: int, start: bool = False, en
 def measure_rss(url: str, pid: int, counts: tuple[int, ...] = (1, 8, 32), pieces: int = 4, piece_s: float = 0.5,
                 settle_s: float = 1.0) -> dict:
     """Server tree RSS: cold, at baseline (after one warm-up sequence), with `counts` sequences open (START +
-    pieces, no END), and after END."""
+    pieces, no END), after END, and again for a second round of the largest count (growth there = a leak)."""
     from client.stream import connect
     from export.audio import synth_conversation
 
@@ -146,27 +146,35 @@ def measure_rss(url: str, pid: int, counts: tuple[int, ...] = (1, 8, 32), pieces
         _send(client, audio[i * n : (i + 1) * n], 999, start=i == 0, end=i == pieces - 1)
     out: dict = {"cold": cold, "baseline": rss(), "open": {}}
     opened: list[int] = []
+    sid = 1000
     try:
-        for count in sorted(counts):
-            while len(opened) < count:
-                sid = 1000 + len(opened)
-                for i in range(pieces):
-                    _send(client, audio[i * n : (i + 1) * n], sid, start=i == 0)
-                opened.append(sid)
-            out["open"][str(count)] = rss()
-        for sid in opened:
-            _send(client, audio[:n], sid, end=True)
-        opened.clear()
-        out["after_end"] = rss()
+        for round_ in (1, 2):  # round 2 repeats the largest count: a leak would grow RSS again
+            for count in sorted(counts) if round_ == 1 else [max(counts)]:
+                while len(opened) < count:
+                    for i in range(pieces):
+                        _send(client, audio[i * n : (i + 1) * n], sid, start=i == 0)
+                    opened.append(sid)
+                    sid += 1
+                if round_ == 1:
+                    out["open"][str(count)] = rss()
+                else:
+                    out["open_round2"] = rss()
+            for s in opened:
+                _send(client, audio[:n], s, end=True)
+            opened.clear()
+            out["after_end" if round_ == 1 else "after_end_round2"] = rss()
     finally:
-        for sid in opened:  # close whatever is still open
+        for s in opened:  # close whatever is still open
             try:
-                _send(client, audio[:n], sid, end=True)
+                _send(client, audio[:n], s, end=True)
             except Exception:  # noqa: BLE001 - best effort cleanup
                 pass
         client.close()
     top = max(out["open"].values())
     out["returned_near_baseline"] = bool(out["after_end"] - out["baseline"] <= 0.25 * max(top - out["baseline"], 1))
+    # steady state: what the first round left (ONNX Runtime's arena sized for the largest batch) is reused
+    out["no_growth_round2"] = bool(out["after_end_round2"] - out["after_end"] <= 0.05 * max(top - out["baseline"], 1)
+                                   + 2**20)
     out["per_session_bytes"] = {k: (v - out["baseline"]) / int(k) for k, v in out["open"].items()}
     return out
 

@@ -243,7 +243,9 @@ def markdown(r: dict, plot_paths: list[Path]) -> str:
         f"{k} {v['total'] / 2**20:.2f} MiB" for k, v in spec.items() if isinstance(v, dict) and "total" in v), "",
         f"Server RSS (tiny): baseline {rss['baseline'] / 2**20:.0f} MiB; " + ", ".join(
             f"{k} open {v / 2**20:.0f} MiB" for k, v in rss["open"].items()) +
-        f"; after END {rss['after_end'] / 2**20:.0f} MiB.", ""]
+        f"; after END {rss['after_end'] / 2**20:.0f} MiB; second round of {max(rss['open'], key=int)}: open "
+        f"{rss['open_round2'] / 2**20:.0f} MiB, after END {rss['after_end_round2'] / 2**20:.0f} MiB "
+        f"(no growth: {rss['no_growth_round2']}).", ""]
     lines += [f"![{p.stem}]({p.as_posix()})" for p in plot_paths]
     return "\n".join(lines) + "\n"
 

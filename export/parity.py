@@ -358,13 +358,20 @@ def check_encoder_and_tokens(fig: Figures, asr, graphs: Path, manifest: dict, fe
 
 
 # ------------------------------------------------------------------------------------------------------ main
-def run(size: str, work: Path, presets: list[tuple[int, int]], seconds: dict[str, float], fp16: bool) -> Figures:
+def run(size: str, work: Path, presets: list[tuple[int, int]], seconds: dict[str, float], fp16: bool,
+        nemo: tuple[Path, Path] | None = None, audio: np.ndarray | None = None) -> Figures:
+    """All checks on random-init `size` models, or on the given (diarizer, asr) `.nemo` files; `audio` (16 kHz)
+    replaces the synthetic conversation."""
     fig = Figures()
     t0 = time.perf_counter()
-    diar_path, asr_path, roundtrip = prepare_models(size, work)
-    fig.details["nemo_roundtrip_max_abs"] = roundtrip
-    if roundtrip != 0.0:
-        raise AssertionError(f".nemo round trip changed parameters by {roundtrip}")
+    if nemo is None:
+        diar_path, asr_path, roundtrip = prepare_models(size, work)
+        fig.details["nemo_roundtrip_max_abs"] = roundtrip
+        if roundtrip != 0.0:
+            raise AssertionError(f".nemo round trip changed parameters by {roundtrip}")
+    else:
+        diar_path, asr_path = nemo
+        fig.details["nemo"] = [str(diar_path), str(asr_path)]
     fig.details["build_seconds"] = round(time.perf_counter() - t0, 1)
     diar, asr = load_diarizer(str(diar_path)), load_asr(str(asr_path))
     graphs = work / "graphs"
@@ -376,7 +383,7 @@ def run(size: str, work: Path, presets: list[tuple[int, int]], seconds: dict[str
     manifest = load_manifest(graphs)
     configure_diarizer_streaming(diar)
     t0 = time.perf_counter()
-    long_audio = synth_conversation(seconds["long"], n_speakers=3, seed=0)
+    long_audio = synth_conversation(seconds["long"], n_speakers=3, seed=0) if audio is None else audio
     check_features(fig, diar, asr, graphs, long_audio[: 16000 * 8])
     asr.preprocessor.featurizer.dither = 0.0
     with torch.no_grad():
@@ -467,8 +474,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--encoder-seconds", type=float, nargs=2, default=(24.0, 2.0), metavar=("HI", "LO"),
                     help="audio for the encoder/token chains at the highest and lowest preset (>= 20 steps each)")
     ap.add_argument("--fp16", action="store_true", help="also export fp16 copies and measure their deviation")
+    ap.add_argument("--nemo", type=Path, nargs=2, metavar=("DIAR", "ASR"),
+                    help="check these .nemo files (diarizer, asr) instead of random-init models")
+    ap.add_argument("--audio", type=Path, help="16 kHz audio to stream instead of the synthetic conversation")
     args = ap.parse_args(argv)
-    work = args.work or Path("artifacts") / f"parity_{args.size}"
+    work = args.work or Path("artifacts") / (f"parity_{args.size}" if args.nemo is None else "parity_nemo")
+    audio = None
+    if args.audio is not None:
+        import soundfile as sf
+
+        audio, rate = sf.read(str(args.audio), dtype="float32")
+        if rate != 16000 or audio.ndim != 1:
+            ap.error(f"--audio must be 16 kHz mono, got {rate} Hz with shape {audio.shape}")
     presets = [ATT_CONTEXT_SIZES[-1], ATT_CONTEXT_SIZES[0]]  # lowest and highest latency
     quiet_nemo()
     torch.manual_seed(0)
@@ -476,7 +493,7 @@ def main(argv: list[str] | None = None) -> int:
     fig = run(args.size, work, presets,
               {"long": args.long_seconds, "encoder_hi": args.encoder_seconds[0], "encoder_lo": args.encoder_seconds[1],
                "standalone": min(args.long_seconds, 30.0)},
-              args.fp16)
+              args.fp16, nemo=tuple(args.nemo) if args.nemo else None, audio=audio)
     fig.details["total_seconds"] = round(time.perf_counter() - t0, 1)
     print(json.dumps(fig.details, indent=1, default=str))
     for failure in fig.failures:

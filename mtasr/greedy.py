@@ -101,13 +101,20 @@ def greedy_decode(
     blank_id: int,
     max_symbols: int | None = 10,
     frame_offset: np.ndarray | int | None = None,
+    window: int | None = None,
 ) -> DecoderState:
     """Decode one chunk for all rows of `state` (updated in place and returned).
 
     `encoded` is (B, T, D) (the encoder graph's layout), `encoded_len` (B,) the valid frames per row (0 allowed).
-    Each iteration makes one `step_fn` call with every row that still has frames left.  Emitted tokens get
-    frame index ``frame_offset + t`` (``t`` chunk-local); `frame_offset` None means ``state.frames`` (NeMo's
-    timestamps).  ``max_symbols`` None means no limit (NeMo treats values < 1 like 1).
+    Emitted tokens get frame index ``frame_offset + t`` (``t`` chunk-local); `frame_offset` None means
+    ``state.frames`` (NeMo's timestamps).  ``max_symbols`` None means no limit (NeMo treats values < 1 like 1).
+
+    Same decisions as NeMo's frame-by-frame greedy search, in fewer `step_fn` calls: a blank leaves the decoder
+    state unchanged, so each call evaluates every row at its next `window` frames (None: all it has left) with
+    its current state (rows repeated per frame); the row then jumps to its first non-blank frame, emits there
+    and goes on from that frame with the new state, or past the window when all were blank. With the whole
+    chunk as window: one call per emitted symbol (of the row that emits most) plus one, instead of one per
+    frame and symbol; `window=1` is the frame-by-frame loop.
     """
     batch, n_frames = encoded.shape[:2]
     if state.batch != batch:
@@ -118,25 +125,37 @@ def greedy_decode(
     emitted_here = np.zeros(batch, dtype=np.int64)  # labels emitted at frame t so far
     active = np.flatnonzero(t < lengths)
     while active.size:
-        frame = np.ascontiguousarray(encoded[active, t[active]])
-        logits, h_out, c_out = step_fn(frame, state.last_token[active], state.h[active], state.c[active])
+        left = lengths[active] - t[active]
+        counts = left if window is None else np.minimum(left, max(int(window), 1))
+        seg_start = np.cumsum(counts) - counts  # each active row's first position in the call
+        rows = np.repeat(active, counts)
+        frame = np.repeat(t[active], counts) + np.arange(rows.size) - np.repeat(seg_start, counts)
+        logits, h_out, c_out = step_fn(np.ascontiguousarray(encoded[rows, frame]), state.last_token[rows],
+                                       state.h[rows], state.c[rows])
         labels = np.asarray(logits).argmax(axis=-1)
-        is_label = labels != blank_id
-        rows, new = active[is_label], labels[is_label]
-        if rows.size:
-            state.h[rows] = np.asarray(h_out)[is_label]
-            state.c[rows] = np.asarray(c_out)[is_label]
-            state.last_token[rows] = new
-            for r, tok in zip(rows.tolist(), new.tolist(), strict=True):
-                state.tokens[r].append(tok)
-                state.frame_indices[r].append(int(offset[r] + t[r]))
-            emitted_here[rows] += 1
-        advance = ~is_label
-        if max_symbols is not None:
-            advance |= is_label & (emitted_here[active] >= max_symbols)
-        moved = active[advance]
-        t[moved] += 1
-        emitted_here[moved] = 0
+        position = np.where(labels != blank_id, np.arange(rows.size), rows.size)
+        first = np.minimum.reduceat(position, seg_start)  # first label of each row's segment, or rows.size
+        emits = first < rows.size
+        done, skipped = active[~emits], counts[~emits]  # blank on every frame of the window
+        t[done] += skipped
+        emitted_here[done] = 0
+        r, k = active[emits], first[emits]
+        if r.size:
+            f = frame[k]
+            emitted_here[r] = np.where(f > t[r], 0, emitted_here[r])  # skipped frames were blanks
+            t[r] = f
+            new = labels[k]
+            state.h[r] = np.asarray(h_out)[k]
+            state.c[r] = np.asarray(c_out)[k]
+            state.last_token[r] = new
+            for row, tok, fr in zip(r.tolist(), new.tolist(), f.tolist(), strict=True):
+                state.tokens[row].append(tok)
+                state.frame_indices[row].append(int(offset[row] + fr))
+            emitted_here[r] += 1
+            if max_symbols is not None:
+                hit = r[emitted_here[r] >= max_symbols]
+                t[hit] += 1
+                emitted_here[hit] = 0
         active = active[t[active] < lengths[active]]
     state.frames += lengths
     return state

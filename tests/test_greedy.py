@@ -75,8 +75,9 @@ def random_encoded(seed: int, batch: int, frames: int, dim: int) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal((batch, frames, dim)).astype(np.float32)
 
 
+@pytest.mark.parametrize("window", [None, 1, 3])
 @pytest.mark.parametrize("chunk", [14, 1])
-def test_streaming_equals_nemo(model, chunk):
+def test_streaming_equals_nemo(model, chunk, window):
     """Rows of different lengths, chunk by chunk: same tokens and global frame indices after every chunk."""
     lengths = np.array(LENGTHS)
     blank, layers, hidden = model.decoder.blank_idx, model.decoder.pred_rnn_layers, model.decoder.pred_hidden
@@ -89,7 +90,7 @@ def test_streaming_equals_nemo(model, chunk):
         part = np.ascontiguousarray(encoded[:, k * chunk : (k + 1) * chunk])
         part_len = np.clip(lengths - k * chunk, 0, chunk)
         hyps = nemo_chunk(model, part, part_len, hyps)
-        greedy_decode(step, part, part_len, state, blank, MAX_SYMBOLS)
+        greedy_decode(step, part, part_len, state, blank, MAX_SYMBOLS, window=window)
         assert_same(hyps, state, f"chunk {k}")
     np.testing.assert_array_equal(state.frames, lengths)
     vocab = model.tokenizer.vocab
@@ -97,7 +98,8 @@ def test_streaming_equals_nemo(model, chunk):
         assert tokens_to_text(state.tokens[row], vocab) == hyp.text == model.tokenizer.ids_to_text(state.tokens[row])
     stats = emission_stats(state, lengths)
     total = sum(len(t) for t in state.tokens)
-    print(f"\nchunk={chunk}: {n_chunks} chunks, {total} tokens compared, frames by labels emitted {stats.tolist()}")
+    print(f"\nchunk={chunk} window={window}: {n_chunks} chunks, {total} tokens compared, "
+          f"frames by labels emitted {stats.tolist()}")
     assert stats[0] and stats[1] and stats[2:MAX_SYMBOLS].sum() and stats[MAX_SYMBOLS], stats
     assert stats[MAX_SYMBOLS + 1 :].sum() == 0
 
@@ -179,3 +181,24 @@ def test_edge_cases():
     assert tied.tokens == [[0] * 4, [0] * 2, []]  # a tie goes to the first index (token 0, not blank): torch.max
     two = DecoderState.concat([state.select([2]), state.select([0])])
     assert two.tokens == [state.tokens[2], state.tokens[0]] and two.h.shape == (2, 1, 1)
+
+
+def test_window_saves_calls(model):
+    """The look-ahead window gives the frame-by-frame decisions in fewer calls (mostly-blank model)."""
+    blank, layers, hidden = model.decoder.blank_idx, model.decoder.pred_rnn_layers, model.decoder.pred_hidden
+    encoded = random_encoded(1, 3, 14, model.joint.encoder_hidden)
+    step, calls, states = torch_step(model), {}, {}
+    for window in (1, 4, None):
+        calls[window] = 0
+
+        def counted(*args, window=window):
+            calls[window] += 1
+            return step(*args)
+
+        states[window] = greedy_decode(counted, encoded, np.array([14, 9, 0]), init_state(3, layers, hidden, blank),
+                                       blank, MAX_SYMBOLS, window=window)
+    for window in (4, None):
+        assert states[window].tokens == states[1].tokens
+        assert states[window].frame_indices == states[1].frame_indices
+    tokens = max(len(t) for t in states[1].tokens)
+    assert calls[None] <= tokens + 1 < calls[1] and calls[None] <= calls[4] <= calls[1], calls

@@ -60,6 +60,7 @@ class PipelineConfig:
     cache_gating_buffer_size: int = 2
     binary_diar_preds: bool = False
     sent_break_sec: float = 30.0
+    decoder_window: int | None = None  # greedy look-ahead frames per decoder call (None: the whole chunk)
     frame_len_sec: float = FRAME_SEC
     graphs: dict = field(default_factory=dict)  # role -> graph/model name
 

@@ -208,7 +208,8 @@ class Engine:
             s.cache_last_channel, s.cache_last_time = ch[r : r + 1], tm[r : r + 1]
             s.cache_last_channel_len = chl[r : r + 1]
         dec = greedy.DecoderState.concat([s.decoder for s in states])
-        greedy.greedy_decode(self._decoder_step, encoded, encoded_len, dec, self.cfg.blank_id, self.cfg.max_symbols)
+        greedy.greedy_decode(self._decoder_step, encoded, encoded_len, dec, self.cfg.blank_id, self.cfg.max_symbols,
+                             window=self.cfg.decoder_window)
         for r, s in enumerate(states):
             s.decoder = dec.select([r])
             s.started = True

@@ -52,7 +52,8 @@ def diarizer_config(size: str) -> dict[str, Any]:
         "max_num_of_spks": NUM_SPEAKERS,
         "streaming_mode": True,
         "model_defaults": {"fc_d_model": fc_d, "tf_d_model": tf_d},
-        "preprocessor": _preprocessor("per_feature", None),
+        # streaming Sortformer v2 normalises nothing (a stream cannot see the whole file), like the ASR
+        "preprocessor": _preprocessor("NA", 0),
         "sortformer_modules": {
             "_target_": "nemo.collections.asr.modules.sortformer_modules.SortformerModules",
             "num_spks": NUM_SPEAKERS,

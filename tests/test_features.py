@@ -23,7 +23,8 @@ COMMON = dict(
 )  # fmt: skip
 CONFIGS = {
     "asr": dict(COMMON, normalize="NA", pad_to=0),  # multitalker Parakeet, cache-aware streaming
-    "diar": dict(COMMON, normalize="per_feature"),  # streaming Sortformer v2; pad_to left at NeMo's default (16)
+    # an offline model (e.g. Sortformer v1) normalising per feature; pad_to left at NeMo's default (16)
+    "diar": dict(COMMON, normalize="per_feature"),
 }
 
 

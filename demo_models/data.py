@@ -170,40 +170,56 @@ def mix(turns: list[Turn], length: float, rng: np.random.Generator) -> np.ndarra
     return np.clip(out, -1.0, 1.0)
 
 
-def write_split(out: Path, sessions: int, split: str, seed: int, max_seconds: float) -> list[dict]:
-    """Generate `sessions` sessions of `split` into `out`; returns the summaries."""
+MAX_OVERLAP = 0.4
+
+
+def _session(args: tuple[Path, str, int, int, float]) -> dict:
+    """Generate and write one session (own RNG from (seed, split, index): the same output in any process)."""
+    out, split, seed, k, max_seconds = args
+    rng = np.random.default_rng([seed, SPLIT_SALT[split], k])
+    sid = f"{split}_{k:05d}"
+    while True:
+        turns, length = make_session(rng, split, max_seconds)
+        if overlap_ratio(turns) <= MAX_OVERLAP:
+            break
+    audio = mix(turns, length, rng)
+    wav, rttm, seglst = out / "wav" / f"{sid}.wav", out / "rttm" / f"{sid}.rttm", out / "seglst" / f"{sid}.json"
+    sf.write(wav, audio, SAMPLE_RATE, subtype="PCM_16")
+    rttm.write_text("".join(
+        f"SPEAKER {sid} 1 {t.start:.3f} {t.end - t.start:.3f} <NA> <NA> {t.speaker} <NA> <NA>\n" for t in turns))
+    segs = [{"session_id": sid, "speaker": t.speaker, "start_time": round(t.start, 3),
+             "end_time": round(t.end, 3), "words": t.text} for t in turns]
+    seglst.write_text(json.dumps(segs, indent=1))
+    return {"session_id": sid, "audio_filepath": str(wav.resolve()), "rttm_filepath": str(rttm.resolve()),
+            "seglst_filepath": str(seglst.resolve()), "duration": round(len(audio) / SAMPLE_RATE, 3),
+            "num_speakers": len({t.speaker for t in turns}), "overlap_ratio": round(overlap_ratio(turns), 4),
+            "num_words": sum(len(t.text.split()) for t in turns)}
+
+
+def write_split(out: Path, sessions: int, split: str, seed: int, max_seconds: float, workers: int = 2) -> list[dict]:
+    """Generate `sessions` sessions of `split` into `out` (in `workers` processes); returns the summaries."""
     if split not in SPLIT_SALT:
         raise ValueError(f"split must be one of {list(SPLIT_SALT)}")
     for sub in ("wav", "rttm", "seglst"):
         (out / sub).mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed + SPLIT_SALT[split])
-    summaries, diar_lines, asr_lines = [], [], []
-    for k in range(sessions):
-        sid = f"{split}_{k:05d}"
-        turns, length = make_session(rng, split, max_seconds)
-        audio = mix(turns, length, rng)
-        wav, rttm, seglst = out / "wav" / f"{sid}.wav", out / "rttm" / f"{sid}.rttm", out / "seglst" / f"{sid}.json"
-        sf.write(wav, audio, SAMPLE_RATE, subtype="PCM_16")
-        rttm.write_text("".join(
-            f"SPEAKER {sid} 1 {t.start:.3f} {t.end - t.start:.3f} <NA> <NA> {t.speaker} <NA> <NA>\n" for t in turns))
-        segs = [{"session_id": sid, "speaker": t.speaker, "start_time": round(t.start, 3),
-                 "end_time": round(t.end, 3), "words": t.text} for t in turns]
-        seglst.write_text(json.dumps(segs, indent=1))
-        speakers = sorted({t.speaker for t in turns})
-        duration = len(audio) / SAMPLE_RATE
-        summary = {"session_id": sid, "audio_filepath": str(wav.resolve()), "rttm_filepath": str(rttm.resolve()),
-                   "seglst_filepath": str(seglst.resolve()), "duration": round(duration, 3),
-                   "num_speakers": len(speakers), "overlap_ratio": round(overlap_ratio(turns), 4),
-                   "num_words": sum(len(t.text.split()) for t in turns)}
-        summaries.append(summary)
-        diar_lines.append({"audio_filepath": summary["audio_filepath"], "offset": 0.0, "duration": summary["duration"],
-                           "label": "infer", "text": "-", "num_speakers": len(speakers),
-                           "rttm_filepath": summary["rttm_filepath"], "uem_filepath": None})
-        for spk in speakers:
-            asr_lines.append({"audio_filepath": summary["audio_filepath"], "offset": 0.0,
-                              "duration": summary["duration"], "speaker": spk,
-                              "text": " ".join(t.text for t in turns if t.speaker == spk),
-                              "rttm_filepath": summary["rttm_filepath"]})
+    jobs = [(out, split, seed, k, max_seconds) for k in range(sessions)]
+    if workers > 1:
+        import multiprocessing as mp
+
+        with mp.get_context("fork").Pool(workers) as pool:
+            summaries = pool.map(_session, jobs, chunksize=16)
+    else:
+        summaries = [_session(j) for j in jobs]
+    diar_lines, asr_lines = [], []
+    for s in summaries:
+        segs = json.loads(Path(s["seglst_filepath"]).read_text())
+        diar_lines.append({"audio_filepath": s["audio_filepath"], "offset": 0.0, "duration": s["duration"],
+                           "label": "infer", "text": "-", "num_speakers": s["num_speakers"],
+                           "rttm_filepath": s["rttm_filepath"], "uem_filepath": None})
+        for spk in sorted({g["speaker"] for g in segs}):
+            asr_lines.append({"audio_filepath": s["audio_filepath"], "offset": 0.0, "duration": s["duration"],
+                              "speaker": spk, "text": " ".join(g["words"] for g in segs if g["speaker"] == spk),
+                              "rttm_filepath": s["rttm_filepath"]})
     for name, lines in (("sessions.jsonl", summaries), ("diar_manifest.json", diar_lines),
                         ("asr_manifest.json", asr_lines)):
         (out / name).write_text("".join(json.dumps(line) + "\n" for line in lines))
@@ -238,8 +254,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--split", choices=sorted(SPLIT_SALT), required=True)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--max-seconds", type=float, default=15.0, help="session length cap")
+    ap.add_argument("--workers", type=int, default=2)
     args = ap.parse_args(argv)
-    summaries = write_split(args.out, args.sessions, args.split, args.seed, args.max_seconds)
+    summaries = write_split(args.out, args.sessions, args.split, args.seed, args.max_seconds, args.workers)
     hours = sum(s["duration"] for s in summaries) / 3600
     ov = sum(s["overlap_ratio"] > 0 for s in summaries)
     print(f"{args.split}: {len(summaries)} sessions, {hours:.2f} h, {ov} with overlap -> {args.out}")

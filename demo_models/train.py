@@ -79,6 +79,28 @@ class CurveRecorder:
         return _Recorder()
 
 
+def _time_budget(budget_s: float, measure_at: int = 10):
+    """Lightning callback: after `measure_at` steps, shrink max_steps (and the cosine schedule) to fit `budget_s`."""
+    from lightning.pytorch.callbacks import Callback
+
+    class _Budget(Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:  # noqa: ANN001
+            if trainer.global_step == 0 and not hasattr(self, "t0"):
+                self.t0 = time.monotonic()
+            if trainer.global_step != measure_at:
+                return
+            per_step = (time.monotonic() - self.t0) / measure_at
+            fit = max(measure_at + 1, int(budget_s / per_step))
+            if fit < trainer.max_steps:
+                print(f"time budget {budget_s:.0f} s at {per_step:.2f} s/step: {trainer.max_steps} -> {fit} steps",
+                      flush=True)
+                trainer.fit_loop.epoch_loop.max_steps = fit
+                for cfg in trainer.lr_scheduler_configs:
+                    cfg.scheduler.max_steps = fit
+
+    return _Budget()
+
+
 def _trainer(steps: int, callbacks: list) -> Any:
     from lightning.pytorch import Trainer
     from lightning.pytorch.callbacks import TQDMProgressBar
@@ -89,12 +111,18 @@ def _trainer(steps: int, callbacks: list) -> Any:
                    use_distributed_sampler=False)
 
 
-def train_diarizer(cuts: Path, out: Path, steps: int, batch_size: int, lr: float, chunk_len: int) -> dict:
-    """Streaming Sortformer through its own training_step (PIL + ATS BCE losses) on the Lhotse diar dataset."""
+def train_diarizer(cuts: Path, out: Path, steps: int, stream_steps: int, batch_size: int, lr: float,
+                   chunk_len: int, budget_s: float) -> dict:
+    """Sortformer through its own training_step (PIL + ATS BCE losses) on NeMo's Lhotse diarization dataset.
+
+    Phase 1 trains offline (`streaming_mode` off: one pass over the session); phase 2 fine-tunes in streaming
+    mode (`forward_streaming`: speaker cache + FIFO over chunks of `chunk_len` frames). The saved model is in
+    streaming mode; inference sets its own chunk sizes (export.exporter.configure_diarizer_streaming).
+    """
     import torch
     from lightning.pytorch import seed_everything
     from nemo.collections.asr.models import SortformerEncLabelModel
-    from omegaconf import OmegaConf
+    from omegaconf import OmegaConf, open_dict
 
     from export.builders import diarizer_config
 
@@ -103,23 +131,41 @@ def train_diarizer(cuts: Path, out: Path, steps: int, batch_size: int, lr: float
     cfg["sortformer_modules"].update({"dropout_rate": 0.1, "chunk_len": chunk_len})
     cfg["transformer_encoder"].update({"attn_score_dropout": 0.1, "attn_layer_dropout": 0.1, "ffn_dropout": 0.1})
     cfg["train_ds"] = _lhotse_ds(cuts, batch_size, num_speakers=4, window_stride=0.01, subsampling_factor=8)
-    cfg["optim"] = _optim(lr, steps, max(steps // 10, 1))
-    rec = CurveRecorder.make(("loss", "train_f1_acc", "train_f1_acc_ats"), 10, "diar")
-    trainer = _trainer(steps, [rec])
-    model = SortformerEncLabelModel(cfg=OmegaConf.create(cfg), trainer=trainer)
-    t0 = time.monotonic()
-    trainer.fit(model)
+    cfg["streaming_mode"] = False
+    phases = [("offline", steps, 0.75), ("streaming", stream_steps, 0.25)]
+    model, curves, t0 = None, {}, time.monotonic()
+    for name, n, share in phases:
+        if n <= 0:
+            continue
+        phase_lr = lr if name == "offline" else lr / 4
+        rec = CurveRecorder.make(("loss", "train_f1_acc", "train_f1_acc_ats"), 10, f"diar-{name}")
+        trainer = _trainer(n, [rec, _time_budget(budget_s * share)])
+        if model is None:
+            model = SortformerEncLabelModel(cfg=OmegaConf.create(cfg), trainer=trainer)
+        else:
+            model.streaming_mode = True
+            model.set_trainer(trainer)
+        with open_dict(model.cfg):
+            model.cfg.optim = _optim(phase_lr, n, max(min(n // 10, 30), 1))
+        model.setup_optimization(model.cfg.optim)
+        trainer.fit(model)
+        curves[name] = rec.points
     wall = time.monotonic() - t0
+    with open_dict(model.cfg):
+        model.cfg.streaming_mode = True
+        model.cfg.sortformer_modules.chunk_len = 6
+    model.streaming_mode = True
+    model.sortformer_modules.chunk_len = 6
     model.eval()
     path = out / "diar_demo.nemo"
     model.save_to(str(path))
     params = sum(p.numel() for p in model.parameters())
     torch.set_grad_enabled(True)
-    return {"path": str(path), "params": params, "steps": steps, "batch_size": batch_size, "wall_s": round(wall, 1),
-            "curve": rec.points}
+    return {"path": str(path), "params": params, "batch_size": batch_size, "wall_s": round(wall, 1),
+            "steps": {k: (v[-1]["step"] if v else 0) for k, v in curves.items()}, "curve": curves}
 
 
-def train_asr(cuts: Path, tok_dir: Path, out: Path, steps: int, batch_size: int, lr: float) -> dict:
+def train_asr(cuts: Path, tok_dir: Path, out: Path, steps: int, batch_size: int, lr: float, budget_s: float) -> dict:
     """Multitalker RNNT through its training_step (speaker + background targets, RNNT loss) on Lhotse."""
     from lightning.pytorch import seed_everything
     from nemo.collections.asr.models.multitalker_asr_models import EncDecMultiTalkerRNNTBPEModel
@@ -131,9 +177,9 @@ def train_asr(cuts: Path, tok_dir: Path, out: Path, steps: int, batch_size: int,
     cfg = asr_config("demo", str(tok_dir))
     cfg["train_ds"] = _lhotse_ds(cuts, batch_size, num_speakers=4, num_sample_per_mel_frame=160,
                                  num_mel_frame_per_asr_frame=8)
-    cfg["optim"] = _optim(lr, steps, max(steps // 10, 1))
+    cfg["optim"] = _optim(lr, steps, max(min(steps // 10, 50), 1))
     rec = CurveRecorder.make(("train_loss", "training_batch_wer"), 10, "asr")
-    trainer = _trainer(steps, [rec])
+    trainer = _trainer(steps, [rec, _time_budget(budget_s)])
     model = EncDecMultiTalkerRNNTBPEModel(cfg=OmegaConf.create(cfg), trainer=trainer)
     t0 = time.monotonic()
     trainer.fit(model)
@@ -142,23 +188,42 @@ def train_asr(cuts: Path, tok_dir: Path, out: Path, steps: int, batch_size: int,
     path = out / "asr_demo.nemo"
     model.save_to(str(path))
     params = sum(p.numel() for p in model.parameters())
-    return {"path": str(path), "params": params, "steps": steps, "batch_size": batch_size, "wall_s": round(wall, 1),
-            "curve": rec.points}
+    return {"path": str(path), "params": params, "steps": rec.points[-1]["step"] if rec.points else 0,
+            "batch_size": batch_size, "wall_s": round(wall, 1), "curve": rec.points}
+
+
+def _data(folder: Path, sessions: int, max_seconds: float, t0: float) -> tuple[Path, list[str]]:
+    """Generate (once) a training split into `folder`; returns its CutSet path and its utterance texts."""
+    summary_path = folder / "sessions.jsonl"
+    if not summary_path.exists():
+        summaries = write_split(folder, sessions, "train", SEED if "diar" in folder.name else SEED + 1, max_seconds)
+        print(f"data: {folder.name}: {len(summaries)} sessions, {sum(s['duration'] for s in summaries) / 3600:.2f} h "
+              f"({time.monotonic() - t0:.0f} s)", flush=True)
+    texts = []
+    for line in summary_path.read_text().splitlines():
+        texts += [g["words"] for g in json.loads(Path(json.loads(line)["seglst_filepath"]).read_text())]
+    return folder / "cuts.jsonl.gz", texts
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m demo_models.train", description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, default=Path("demo_models/checkpoints"))
     ap.add_argument("--data", type=Path, default=None, help="data folder (default: <out>/data)")
-    ap.add_argument("--train-sessions", type=int, default=800)
-    ap.add_argument("--max-seconds", type=float, default=12.0)
-    ap.add_argument("--diar-steps", type=int, default=600)
-    ap.add_argument("--asr-steps", type=int, default=1500)
+    ap.add_argument("--diar-sessions", type=int, default=800)
+    ap.add_argument("--diar-max-seconds", type=float, default=10.0)
+    ap.add_argument("--asr-sessions", type=int, default=2400)
+    ap.add_argument("--asr-max-seconds", type=float, default=4.5,
+                    help="short ASR sessions: NeMo's CPU RNNT loss costs ~0.2 ms per lattice cell (T x U)")
+    ap.add_argument("--diar-steps", type=int, default=2000, help="offline phase (capped by --diar-minutes)")
+    ap.add_argument("--diar-stream-steps", type=int, default=300, help="streaming phase")
+    ap.add_argument("--asr-steps", type=int, default=3000, help="capped by --asr-minutes")
+    ap.add_argument("--diar-minutes", type=float, default=18.0, help="diarizer training time budget")
+    ap.add_argument("--asr-minutes", type=float, default=32.0, help="ASR training time budget")
     ap.add_argument("--diar-batch", type=int, default=8)
-    ap.add_argument("--asr-batch", type=int, default=8)
+    ap.add_argument("--asr-batch", type=int, default=16)
     ap.add_argument("--diar-lr", type=float, default=2e-3)
     ap.add_argument("--asr-lr", type=float, default=2e-3)
-    ap.add_argument("--diar-train-chunk-len", type=int, default=6,
+    ap.add_argument("--diar-train-chunk-len", type=int, default=24,
                     help="Sortformer chunk_len (80 ms frames) during training; inference sets its own")
     ap.add_argument("--vocab", type=int, default=128)
     ap.add_argument("--only", choices=("diar", "asr"), default=None)
@@ -173,28 +238,24 @@ def main(argv: list[str] | None = None) -> int:
     t_start = time.monotonic()
     args.out.mkdir(parents=True, exist_ok=True)
     data = args.data or args.out / "data"
-    summary_path = data / "train" / "sessions.jsonl"
-    if not summary_path.exists():
-        summaries = write_split(data / "train", args.train_sessions, "train", SEED, args.max_seconds)
-        print(f"data: {len(summaries)} training sessions, {sum(s['duration'] for s in summaries) / 3600:.2f} h "
-              f"({time.monotonic() - t_start:.0f} s)", flush=True)
-    texts = []
-    for line in summary_path.read_text().splitlines():
-        segs = json.loads(Path(json.loads(line)["seglst_filepath"]).read_text())
-        texts += [s["words"] for s in segs]
-    t_data = time.monotonic() - t_start
-    cuts = data / "train" / "cuts.jsonl.gz"
     report_path = args.out / "training.json"
     report: dict[str, Any] = json.loads(report_path.read_text()) if report_path.exists() else {}
-    report.update({"seed": SEED, "train_sessions": len(texts) and sum(1 for _ in summary_path.open()),
-                   "train_utterances": len(texts), "data_wall_s": round(t_data, 1), "threads": args.threads})
+    report.update({"seed": SEED, "threads": args.threads})
     if args.only in (None, "diar"):
-        report["diarizer"] = train_diarizer(cuts, args.out, args.diar_steps, args.diar_batch, args.diar_lr,
-                                            args.diar_train_chunk_len)
+        cuts, texts = _data(data / "train_diar", args.diar_sessions, args.diar_max_seconds, t_start)
+        report["diarizer_data"] = {"sessions": args.diar_sessions, "max_seconds": args.diar_max_seconds,
+                                   "utterances": len(texts), "wall_s": round(time.monotonic() - t_start, 1)}
+        report["diarizer"] = train_diarizer(cuts, args.out, args.diar_steps, args.diar_stream_steps, args.diar_batch,
+                                            args.diar_lr, args.diar_train_chunk_len, args.diar_minutes * 60)
         report_path.write_text(json.dumps(report, indent=1))
     if args.only in (None, "asr"):
+        t0 = time.monotonic()
+        cuts, texts = _data(data / "train_asr", args.asr_sessions, args.asr_max_seconds, t_start)
+        report["asr_data"] = {"sessions": args.asr_sessions, "max_seconds": args.asr_max_seconds,
+                              "utterances": len(texts), "wall_s": round(time.monotonic() - t0, 1)}
         tok = train_tokenizer(args.out / "tokenizer", texts, args.vocab)
-        report["asr"] = train_asr(cuts, tok, args.out, args.asr_steps, args.asr_batch, args.asr_lr)
+        report["asr"] = train_asr(cuts, tok, args.out, args.asr_steps, args.asr_batch, args.asr_lr,
+                                  args.asr_minutes * 60)
         report_path.write_text(json.dumps(report, indent=1))
     total = time.monotonic() - t_start
     report["total_wall_s"] = round(total, 1)

@@ -1,12 +1,14 @@
 """Score the demo models on held-out sessions: cpWER (meeteval) from SegLST and DER (0.25 s collar) from RTTM.
 
-    python -m demo_models.evaluate [--sessions N] [--diar-nemo ...] [--asr-nemo ...] [--out DIR]
+    python -m demo_models.evaluate [--sessions N] [--diar-nemo ...] [--asr-nemo ...] [--out DIR] [--no-served]
 
-Generates held-out sessions (demo_models.data, split `heldout`), runs NeMo's own streaming multitalker flow
-(export.reference: the tutorial's `SpeakerTaggedASR`, speaker-kernel mode, preset [70,13]) on each, and the
-streaming diarizer alone for the RTTM. Prints
-`eval[nemo-reference]: cpwer=<pct> cpwer_overlap=<pct> der=<pct> sessions=<n>` where `cpwer` is over the
-sessions without overlap and `cpwer_overlap` over the sessions with overlap.
+Generates held-out sessions (demo_models.data, split `heldout`), then
+- served stack: exports the .nemo files to ONNX, builds a CPU model repository, starts tritonserver and streams
+  every session with `mtasr-client` (SegLST + RTTM per session);
+- NeMo reference: NeMo's own streaming multitalker flow (export.reference: the tutorial's `SpeakerTaggedASR`,
+  speaker-kernel mode, preset [70,13]) for the SegLST, and the streaming diarizer alone for the RTTM.
+Prints `eval[<pipeline>]: cpwer=<pct> cpwer_overlap=<pct> der=<pct> sessions=<n>` for each, where `cpwer` is
+over the sessions without overlap and `cpwer_overlap` over the sessions with overlap.
 """
 
 from __future__ import annotations
@@ -19,9 +21,10 @@ from pathlib import Path
 import numpy as np
 
 from demo_models.data import write_split
-from mtasr.spec import FRAME_SEC, SAMPLE_RATE
+from mtasr.spec import SAMPLE_RATE
 
 HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
 EVAL_SEED = 20260
 
 
@@ -55,15 +58,11 @@ def der(ref: list[tuple[str, float, float]], hyp: list[tuple[str, float, float]]
     return comp["confusion"] + comp["missed detection"] + comp["false alarm"], comp["total"]
 
 
-def preds_to_segments(preds: np.ndarray, threshold: float = 0.5) -> list[tuple[str, float, float]]:
-    """(frames, speakers) sigmoids -> (speaker_k, start, end) runs above `threshold`, 80 ms frames."""
-    segs = []
-    for k in range(preds.shape[1]):
-        active = np.concatenate([[False], preds[:, k] > threshold, [False]])
-        edges = np.flatnonzero(np.diff(active.astype(np.int8)))
-        for a, b in zip(edges[::2], edges[1::2], strict=True):
-            segs.append((f"speaker_{k}", round(a * FRAME_SEC, 3), round(b * FRAME_SEC, 3)))
-    return sorted(segs, key=lambda x: x[1])
+def rttm_lines(session_id: str, preds: np.ndarray) -> list[str]:
+    """The client's RTTM binarization (threshold 0.5 on 80 ms frames), so both pipelines are scored alike."""
+    from client.stream import rttm_lines as client_rttm_lines
+
+    return client_rttm_lines(session_id, preds)
 
 
 def streaming_diarize(diar, audio: np.ndarray) -> np.ndarray:
@@ -128,8 +127,35 @@ def run_reference(sessions: list[dict], diar_nemo: Path, asr_nemo: Path, out: Pa
         configure_diarizer_streaming(ref.diar)
         preds = streaming_diarize(ref.diar, audio)
         configure_diarizer_streaming(ref.diar, chunk_left_context=0)
-        write_rttm(out / f"{s['session_id']}.rttm", s["session_id"], preds_to_segments(preds))
+        (out / f"{s['session_id']}.rttm").write_text("\n".join(rttm_lines(s["session_id"], preds)) + "\n")
     return (time.monotonic() - t0) / max(audio_s, 1e-9)
+
+
+def run_served(sessions: list[dict], diar_nemo: Path, asr_nemo: Path, work: Path, out: Path, triton_dir: Path,
+               serve_venv: Path) -> float:
+    """Export, build a CPU repository, start tritonserver, stream every session with mtasr-client."""
+    import subprocess
+    import sys
+
+    from client import cli
+    from client.server import TritonServer
+    from model_repository.build import build
+
+    graphs = work / "model"
+    if not (graphs / "manifest.json").is_file():
+        subprocess.run([sys.executable, "-m", "export", "--nemo", str(diar_nemo), str(asr_nemo), "--out", str(graphs),
+                        "--presets", "70,13"], check=True)
+    repo = build(graphs, "cpu", work / "repo", preset="70_13", speaker_mode="kernel")
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.monotonic()
+    with TritonServer(repo, log_path=work / "tritonserver.log", triton_dir=triton_dir, venv=serve_venv) as server:
+        status = cli.main([*(s["audio_filepath"] for s in sessions), "--out", str(out), "--url", server.grpc_url,
+                           "--quiet", "--no-plot", "--concurrency", "2"])
+    if status:
+        raise RuntimeError(f"mtasr-client exited with {status}")
+    for s in sessions:  # the client names outputs after the file stem, which is the session id
+        assert (out / f"{s['session_id']}.seglst.json").is_file()
+    return time.monotonic() - t0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -141,6 +167,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--diar-nemo", type=Path, default=HERE / "diar_demo.nemo")
     ap.add_argument("--asr-nemo", type=Path, default=HERE / "asr_demo.nemo")
     ap.add_argument("--masked", action="store_true", help="feature-masking mode instead of speaker kernels")
+    ap.add_argument("--no-served", action="store_true", help="skip the Triton pipeline")
+    ap.add_argument("--no-reference", action="store_true", help="skip NeMo's reference pipeline")
+    ap.add_argument("--triton-dir", type=Path, default=ROOT / ".triton")
+    ap.add_argument("--serve-venv", type=Path, default=ROOT / ".venv-serve")
     args = ap.parse_args(argv)
 
     from nemo.utils import logging
@@ -150,11 +180,18 @@ def main(argv: list[str] | None = None) -> int:
     if not summary.exists() or sum(1 for _ in summary.open()) != args.sessions:
         write_split(args.data, args.sessions, "heldout", EVAL_SEED, args.max_seconds)
     sessions = [json.loads(line) for line in summary.read_text().splitlines()]
-    rtf = run_reference(sessions, args.diar_nemo, args.asr_nemo, args.out / "nemo", args.masked)
-    result = score(sessions, args.out / "nemo", "nemo-reference")
-    result["rtf"] = rtf
-    (args.out / "scores.json").write_text(json.dumps({"nemo-reference": result}, indent=1))
-    print(json.dumps(result), flush=True)
+    results = {}
+    if not args.no_served:
+        wall = run_served(sessions, args.diar_nemo, args.asr_nemo, args.out / "served_work", args.out / "served",
+                          args.triton_dir, args.serve_venv)
+        results["served"] = {**score(sessions, args.out / "served", "served"), "wall_s": round(wall, 1)}
+    if not args.no_reference:
+        rtf = run_reference(sessions, args.diar_nemo, args.asr_nemo, args.out / "nemo", args.masked)
+        results["nemo-reference"] = {**score(sessions, args.out / "nemo", "nemo-reference"), "rtf": round(rtf, 3)}
+    for name, r in results.items():  # both lines together at the end
+        print(f"eval[{name}]: cpwer={r['cpwer_clean']:.1f} cpwer_overlap={r['cpwer_overlap']:.1f} "
+              f"der={r['der']:.1f} sessions={r['sessions']}")
+    (args.out / "scores.json").write_text(json.dumps(results, indent=1))
     return 0
 
 

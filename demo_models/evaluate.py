@@ -94,6 +94,9 @@ def score(sessions: list[dict], out: Path, label: str) -> dict:
         hyps = json.loads((out / f"{s['session_id']}.seglst.json").read_text())
         for h in hyps:
             h["session_id"] = s["session_id"]
+        if not hyps:  # an empty transcript: all reference words are deletions
+            hyps = [{"session_id": s["session_id"], "speaker": "none", "words": "", "start_time": 0.0,
+                     "end_time": 0.0}]
         key = "overlap" if s["overlap_ratio"] > 0 else "clean"
         groups[key][0].extend(refs)
         groups[key][1].extend(hyps)

@@ -128,6 +128,8 @@ def train_diarizer(cuts: Path, out: Path, steps: int, stream_steps: int, batch_s
 
     seed_everything(SEED, workers=True)
     cfg = diarizer_config("demo")
+    # No per-utterance feature normalization: in the multitalker flow the diarizer reads the ASR's raw log-mels.
+    cfg["preprocessor"].update({"normalize": "NA", "pad_to": 0})
     cfg["sortformer_modules"].update({"dropout_rate": 0.1, "chunk_len": chunk_len})
     cfg["transformer_encoder"].update({"attn_score_dropout": 0.1, "attn_layer_dropout": 0.1, "ffn_dropout": 0.1})
     cfg["train_ds"] = _lhotse_ds(cuts, batch_size, num_speakers=4, window_stride=0.01, subsampling_factor=8)
@@ -214,11 +216,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--asr-sessions", type=int, default=2400)
     ap.add_argument("--asr-max-seconds", type=float, default=4.5,
                     help="short ASR sessions: NeMo's CPU RNNT loss costs ~0.2 ms per lattice cell (T x U)")
-    ap.add_argument("--diar-steps", type=int, default=2000, help="offline phase (capped by --diar-minutes)")
-    ap.add_argument("--diar-stream-steps", type=int, default=300, help="streaming phase")
-    ap.add_argument("--asr-steps", type=int, default=3000, help="capped by --asr-minutes")
-    ap.add_argument("--diar-minutes", type=float, default=18.0, help="diarizer training time budget")
-    ap.add_argument("--asr-minutes", type=float, default=32.0, help="ASR training time budget")
+    ap.add_argument("--diar-steps", type=int, default=540, help="offline phase (capped by --diar-minutes)")
+    ap.add_argument("--diar-stream-steps", type=int, default=160, help="streaming phase")
+    ap.add_argument("--asr-steps", type=int, default=925, help="capped by --asr-minutes")
+    ap.add_argument("--diar-minutes", type=float, default=16.0, help="diarizer training time cap (75 %% offline)")
+    ap.add_argument("--asr-minutes", type=float, default=40.0, help="ASR training time cap")
     ap.add_argument("--diar-batch", type=int, default=8)
     ap.add_argument("--asr-batch", type=int, default=16)
     ap.add_argument("--diar-lr", type=float, default=2e-3)

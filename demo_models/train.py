@@ -101,6 +101,19 @@ def _time_budget(budget_s: float, measure_at: int = 10):
     return _Budget()
 
 
+def _stop_file(path: Path):
+    """Lightning callback: stop training cleanly (the model is still saved) once `path` exists."""
+    from lightning.pytorch.callbacks import Callback
+
+    class _Stop(Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:  # noqa: ANN001
+            if path.exists():
+                print(f"{path} exists: stopping at step {trainer.global_step}", flush=True)
+                trainer.should_stop = True
+
+    return _Stop()
+
+
 def _trainer(steps: int, callbacks: list) -> Any:
     from lightning.pytorch import Trainer
     from lightning.pytorch.callbacks import TQDMProgressBar
@@ -141,7 +154,7 @@ def train_diarizer(cuts: Path, out: Path, steps: int, stream_steps: int, batch_s
             continue
         phase_lr = lr if name == "offline" else lr / 4
         rec = CurveRecorder.make(("loss", "train_f1_acc", "train_f1_acc_ats"), 10, f"diar-{name}")
-        trainer = _trainer(n, [rec, _time_budget(budget_s * share)])
+        trainer = _trainer(n, [rec, _time_budget(budget_s * share), _stop_file(out / "STOP")])
         if model is None:
             model = SortformerEncLabelModel(cfg=OmegaConf.create(cfg), trainer=trainer)
         else:
@@ -181,7 +194,7 @@ def train_asr(cuts: Path, tok_dir: Path, out: Path, steps: int, batch_size: int,
                                  num_mel_frame_per_asr_frame=8)
     cfg["optim"] = _optim(lr, steps, max(min(steps // 10, 50), 1))
     rec = CurveRecorder.make(("train_loss", "training_batch_wer"), 10, "asr")
-    trainer = _trainer(steps, [rec, _time_budget(budget_s)])
+    trainer = _trainer(steps, [rec, _time_budget(budget_s), _stop_file(out / "STOP")])
     model = EncDecMultiTalkerRNNTBPEModel(cfg=OmegaConf.create(cfg), trainer=trainer)
     t0 = time.monotonic()
     trainer.fit(model)
@@ -222,9 +235,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--diar-minutes", type=float, default=16.0, help="diarizer training time cap (75 %% offline)")
     ap.add_argument("--asr-minutes", type=float, default=40.0, help="ASR training time cap")
     ap.add_argument("--diar-batch", type=int, default=8)
-    ap.add_argument("--asr-batch", type=int, default=16)
+    ap.add_argument("--asr-batch", type=int, default=8)
     ap.add_argument("--diar-lr", type=float, default=2e-3)
-    ap.add_argument("--asr-lr", type=float, default=2e-3)
+    ap.add_argument("--asr-lr", type=float, default=3e-3)
     ap.add_argument("--diar-train-chunk-len", type=int, default=24,
                     help="Sortformer chunk_len (80 ms frames) during training; inference sets its own")
     ap.add_argument("--vocab", type=int, default=128)

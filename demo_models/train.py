@@ -236,8 +236,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--asr-sessions", type=int, default=2400)
     ap.add_argument("--asr-max-seconds", type=float, default=4.5,
                     help="short ASR sessions: NeMo's CPU RNNT loss costs ~0.2 ms per lattice cell (T x U)")
-    ap.add_argument("--diar-steps", type=int, default=300, help="offline phase (capped by --diar-minutes)")
-    ap.add_argument("--diar-stream-steps", type=int, default=100, help="streaming phase")
+    ap.add_argument("--diar-steps", type=int, default=540, help="offline phase (capped by --diar-minutes)")
+    ap.add_argument("--diar-stream-steps", type=int, default=160, help="streaming phase")
     ap.add_argument("--asr-steps", type=int, default=1000, help="capped by --asr-minutes")
     ap.add_argument("--diar-minutes", type=float, default=16.0, help="diarizer training time cap (75 %% offline)")
     ap.add_argument("--asr-minutes", type=float, default=36.0, help="ASR training time cap")

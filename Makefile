@@ -7,7 +7,7 @@ ifeq ($(FULL),1)
 SIZE := full
 endif
 
-.PHONY: setup demo test parity export lint clean
+.PHONY: setup demo test parity export lint clean train-demo eval espeak
 
 # .venv for export/tests + .venv-serve and .triton/ for the server (serve-setup, below).
 setup: $(STAMP) serve-setup
@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install -q --upgrade pip
 	# CPU torch first (a local wheel here); the constraints keep pip from pulling a CUDA build later.
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -c constraints.txt -e '.[export,client,dev]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[export,client,dev,eval]'
 	touch $(STAMP)
 
 # Export (tiny random-init, or DIAR_NEMO=... ASR_NEMO=...), serve on a local tritonserver, stream a committed
@@ -25,7 +25,7 @@ $(STAMP): pyproject.toml constraints.txt
 demo: setup
 	$(PY) -m client.demo
 
-test: setup
+test: setup espeak
 	$(PY) -m pytest -q
 
 # ONNX Runtime + numpy vs NeMo PyTorch streaming, chained; FULL=1 for the full-size architectures.
@@ -39,7 +39,22 @@ export: setup
 	$(PY) -m export --nemo $(DIAR_NEMO) $(ASR_NEMO) --out $(OUT) --presets $(PRESETS) --fp16
 
 lint: setup
-	.venv/bin/ruff check mtasr export tests
+	.venv/bin/ruff check mtasr export tests demo_models
+
+# Synthetic speech for the demo models (Debian package).
+espeak:
+	command -v espeak-ng >/dev/null || (apt-get update -qq && apt-get install -y -qq espeak-ng)
+
+# Train the small demo models on CPU (<= 60 min on 2 cores): writes demo_models/checkpoints/{diar,asr}_demo.nemo
+# and training.json; the shipped copies are demo_models/{diar,asr}_demo.nemo.
+train-demo: setup espeak
+	$(PY) -m demo_models.train --out demo_models/checkpoints
+	cp demo_models/checkpoints/diar_demo.nemo demo_models/checkpoints/asr_demo.nemo demo_models/
+
+# Held-out sessions through NeMo's streaming multitalker flow: cpWER (meeteval) and DER (0.25 s collar).
+EVAL_SESSIONS ?= 20
+eval: setup espeak
+	$(PY) -m demo_models.evaluate --sessions $(EVAL_SESSIONS)
 
 clean:
 	rm -rf artifacts .pytest_cache

@@ -1,6 +1,6 @@
-"""`make demo`: export models (tiny random-init, or real `.nemo` files from DIAR_NEMO / ASR_NEMO), build a CPU
-model repository, start tritonserver, stream a committed multi-speaker sample in real time with the live
-transcript, write SegLST / RTTM / PNG, stop the server."""
+"""`make demo`: export models (`.nemo` files from DIAR_NEMO / ASR_NEMO, else the small trained demo models in
+demo_models/, else tiny random-init ones), build a CPU model repository, start tritonserver, stream a committed
+multi-speaker sample in real time with the live transcript, write SegLST / RTTM / PNG, stop the server."""
 
 from __future__ import annotations
 
@@ -13,14 +13,25 @@ from pathlib import Path
 from client.server import ROOT, TritonServer
 
 SAMPLE = ROOT / "tests" / "data" / "two_speakers_overlap.flac"
+DEMO_MODELS = (ROOT / "demo_models" / "diar_demo.nemo", ROOT / "demo_models" / "asr_demo.nemo")
+
+
+def model_files() -> tuple[str, str] | None:
+    """The `.nemo` pair to serve: DIAR_NEMO / ASR_NEMO when set, else the shipped demo models (if present)."""
+    diar, asr = os.environ.get("DIAR_NEMO"), os.environ.get("ASR_NEMO")
+    if diar and asr:
+        return diar, asr
+    if all(p.is_file() for p in DEMO_MODELS):
+        return str(DEMO_MODELS[0]), str(DEMO_MODELS[1])
+    return None
 
 
 def export_models(out: Path) -> Path:
-    """Export once: real checkpoints when DIAR_NEMO and ASR_NEMO are set, else tiny random-init models."""
+    """Export once: the `.nemo` files of `model_files()`, else tiny random-init models."""
     if (out / "manifest.json").is_file():
         return out
-    diar, asr = os.environ.get("DIAR_NEMO"), os.environ.get("ASR_NEMO")
-    source = ["--nemo", diar, asr] if diar and asr else ["--random-init", "tiny"]
+    files = model_files()
+    source = ["--nemo", *files] if files else ["--random-init", "tiny"]
     subprocess.run([sys.executable, "-m", "export", *source, "--out", str(out), "--presets", "all"], check=True,
                    cwd=ROOT)
     return out
@@ -37,8 +48,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--speaker-mode", choices=("kernel", "masked"), default="kernel")
     ap.add_argument("--no-realtime", action="store_true")
     args = ap.parse_args(argv)
-    real = bool(os.environ.get("DIAR_NEMO") and os.environ.get("ASR_NEMO"))
-    graphs = export_models(ROOT / "artifacts" / ("demo_real" if real else "demo"))
+    files = model_files()
+    real = files is not None
+    name = "demo" if not real else ("demo_real" if os.environ.get("DIAR_NEMO") else "demo_trained")
+    graphs = export_models(ROOT / "artifacts" / name)
     repo = build(graphs, "cpu", ROOT / "artifacts" / "demo_repo", preset=args.preset,
                  speaker_mode=args.speaker_mode)
     if not real:

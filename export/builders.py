@@ -19,9 +19,12 @@ from mtasr.spec import ATT_CONTEXT_SIZES, N_MELS, NUM_SPEAKERS, SAMPLE_RATE
 SIZES = ("tiny", "full")
 
 # (fc_d_model, fc_layers, fc_heads, subsampling_channels, tf_d_model, tf_layers, tf_heads, tf_inner)
-_DIAR_DIMS = {"tiny": (64, 2, 4, 64, 48, 2, 4, 96), "full": (512, 17, 8, 256, 192, 18, 8, 768)}
+# `demo`: the trained demo models (demo_models/), not part of SIZES (parity/export sizes).
+_DIAR_DIMS = {"tiny": (64, 2, 4, 64, 48, 2, 4, 96), "demo": (96, 4, 4, 64, 96, 2, 4, 384),
+              "full": (512, 17, 8, 256, 192, 18, 8, 768)}
 # (d_model, layers, heads, subsampling_channels, pred_hidden, pred_layers, joint_hidden, vocab)
-_ASR_DIMS = {"tiny": (64, 2, 4, 64, 64, 2, 64, 64), "full": (1024, 24, 8, 256, 640, 2, 640, 1024)}
+_ASR_DIMS = {"tiny": (64, 2, 4, 64, 64, 2, 64, 64), "demo": (144, 6, 4, 96, 160, 1, 160, 128),
+             "full": (1024, 24, 8, 256, 640, 2, 640, 1024)}
 
 
 def _preprocessor(normalize: str, pad_to: int | None) -> dict[str, Any]:

@@ -1,0 +1,202 @@
+"""Score the demo models on held-out sessions: cpWER (meeteval) from SegLST and DER (0.25 s collar) from RTTM.
+
+    python -m demo_models.evaluate [--sessions N] [--diar-nemo ...] [--asr-nemo ...] [--out DIR] [--no-served]
+
+Generates held-out sessions (demo_models.data, split `heldout`), then
+- served stack: exports the .nemo files to ONNX, builds a CPU model repository, starts tritonserver and streams
+  every session with `mtasr-client` (SegLST + RTTM per session);
+- NeMo reference: NeMo's own streaming multitalker flow (export.reference: the tutorial's `SpeakerTaggedASR`,
+  speaker-kernel mode, preset [70,13]) for the SegLST, and the streaming diarizer alone for the RTTM.
+Prints `eval[<pipeline>]: cpwer=<pct> cpwer_overlap=<pct> der=<pct> sessions=<n>` for each, where `cpwer` is
+over the sessions without overlap and `cpwer_overlap` over the sessions with overlap.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from demo_models.data import write_split
+from mtasr.spec import SAMPLE_RATE
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+EVAL_SEED = 20260
+
+
+def read_rttm(path: Path) -> list[tuple[str, float, float]]:
+    """(speaker, start, end) per RTTM line."""
+    out = []
+    for line in Path(path).read_text().splitlines():
+        f = line.split()
+        if f and f[0] == "SPEAKER":
+            out.append((f[7], float(f[3]), float(f[3]) + float(f[4])))
+    return out
+
+
+def write_rttm(path: Path, session: str, segs: list[tuple[str, float, float]]) -> None:
+    path.write_text("".join(f"SPEAKER {session} 1 {s:.3f} {e - s:.3f} <NA> <NA> {spk} <NA> <NA>\n"
+                            for spk, s, e in segs))
+
+
+def der(ref: list[tuple[str, float, float]], hyp: list[tuple[str, float, float]], collar: float = 0.25) -> tuple:
+    """(error seconds, scored reference seconds) with pyannote.metrics; `collar` is +- seconds like md-eval -c."""
+    from pyannote.core import Annotation, Segment
+    from pyannote.metrics.diarization import DiarizationErrorRate
+
+    r, h = Annotation(), Annotation()
+    for i, (spk, s, e) in enumerate(ref):
+        r[Segment(s, e), i] = spk
+    for i, (spk, s, e) in enumerate(hyp):
+        h[Segment(s, e), i] = spk
+    metric = DiarizationErrorRate(collar=2 * collar, skip_overlap=False)
+    comp = metric(r, h, detailed=True, uem=Segment(0, max([e for _, _, e in ref + hyp] + [0.0])))
+    return comp["confusion"] + comp["missed detection"] + comp["false alarm"], comp["total"]
+
+
+def rttm_lines(session_id: str, preds: np.ndarray) -> list[str]:
+    """The client's RTTM binarization (threshold 0.5 on 80 ms frames), so both pipelines are scored alike."""
+    from client.stream import rttm_lines as client_rttm_lines
+
+    return client_rttm_lines(session_id, preds)
+
+
+def streaming_diarize(diar, audio: np.ndarray) -> np.ndarray:
+    """The Sortformer's own streaming forward (tutorial settings already applied) -> (frames, 4) sigmoids."""
+    import torch
+
+    with torch.inference_mode():
+        x = torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32))[None]
+        preds = diar.forward(audio_signal=x, audio_signal_length=torch.tensor([x.shape[1]]))
+    return preds[0].numpy()
+
+
+def cpwer(refs: list[dict], hyps: list[dict]):
+    """meeteval cpWER of SegLST lists (all sessions together) -> combined ErrorRate."""
+    from meeteval.io import SegLST
+    from meeteval.wer.api import cpwer as mt_cpwer
+    from meeteval.wer.wer.error_rate import combine_error_rates
+
+    results = mt_cpwer(SegLST(refs), SegLST(hyps))
+    return combine_error_rates(*results.values())
+
+
+def score(sessions: list[dict], out: Path, label: str) -> dict:
+    """Read `<out>/<id>.seglst.json` and `<out>/<id>.rttm` hypotheses; print and return the scores."""
+    groups: dict[str, tuple[list, list]] = {"clean": ([], []), "overlap": ([], [])}
+    err = total = 0.0
+    for s in sessions:
+        refs = json.loads(Path(s["seglst_filepath"]).read_text())
+        hyps = json.loads((out / f"{s['session_id']}.seglst.json").read_text())
+        for h in hyps:
+            h["session_id"] = s["session_id"]
+        if not hyps:  # an empty transcript: all reference words are deletions
+            hyps = [{"session_id": s["session_id"], "speaker": "none", "words": "", "start_time": 0.0,
+                     "end_time": 0.0}]
+        key = "overlap" if s["overlap_ratio"] > 0 else "clean"
+        groups[key][0].extend(refs)
+        groups[key][1].extend(hyps)
+        e, t = der(read_rttm(Path(s["rttm_filepath"])), read_rttm(out / f"{s['session_id']}.rttm"))
+        err, total = err + e, total + t
+    result = {"sessions": len(sessions), "der": 100 * err / max(total, 1e-9)}
+    for key, (refs, hyps) in groups.items():
+        result[f"sessions_{key}"] = len({r["session_id"] for r in refs})
+        result[f"cpwer_{key}"] = 100 * cpwer(refs, hyps).error_rate if refs else float("nan")
+    print(f"eval[{label}]: cpwer={result['cpwer_clean']:.1f} cpwer_overlap={result['cpwer_overlap']:.1f} "
+          f"der={result['der']:.1f} sessions={result['sessions']}", flush=True)
+    return result
+
+
+def run_reference(sessions: list[dict], diar_nemo: Path, asr_nemo: Path, out: Path, masked: bool) -> float:
+    """NeMo's streaming flow on every session: SegLST from SpeakerTaggedASR, RTTM from the streaming diarizer."""
+    import soundfile as sf
+
+    from export.exporter import configure_diarizer_streaming
+    from export.reference import Reference
+
+    ref = Reference(str(diar_nemo), str(asr_nemo), (70, 13), masked_asr=masked)
+    out.mkdir(parents=True, exist_ok=True)
+    t0, audio_s = time.monotonic(), 0.0
+    for s in sessions:
+        audio, rate = sf.read(s["audio_filepath"], dtype="float32")
+        assert rate == SAMPLE_RATE
+        audio_s += len(audio) / rate
+        segs = ref.transcribe(audio, s["session_id"])
+        (out / f"{s['session_id']}.seglst.json").write_text(json.dumps(segs, indent=1))
+        configure_diarizer_streaming(ref.diar)
+        preds = streaming_diarize(ref.diar, audio)
+        configure_diarizer_streaming(ref.diar, chunk_left_context=0)
+        (out / f"{s['session_id']}.rttm").write_text("\n".join(rttm_lines(s["session_id"], preds)) + "\n")
+    return (time.monotonic() - t0) / max(audio_s, 1e-9)
+
+
+def run_served(sessions: list[dict], diar_nemo: Path, asr_nemo: Path, work: Path, out: Path, triton_dir: Path,
+               serve_venv: Path) -> float:
+    """Export, build a CPU repository, start tritonserver, stream every session with mtasr-client."""
+    import subprocess
+    import sys
+
+    from client import cli
+    from client.server import TritonServer
+    from model_repository.build import build
+
+    graphs = work / "model"
+    if not (graphs / "manifest.json").is_file():
+        subprocess.run([sys.executable, "-m", "export", "--nemo", str(diar_nemo), str(asr_nemo), "--out", str(graphs),
+                        "--presets", "70,13"], check=True)
+    repo = build(graphs, "cpu", work / "repo", preset="70_13", speaker_mode="kernel")
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.monotonic()
+    with TritonServer(repo, log_path=work / "tritonserver.log", triton_dir=triton_dir, venv=serve_venv) as server:
+        status = cli.main([*(s["audio_filepath"] for s in sessions), "--out", str(out), "--url", server.grpc_url,
+                           "--quiet", "--no-plot", "--concurrency", "2"])
+    if status:
+        raise RuntimeError(f"mtasr-client exited with {status}")
+    for s in sessions:  # the client names outputs after the file stem, which is the session id
+        assert (out / f"{s['session_id']}.seglst.json").is_file()
+    return time.monotonic() - t0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m demo_models.evaluate", description=__doc__.split("\n")[0])
+    ap.add_argument("--sessions", type=int, default=20)
+    ap.add_argument("--max-seconds", type=float, default=20.0)
+    ap.add_argument("--data", type=Path, default=Path("artifacts/eval/heldout"))
+    ap.add_argument("--out", type=Path, default=Path("artifacts/eval"))
+    ap.add_argument("--diar-nemo", type=Path, default=HERE / "diar_demo.nemo")
+    ap.add_argument("--asr-nemo", type=Path, default=HERE / "asr_demo.nemo")
+    ap.add_argument("--masked", action="store_true", help="feature-masking mode instead of speaker kernels")
+    ap.add_argument("--no-served", action="store_true", help="skip the Triton pipeline")
+    ap.add_argument("--no-reference", action="store_true", help="skip NeMo's reference pipeline")
+    ap.add_argument("--triton-dir", type=Path, default=ROOT / ".triton")
+    ap.add_argument("--serve-venv", type=Path, default=ROOT / ".venv-serve")
+    args = ap.parse_args(argv)
+
+    from nemo.utils import logging
+
+    logging.setLevel(logging.ERROR)
+    summary = args.data / "sessions.jsonl"
+    if not summary.exists() or sum(1 for _ in summary.open()) != args.sessions:
+        write_split(args.data, args.sessions, "heldout", EVAL_SEED, args.max_seconds)
+    sessions = [json.loads(line) for line in summary.read_text().splitlines()]
+    results = {}
+    if not args.no_served:
+        wall = run_served(sessions, args.diar_nemo, args.asr_nemo, args.out / "served_work", args.out / "served",
+                          args.triton_dir, args.serve_venv)
+        results["served"] = {**score(sessions, args.out / "served", "served"), "wall_s": round(wall, 1)}
+    if not args.no_reference:
+        rtf = run_reference(sessions, args.diar_nemo, args.asr_nemo, args.out / "nemo", args.masked)
+        results["nemo-reference"] = {**score(sessions, args.out / "nemo", "nemo-reference"), "rtf": round(rtf, 3)}
+    for name, r in results.items():  # both lines together at the end
+        print(f"eval[{name}]: cpwer={r['cpwer_clean']:.1f} cpwer_overlap={r['cpwer_overlap']:.1f} "
+              f"der={r['der']:.1f} sessions={r['sessions']}")
+    (args.out / "scores.json").write_text(json.dumps(results, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

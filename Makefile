@@ -43,7 +43,7 @@ lint: setup
 
 # Synthetic speech for the demo models (Debian package).
 espeak:
-	command -v espeak-ng >/dev/null || (apt-get update -qq && apt-get install -y -qq espeak-ng)
+	command -v espeak-ng >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq espeak-ng)
 
 # Train the small demo models on CPU (<= 60 min on 2 cores): writes demo_models/checkpoints/{diar,asr}_demo.nemo
 # and training.json; the shipped copies are demo_models/{diar,asr}_demo.nemo.

@@ -16,7 +16,7 @@ if [[ -f $STAMP && "$(cat "$STAMP")" == "$WANT" && -x $DEST/bin/perf_analyzer ]]
 fi
 if ! dpkg -s libb64-0d >/dev/null 2>&1; then
     SUDO=$([[ $(id -u) == 0 ]] && echo "" || echo sudo)
-    $SUDO apt-get update -qq && $SUDO apt-get install -y -qq libb64-0d >/dev/null
+    $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq libb64-0d >/dev/null
 fi
 
 TMP=$(mktemp -d)

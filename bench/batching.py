@@ -39,7 +39,8 @@ def encoder_feeds(cfg: PipelineConfig, batch: int, seed: int = 0) -> dict[str, n
     }
 
 
-def _median_ms(fn, repeats: int) -> float:
+def median_ms(fn, repeats: int) -> float:
+    """Median wall time of `repeats` calls of `fn` in ms, after one warm-up call."""
     fn()  # warm-up (allocations for this batch size)
     times = []
     for _ in range(repeats):
@@ -61,8 +62,8 @@ def run(graphs: Path | str, preset: str | None = None, speakers: tuple[int, ...]
         for k in speakers:
             n = k * s
             feeds = encoder_feeds(cfg, n)
-            batched = _median_ms(lambda f=feeds: runner(graph, f, outputs), repeats)
-            singles = _median_ms(lambda n=n: [runner(graph, single, outputs) for _ in range(n)], repeats)
+            batched = median_ms(lambda f=feeds: runner(graph, f, outputs), repeats)
+            singles = median_ms(lambda n=n: [runner(graph, single, outputs) for _ in range(n)], repeats)
             rows.append({"speakers": k, "sessions": s, "rows": n, "batched_ms": round(batched, 3),
                          "single_calls_ms": round(singles, 3), "speedup": round(singles / batched, 2)})
     return {"graph": graph, "preset": "_".join(map(str, cfg.preset)), "repeats": repeats, "rows": rows}

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -27,10 +26,9 @@ def _timed(fn):
 
 
 def run(graphs: Path, seconds: float, preset: str, mode: str, speakers: int = 2) -> dict:
-    from client.server import TritonServer
+    from bench import serving
     from client.stream import stream_audio
     from export.reference import Reference
-    from model_repository.build import build
     from mtasr.features import FeatureParams
     from mtasr.pipeline import Engine, OrtRunner, PipelineConfig
 
@@ -62,11 +60,9 @@ def run(graphs: Path, seconds: float, preset: str, mode: str, speakers: int = 2)
     native, native_s = native_run()
     local, local_s = local_run()
 
-    with tempfile.TemporaryDirectory() as tmp:
-        repo = build(graphs, "cpu", Path(tmp) / "repo", preset=preset, speaker_mode=mode)
-        with TritonServer(repo, log_path=Path(tmp) / "server.log") as server:
-            stream_audio(server.grpc_url, warm, sequence_id=1)
-            served, served_s = _timed(lambda: stream_audio(server.grpc_url, audio, sequence_id=2, session_id="s"))
+    with serving.served(graphs, preset, mode) as server:
+        stream_audio(server.grpc_url, warm, sequence_id=1)
+        served, served_s = _timed(lambda: stream_audio(server.grpc_url, audio, sequence_id=2, session_id="s"))
     words = [[(s["speaker"], s["words"]) for s in x] for x in (native, local, served.seglst)]
     return {
         "audio_seconds": seconds, "speakers": speakers, "preset": preset, "speaker_mode": mode,

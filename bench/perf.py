@@ -93,11 +93,9 @@ def run(graphs: Path, concurrency: str = "1:4:1", seconds: float = 10.0, csv_pat
         csv_path = csv_path or Path(tmp) / "perf.csv"
         csv_path.parent.mkdir(parents=True, exist_ok=True)
         if url is None:
-            from client.server import TritonServer
-            from model_repository.build import build
+            from bench.serving import served
 
-            repo = build(graphs, "cpu", Path(tmp) / "repo", preset=preset)
-            with TritonServer(repo, log_path=Path(tmp) / "server.log") as server:
+            with served(graphs, preset) as server:
                 rows = run_perf_analyzer(server.grpc_url, data_file, steps, concurrency, csv_path, interval_ms)
         else:
             rows = run_perf_analyzer(url, data_file, steps, concurrency, csv_path, interval_ms)

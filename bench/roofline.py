@@ -14,31 +14,19 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 
-from bench.batching import encoder_feeds
+from bench.batching import encoder_feeds, median_ms
 from mtasr.pipeline import PipelineConfig
 from mtasr.spec import N_MELS, ModelDims, diarizer_spec, encoder_spec
 
 MATMUL_OPS = {"MatMul", "Gemm", "FusedMatMul", "FusedGemm"}
 CONV_OPS = {"Conv", "FusedConv"}
-
-
-def _median_s(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
 
 
 def matmul_peak(n: int = 2048, repeats: int = 10, threads: int = 0) -> dict:
@@ -57,8 +45,8 @@ def matmul_peak(n: int = 2048, repeats: int = 10, threads: int = 0) -> dict:
                                 opts, providers=["CPUExecutionProvider"])
     x = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)
     flops = 2.0 * n**3
-    ort_gflops = flops / _median_s(lambda: sess.run(None, {"a": x, "b": x}), repeats) / 1e9
-    np_gflops = flops / _median_s(lambda: x @ x, repeats) / 1e9
+    ort_gflops = flops / median_ms(lambda: sess.run(None, {"a": x, "b": x}), repeats) / 1e6
+    np_gflops = flops / median_ms(lambda: x @ x, repeats) / 1e6
     return {"n": n, "onnxruntime_gflops": round(ort_gflops, 1), "numpy_gflops": round(np_gflops, 1),
             "peak_gflops": round(max(ort_gflops, np_gflops), 1)}
 
@@ -142,7 +130,7 @@ def run(graphs: Path, preset: str = "70_13", rows: int = 2, repeats: int = 10, t
         opts.log_severity_level = 3
         sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
         outputs = (diarizer_spec if name == "diarizer" else encoder_spec)(ModelDims(**cfg.dims)).output_names
-        seconds = _median_s(lambda s=sess, f=feeds, o=outputs: s.run(o, f), repeats)
+        seconds = median_ms(lambda s=sess, f=feeds, o=outputs: s.run(o, f), repeats) / 1000
         gflops_s = counted["gflops"] / seconds
         out["steps"][name] = {"graph": graph, "gflops": round(counted["gflops"], 3), "ms": round(seconds * 1000, 2),
                               "gflops_per_s": round(gflops_s, 1),

@@ -85,34 +85,24 @@ def _part(results: dict, name: str, fn, *args, **kwargs) -> None:
 
 def load_search(graphs: Path, sizes: Sizes) -> dict:
     """Largest N of real-time 2-3 speaker sessions (160 ms pieces) with p99 below the budget, on one server."""
-    import tempfile
-
+    from bench.serving import served
     from client import loadgen
-    from client.server import TritonServer
-    from model_repository.build import build
 
     audios = loadgen.make_audios(sizes.load_seconds, 160.0, variants=8)
-    with tempfile.TemporaryDirectory() as tmp:
-        repo = build(graphs, "cpu", Path(tmp) / "repo", preset=PRESET)
-        with TritonServer(repo, log_path=Path(tmp) / "server.log") as server:
-            loadgen.run_sessions(server.grpc_url, 1, audios, progress=False)  # warm-up
-            result = loadgen.search(server.grpc_url, 1, sizes.load_max, audios, budget_ms=sizes.budget_ms)
+    with served(graphs, PRESET) as server:
+        loadgen.run_sessions(server.grpc_url, 1, audios, progress=False)  # warm-up
+        result = loadgen.search(server.grpc_url, 1, sizes.load_max, audios, budget_ms=sizes.budget_ms)
     result["budget_ms"] = sizes.budget_ms
     return result
 
 
 def memory_part(graphs: Path, sizes: Sizes) -> dict:
-    import tempfile
-
     from bench import memory
-    from client.server import TritonServer
-    from model_repository.build import build
+    from bench.serving import served
 
     out = {"spec_bytes": memory.spec_report(graphs, PRESET)}
-    with tempfile.TemporaryDirectory() as tmp:
-        repo = build(graphs, "cpu", Path(tmp) / "repo", preset=PRESET)
-        with TritonServer(repo, log_path=Path(tmp) / "server.log") as server:
-            out["rss_bytes"] = memory.measure_rss(server.grpc_url, server.pid, sizes.memory_sessions)
+    with served(graphs, PRESET) as server:
+        out["rss_bytes"] = memory.measure_rss(server.grpc_url, server.pid, sizes.memory_sessions)
     return out
 
 

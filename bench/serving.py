@@ -1,0 +1,20 @@
+"""A throwaway served repository for a measurement: build it from a graphs folder, start tritonserver, stop it."""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+
+@contextmanager
+def served(graphs: Path, preset: str | None = None, speaker_mode: str = "kernel") -> Iterator:
+    """A running `TritonServer` on a cpu repository built from `graphs` in a temporary folder."""
+    from client.server import TritonServer
+    from model_repository.build import build
+
+    with tempfile.TemporaryDirectory() as tmp:
+        repo = build(graphs, "cpu", Path(tmp) / "repo", preset=preset, speaker_mode=speaker_mode)
+        with TritonServer(repo, log_path=Path(tmp) / "server.log") as server:
+            yield server

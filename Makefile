@@ -48,7 +48,7 @@ espeak:
 # Train the small demo models on CPU (<= 60 min on 2 cores): writes demo_models/checkpoints/{diar,asr}_demo.nemo
 # and training.json; the shipped copies are demo_models/{diar,asr}_demo.nemo.
 train-demo: setup espeak
-	$(PY) -m demo_models.train --out demo_models/checkpoints
+	$(PY) -m demo_models.train --out demo_models/checkpoints --parallel
 	cp demo_models/checkpoints/diar_demo.nemo demo_models/checkpoints/asr_demo.nemo demo_models/
 
 # Held-out sessions through NeMo's streaming multitalker flow: cpWER (meeteval) and DER (0.25 s collar).

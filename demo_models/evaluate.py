@@ -6,9 +6,10 @@ Generates held-out sessions (demo_models.data, split `heldout`), then
 - served stack: exports the .nemo files to ONNX, builds a CPU model repository, starts tritonserver and streams
   every session with `mtasr-client` (SegLST + RTTM per session);
 - NeMo reference: NeMo's own streaming multitalker flow (export.reference: the tutorial's `SpeakerTaggedASR`,
-  speaker-kernel mode, preset [70,13]) for the SegLST, and the streaming diarizer alone for the RTTM.
-Prints `eval[<pipeline>]: cpwer=<pct> cpwer_overlap=<pct> der=<pct> sessions=<n>` for each, where `cpwer` is
-over the sessions without overlap and `cpwer_overlap` over the sessions with overlap.
+  speaker-kernel mode, preset [70,13]): its SegLST, and its diarizer sigmoids binarized like the client does.
+Prints `eval: cpwer=<pct> cpwer_overlap=<pct> der=<pct> sessions=<n> pipeline=<served|nemo-reference>` for
+each, where `cpwer` is over the sessions without overlap and `cpwer_overlap` over those with overlap, and writes
+`<out>/scores.json` (the same figures plus per-pipeline wall time).
 """
 
 from __future__ import annotations
@@ -65,16 +66,6 @@ def rttm_lines(session_id: str, preds: np.ndarray) -> list[str]:
     return client_rttm_lines(session_id, preds)
 
 
-def streaming_diarize(diar, audio: np.ndarray) -> np.ndarray:
-    """The Sortformer's own streaming forward (tutorial settings already applied) -> (frames, 4) sigmoids."""
-    import torch
-
-    with torch.inference_mode():
-        x = torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32))[None]
-        preds = diar.forward(audio_signal=x, audio_signal_length=torch.tensor([x.shape[1]]))
-    return preds[0].numpy()
-
-
 def cpwer(refs: list[dict], hyps: list[dict]):
     """meeteval cpWER of SegLST lists (all sessions together) -> combined ErrorRate."""
     from meeteval.io import SegLST
@@ -106,16 +97,19 @@ def score(sessions: list[dict], out: Path, label: str) -> dict:
     for key, (refs, hyps) in groups.items():
         result[f"sessions_{key}"] = len({r["session_id"] for r in refs})
         result[f"cpwer_{key}"] = 100 * cpwer(refs, hyps).error_rate if refs else float("nan")
-    print(f"eval[{label}]: cpwer={result['cpwer_clean']:.1f} cpwer_overlap={result['cpwer_overlap']:.1f} "
-          f"der={result['der']:.1f} sessions={result['sessions']}", flush=True)
+    print(eval_line(result, label), flush=True)
     return result
+
+
+def eval_line(result: dict, label: str) -> str:
+    return (f"eval: cpwer={result['cpwer_clean']:.1f} cpwer_overlap={result['cpwer_overlap']:.1f} "
+            f"der={result['der']:.1f} sessions={result['sessions']} pipeline={label}")
 
 
 def run_reference(sessions: list[dict], diar_nemo: Path, asr_nemo: Path, out: Path, masked: bool) -> float:
     """NeMo's streaming flow on every session: SegLST from SpeakerTaggedASR, RTTM from the streaming diarizer."""
     import soundfile as sf
 
-    from export.exporter import configure_diarizer_streaming
     from export.reference import Reference
 
     ref = Reference(str(diar_nemo), str(asr_nemo), (70, 13), masked_asr=masked)
@@ -127,10 +121,8 @@ def run_reference(sessions: list[dict], diar_nemo: Path, asr_nemo: Path, out: Pa
         audio_s += len(audio) / rate
         segs = ref.transcribe(audio, s["session_id"])
         (out / f"{s['session_id']}.seglst.json").write_text(json.dumps(segs, indent=1))
-        configure_diarizer_streaming(ref.diar)
-        preds = streaming_diarize(ref.diar, audio)
-        configure_diarizer_streaming(ref.diar, chunk_left_context=0)
-        (out / f"{s['session_id']}.rttm").write_text("\n".join(rttm_lines(s["session_id"], preds)) + "\n")
+        rttm = rttm_lines(s["session_id"], ref.diar_preds)
+        (out / f"{s['session_id']}.rttm").write_text("\n".join(rttm) + "\n")
     return (time.monotonic() - t0) / max(audio_s, 1e-9)
 
 
@@ -192,8 +184,7 @@ def main(argv: list[str] | None = None) -> int:
         rtf = run_reference(sessions, args.diar_nemo, args.asr_nemo, args.out / "nemo", args.masked)
         results["nemo-reference"] = {**score(sessions, args.out / "nemo", "nemo-reference"), "rtf": round(rtf, 3)}
     for name, r in results.items():  # both lines together at the end
-        print(f"eval[{name}]: cpwer={r['cpwer_clean']:.1f} cpwer_overlap={r['cpwer_overlap']:.1f} "
-              f"der={r['der']:.1f} sessions={r['sessions']}")
+        print(eval_line(r, name))
     (args.out / "scores.json").write_text(json.dumps(results, indent=1))
     return 0
 

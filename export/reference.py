@@ -63,6 +63,8 @@ class Reference:
                 streamer.perform_parallel_streaming_stt_spk(
                     step_num=step, chunk_audio=chunk, chunk_lengths=lengths,
                     is_buffer_empty=buffer.is_buffer_empty(), drop_extra_pre_encoded=drop)
+        # The diarizer's sigmoids as this flow saw them (frames x speakers): the RTTM the served stack also writes.
+        self.diar_preds = streamer.instance_manager.diar_states.diar_pred_out_stream[0].float().numpy()
         segs = streamer.generate_seglst_dicts_from_parallel_streaming(samples=[{"audio_filepath": session_id}])
         return [{**s, "start_time": float(s["start_time"]), "end_time": float(s["end_time"])} for s in segs]
 

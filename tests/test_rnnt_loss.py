@@ -9,6 +9,7 @@ from demo_models.rnnt_loss import VectorizedRNNTLoss, install
 
 
 @pytest.mark.parametrize("fastemit", [0.0, 0.005])
+@torch.enable_grad()  # other tests in the session may have switched autograd off globally
 def test_equals_nemo_numba_loss(fastemit: float) -> None:
     from nemo.collections.asr.losses.rnnt import RNNTLoss
 

@@ -226,7 +226,7 @@ OFFLINE_ENCODER = {"att_context_size": [-1, -1], "att_context_style": "regular",
                    "conv_context_size": None}
 
 
-def pretrain_encoder_ctc(cuts: Path, tok_dir: Path, steps: int, batch_size: int, lr: float,
+def pretrain_encoder_ctc(cuts: Path, tok_dir: Path, out: Path, steps: int, batch_size: int, lr: float,
                          budget_s: float) -> tuple[dict, dict]:
     """CTC pre-training of the ASR encoder with NeMo's `EncDecCTCModelBPE` (torch CTC loss), offline.
 
@@ -260,7 +260,7 @@ def pretrain_encoder_ctc(cuts: Path, tok_dir: Path, steps: int, batch_size: int,
                        "feat_in": rnnt_cfg["encoder"]["d_model"], "num_classes": -1, "vocabulary": []},
            "train_ds": _lhotse_ds(clean, batch_size), "optim": _optim(lr, steps, max(min(steps // 10, 50), 1))}
     rec = CurveRecorder.make(("train_loss", "training_batch_wer"), 10, "asr-ctc")
-    trainer = _trainer(steps, [rec, _time_budget(budget_s), _stop_file(cuts.parent / "STOP")])
+    trainer = _trainer(steps, [rec, _time_budget(budget_s), _stop_file(out / "STOP")])
     model = EncDecCTCModelBPE(cfg=OmegaConf.create(cfg), trainer=trainer)
     mean, std = feature_stats(model, clean)
     fold_input_normalization(model, mean, std)
@@ -411,7 +411,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--diar-minutes", type=float, default=32.0, help="diarizer training time cap (75 %% offline)")
     ap.add_argument("--asr-minutes", type=float, default=12.0, help="ASR (RNNT) training time cap")
     ap.add_argument("--ctc-steps", type=int, default=4000, help="CTC pre-training of the ASR encoder (0: none)")
-    ap.add_argument("--freeze-steps", type=int, default=200, help="RNNT steps with the pre-trained encoder fixed")
+    ap.add_argument("--freeze-steps", type=int, default=0,
+                    help="RNNT steps with the pre-trained encoder fixed (200 did not help: see the model card)")
     ap.add_argument("--ctc-minutes", type=float, default=14.0, help="CTC pre-training time cap")
     ap.add_argument("--ctc-lr", type=float, default=3e-4,
                     help="above ~1e-3 the subsampling collapses to one direction in the first 50 steps")
@@ -459,7 +460,7 @@ def main(argv: list[str] | None = None) -> int:
         encoder = None
         if args.ctc_steps > 0:
             encoder, report["asr_ctc_pretraining"] = pretrain_encoder_ctc(
-                cuts, tok, args.ctc_steps, args.ctc_batch, args.ctc_lr, args.ctc_minutes * 60)
+                cuts, tok, args.out, args.ctc_steps, args.ctc_batch, args.ctc_lr, args.ctc_minutes * 60)
             torch.save(encoder, args.out / "asr_ctc_encoder.pt")
             report_path.write_text(json.dumps(report, indent=1))
         report["asr"] = train_asr(cuts, tok, args.out, args.asr_steps, args.asr_batch, args.asr_lr,

@@ -19,8 +19,6 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
-
 from demo_models.data import write_split
 from mtasr.spec import SAMPLE_RATE
 
@@ -39,11 +37,6 @@ def read_rttm(path: Path) -> list[tuple[str, float, float]]:
     return out
 
 
-def write_rttm(path: Path, session: str, segs: list[tuple[str, float, float]]) -> None:
-    path.write_text("".join(f"SPEAKER {session} 1 {s:.3f} {e - s:.3f} <NA> <NA> {spk} <NA> <NA>\n"
-                            for spk, s, e in segs))
-
-
 def der(ref: list[tuple[str, float, float]], hyp: list[tuple[str, float, float]], collar: float = 0.25) -> tuple:
     """(error seconds, scored reference seconds) with pyannote.metrics; `collar` is +- seconds like md-eval -c."""
     from pyannote.core import Annotation, Segment
@@ -57,13 +50,6 @@ def der(ref: list[tuple[str, float, float]], hyp: list[tuple[str, float, float]]
     metric = DiarizationErrorRate(collar=2 * collar, skip_overlap=False)
     comp = metric(r, h, detailed=True, uem=Segment(0, max([e for _, _, e in ref + hyp] + [0.0])))
     return comp["confusion"] + comp["missed detection"] + comp["false alarm"], comp["total"]
-
-
-def rttm_lines(session_id: str, preds: np.ndarray) -> list[str]:
-    """The client's RTTM binarization (threshold 0.5 on 80 ms frames), so both pipelines are scored alike."""
-    from client.stream import rttm_lines as client_rttm_lines
-
-    return client_rttm_lines(session_id, preds)
 
 
 def cpwer(refs: list[dict], hyps: list[dict]):
@@ -107,9 +93,10 @@ def eval_line(result: dict, label: str) -> str:
 
 
 def run_reference(sessions: list[dict], diar_nemo: Path, asr_nemo: Path, out: Path, masked: bool) -> float:
-    """NeMo's streaming flow on every session: SegLST from SpeakerTaggedASR, RTTM from the streaming diarizer."""
+    """NeMo's streaming flow on every session: SegLST from SpeakerTaggedASR, RTTM from that flow's diarizer outputs."""
     import soundfile as sf
 
+    from client.stream import rttm_lines  # the client's binarisation, so both pipelines are scored alike
     from export.reference import Reference
 
     ref = Reference(str(diar_nemo), str(asr_nemo), (70, 13), masked_asr=masked)

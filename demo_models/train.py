@@ -369,9 +369,9 @@ def train_in_parallel(argv: list[str], out: Path) -> int:
     t0 = time.monotonic()
     children = {}
     for name in ("diar", "asr"):
-        log = (out / f"{name}.log").open("w")
-        children[name] = subprocess.Popen([sys.executable, "-m", "demo_models.train", *argv, "--only", name,
-                                           "--threads", "1"], stdout=log, stderr=subprocess.STDOUT)
+        with (out / f"{name}.log").open("w") as log:  # the child keeps its own copy of the descriptor
+            children[name] = subprocess.Popen([sys.executable, "-m", "demo_models.train", *argv, "--only", name,
+                                               "--threads", "1"], stdout=log, stderr=subprocess.STDOUT)
     while any(p.poll() is None for p in children.values()):
         time.sleep(30)
         latest = [_last_point(out / f"{name}.log") for name in children]

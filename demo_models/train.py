@@ -228,7 +228,7 @@ OFFLINE_ENCODER = {"att_context_size": [-1, -1], "att_context_style": "regular",
 
 
 def pretrain_encoder_ctc(cuts: Path, tok_dir: Path, out: Path, steps: int, batch_size: int, lr: float,
-                         budget_s: float) -> tuple[dict, dict]:
+                         budget_s: float, offline: bool = True) -> tuple[dict, dict]:
     """CTC pre-training of the ASR encoder with NeMo's `EncDecCTCModelBPE` (torch CTC loss), offline.
 
     One cut per utterance of the sessions without overlap (about 1.3 s, 2-7 words). The encoder is the ASR's
@@ -254,7 +254,7 @@ def pretrain_encoder_ctc(cuts: Path, tok_dir: Path, out: Path, steps: int, batch
     if not clean.exists():  # one cut per utterance: short targets leave the all-blank plateau sooner
         CutSet.from_file(cuts).filter(_overlap_free).trim_to_supervisions(keep_overlapping=False).to_file(clean)
     rnnt_cfg = asr_config("demo", str(tok_dir))
-    encoder = {**rnnt_cfg["encoder"], **OFFLINE_ENCODER}
+    encoder = {**rnnt_cfg["encoder"], **(OFFLINE_ENCODER if offline else {})}
     cfg = {"sample_rate": rnnt_cfg["sample_rate"], "tokenizer": rnnt_cfg["tokenizer"],
            "preprocessor": rnnt_cfg["preprocessor"], "encoder": encoder,
            "decoder": {"_target_": "nemo.collections.asr.modules.ConvASRDecoder",
@@ -447,6 +447,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--freeze-steps", type=int, default=300,
                     help="first RNNT steps with the pre-trained encoder fixed while the joint learns to read it")
     ap.add_argument("--ctc-minutes", type=float, default=14.0, help="CTC pre-training time cap")
+    ap.add_argument("--ctc-streaming", action="store_true",
+                    help="CTC pre-training with the ASR's streaming encoder configuration (default: offline)")
     ap.add_argument("--ctc-lr", type=float, default=3e-4,
                     help="above ~1e-3 the subsampling collapses to one direction in the first 50 steps")
     ap.add_argument("--ctc-batch", type=int, default=16)
@@ -498,7 +500,8 @@ def main(argv: list[str] | None = None) -> int:
             report["asr_ctc_pretraining"] = {"encoder_init": str(args.encoder_init)}
         elif args.ctc_steps > 0:
             encoder, report["asr_ctc_pretraining"] = pretrain_encoder_ctc(
-                cuts, tok, args.out, args.ctc_steps, args.ctc_batch, args.ctc_lr, args.ctc_minutes * 60)
+                cuts, tok, args.out, args.ctc_steps, args.ctc_batch, args.ctc_lr, args.ctc_minutes * 60,
+                not args.ctc_streaming)
             torch.save(encoder, args.out / "asr_ctc_encoder.pt")
             report_path.write_text(json.dumps(report, indent=1))
         rnnt_cuts = cuts

@@ -229,7 +229,7 @@ OFFLINE_ENCODER = {"att_context_size": [-1, -1], "att_context_style": "regular",
 
 def pretrain_encoder_ctc(cuts: Path, tok_dir: Path, out: Path, steps: int, batch_size: int, lr: float,
                          budget_s: float, offline: bool = True) -> tuple[dict, dict]:
-    """CTC pre-training of the ASR encoder with NeMo's `EncDecCTCModelBPE` (torch CTC loss), offline.
+    """CTC pre-training of the ASR encoder with NeMo's `EncDecCTCModelBPE` (torch CTC loss), offline by default.
 
     One cut per utterance of the sessions without overlap (about 1.3 s, 2-7 words). The encoder is the ASR's
     with the streaming constraints off (full attention context, symmetric convolutions, non-causal
@@ -318,7 +318,7 @@ def train_asr(cuts: Path, tok_dir: Path, out: Path, steps: int, batch_size: int,
     `encoder_lr` (an optimizer param group) for the encoder, which stays fixed for the first `freeze_steps`.
     Measured on the demo data (batch 8): with the encoder fixed, the joint reads the pre-trained encoder
     within 200 steps at lr 3e-3 but not in 800 steps at 3e-4; training the encoder from step 0 (even at 3e-4
-    under a 2e-3 joint) kept the loss on the label-prior plateau (about 20) for 300+ steps.
+    under a 2e-3 joint) kept the loss on the label-prior plateau (about 20) for the 290 steps it ran.
     """
     from lightning.pytorch import seed_everything
     from nemo.collections.asr.models.multitalker_asr_models import EncDecMultiTalkerRNNTBPEModel

@@ -59,7 +59,8 @@ class VectorizedRNNTLoss(torch.nn.Module):
 
 
 def install(model: torch.nn.Module) -> None:
-    """Swap the loss function inside a NeMo RNNT model's `RNNTLoss` (and its joint's reference) for this one."""
+    """Swap the loss function inside a NeMo RNNT model's `RNNTLoss` for this one (a joint that fuses the loss
+    holds the same `RNNTLoss` object, so it sees the swap too)."""
     loss = model.loss
     fastemit = float(getattr(loss._loss, "fastemit_lambda", 0.0) or 0.0)
     loss._loss = VectorizedRNNTLoss(blank=loss._blank, fastemit_lambda=fastemit)

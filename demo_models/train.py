@@ -48,7 +48,9 @@ def _lhotse_ds(cuts: Path, batch_size: int, **extra: Any) -> dict[str, Any]:
             "shard_seed": SEED, "num_workers": 0, "sample_rate": 16000, "pin_memory": False, **extra}
 
 
-def _optim(lr: float, steps: int, warmup: int) -> dict[str, Any]:
+def _optim(lr: float, steps: int, max_warmup: int = 50) -> dict[str, Any]:
+    """AdamW + NeMo CosineAnnealing over `steps`, warming up for a tenth of them (at most `max_warmup`)."""
+    warmup = max(min(steps // 10, max_warmup), 1)
     return {"name": "adamw", "lr": lr, "betas": [0.9, 0.98], "weight_decay": 1e-3,
             "sched": {"name": "CosineAnnealing", "warmup_steps": warmup, "min_lr": lr / 20, "max_steps": steps}}
 
@@ -172,7 +174,7 @@ def train_diarizer(cuts: Path, out: Path, steps: int, stream_steps: int, batch_s
             model.streaming_mode = True
             model.set_trainer(trainer)
         with open_dict(model.cfg):
-            model.cfg.optim = _optim(phase_lr, n, max(min(n // 10, 30), 1))
+            model.cfg.optim = _optim(phase_lr, n, max_warmup=30)
         model.setup_optimization(model.cfg.optim)
         trainer.fit(model)
         curves[name] = rec.points
@@ -259,7 +261,7 @@ def pretrain_encoder_ctc(cuts: Path, tok_dir: Path, out: Path, steps: int, batch
            "preprocessor": rnnt_cfg["preprocessor"], "encoder": encoder,
            "decoder": {"_target_": "nemo.collections.asr.modules.ConvASRDecoder",
                        "feat_in": rnnt_cfg["encoder"]["d_model"], "num_classes": -1, "vocabulary": []},
-           "train_ds": _lhotse_ds(clean, batch_size), "optim": _optim(lr, steps, max(min(steps // 10, 50), 1))}
+           "train_ds": _lhotse_ds(clean, batch_size), "optim": _optim(lr, steps)}
     rec = CurveRecorder.make(("train_loss", "training_batch_wer"), 10, "asr-ctc")
     trainer = _trainer(steps, [rec, _time_budget(budget_s), _stop_file(out / "STOP")])
     model = EncDecCTCModelBPE(cfg=OmegaConf.create(cfg), trainer=trainer)
@@ -332,7 +334,7 @@ def train_asr(cuts: Path, tok_dir: Path, out: Path, steps: int, batch_size: int,
                  "num_cuts_for_bins_estimate": 2000, "bucket_buffer_size": 2000} if batch_duration else {}
     cfg["train_ds"] = _lhotse_ds(cuts, batch_size, num_speakers=4, num_sample_per_mel_frame=160,
                                  num_mel_frame_per_asr_frame=8, **bucketing)
-    cfg["optim"] = _optim(lr, steps, max(min(steps // 10, 50), 1))
+    cfg["optim"] = _optim(lr, steps)
     if encoder_lr is not None:
         cfg["optim_param_groups"] = {"encoder": {"lr": encoder_lr}}
     rec = CurveRecorder.make(("train_loss", "training_batch_wer"), 10, "asr")

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from client.stream import infer_piece, new_session_key
 from mtasr.spec import (
     N_MELS,
     NUM_SPEAKERS,
@@ -119,11 +120,12 @@ def tree_rss(pid: int) -> int:
 
 
 def _send(client, samples: np.ndarray, sequence_id: int, start: bool = False, end: bool = False) -> None:
-    import tritonclient.grpc as grpcclient
+    infer_piece(client, samples, sequence_id, _KEYS.setdefault(sequence_id, new_session_key()), start, end)
 
-    x = grpcclient.InferInput("audio", [1, samples.shape[0]], "FP32")
-    x.set_data_from_numpy(np.ascontiguousarray(samples[None], dtype=np.float32))
-    client.infer("multitalker", [x], sequence_id=sequence_id, sequence_start=start, sequence_end=end)
+
+_KEYS: dict[int, str] = {}  # sequence id -> its session key
+# Repository limits for the measurement: sessions stay open (no request) while RSS settles, up to 64 at once.
+LIMITS = {"max_sessions": 64, "idle_timeout_s": 600.0}
 
 
 def measure_rss(url: str, pid: int, counts: tuple[int, ...] = (1, 8, 32), pieces: int = 4, piece_s: float = 0.5,
@@ -194,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
         from client.server import TritonServer
         from model_repository.build import build
 
-        repo = build(args.graphs, "cpu", args.work / "repo", preset=args.preset)
+        repo = build(args.graphs, "cpu", args.work / "repo", preset=args.preset, **LIMITS)
         with TritonServer(repo) as server:
             report["rss_bytes"] = measure_rss(server.grpc_url, server.pid, tuple(args.sessions))
     print(json.dumps(report, indent=1))

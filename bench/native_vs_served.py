@@ -61,8 +61,8 @@ def run(graphs: Path, seconds: float, preset: str, mode: str, speakers: int = 2)
     local, local_s = local_run()
 
     with serving.served(graphs, preset, mode) as server:
-        stream_audio(server.grpc_url, warm, sequence_id=1)
-        served, served_s = _timed(lambda: stream_audio(server.grpc_url, audio, sequence_id=2, session_id="s"))
+        stream_audio(server.grpc_url, warm)
+        served, served_s = _timed(lambda: stream_audio(server.grpc_url, audio, session_id="s"))
     words = [[(s["speaker"], s["words"]) for s in x] for x in (native, local, served.seglst)]
     return {
         "audio_seconds": seconds, "speakers": speakers, "preset": preset, "speaker_mode": mode,

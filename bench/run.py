@@ -89,7 +89,7 @@ def load_search(graphs: Path, sizes: Sizes) -> dict:
     from client import loadgen
 
     audios = loadgen.make_audios(sizes.load_seconds, 160.0, variants=8)
-    with served(graphs, PRESET) as server:
+    with served(graphs, PRESET, max_sessions=sizes.load_max) as server:  # the cap must not end the search
         loadgen.run_sessions(server.grpc_url, 1, audios, progress=False)  # warm-up
         result = loadgen.search(server.grpc_url, 1, sizes.load_max, audios, budget_ms=sizes.budget_ms)
     result["budget_ms"] = sizes.budget_ms
@@ -101,7 +101,8 @@ def memory_part(graphs: Path, sizes: Sizes) -> dict:
     from bench.serving import served
 
     out = {"spec_bytes": memory.spec_report(graphs, PRESET)}
-    with served(graphs, PRESET) as server:
+    # sessions are opened one after another and held while RSS settles: no idle expiry, room for all of them
+    with served(graphs, PRESET, **memory.LIMITS) as server:
         out["rss_bytes"] = memory.measure_rss(server.grpc_url, server.pid, sizes.memory_sessions)
     return out
 

@@ -9,12 +9,13 @@ from pathlib import Path
 
 
 @contextmanager
-def served(graphs: Path, preset: str | None = None, speaker_mode: str = "kernel") -> Iterator:
-    """A running `TritonServer` on a cpu repository built from `graphs` in a temporary folder."""
+def served(graphs: Path, preset: str | None = None, speaker_mode: str = "kernel", **limits) -> Iterator:
+    """A running `TritonServer` on a cpu repository built from `graphs` in a temporary folder; `limits` are
+    `build`'s `max_sessions` / `idle_timeout_s`."""
     from client.server import TritonServer
     from model_repository.build import build
 
     with tempfile.TemporaryDirectory() as tmp:
-        repo = build(graphs, "cpu", Path(tmp) / "repo", preset=preset, speaker_mode=speaker_mode)
+        repo = build(graphs, "cpu", Path(tmp) / "repo", preset=preset, speaker_mode=speaker_mode, **limits)
         with TritonServer(repo, log_path=Path(tmp) / "server.log") as server:
             yield server

@@ -12,7 +12,6 @@ audio's end (wall / audio <= 1 + budget / audio, or `--rtf-max`). The budget is 
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import sys
 import threading
@@ -23,8 +22,6 @@ import numpy as np
 
 from client.stream import ClientError, StreamResult, stream_audio
 from mtasr.spec import SAMPLE_RATE
-
-_SEQUENCE_IDS = itertools.count(int(time.time()) % 1_000_000 * 1000 + 1)  # fresh ids across runs of one process
 
 
 def make_audios(seconds: float, chunk_ms: float, audio: Path | str | None = None,
@@ -53,13 +50,12 @@ def run_sessions(url: str, n: int, audios: list[np.ndarray], chunk_ms: float = 1
                disable=not progress, leave=False, file=sys.stderr)
     results: list[StreamResult | None] = [None] * n
     errors: list[str] = []
-    ids = [next(_SEQUENCE_IDS) for _ in range(n)]
 
     def session(i: int) -> None:
         if stagger:  # spread the sessions' chunk boundaries over one chunk, as independent clients would be
             time.sleep(chunk_ms / 1000 * i / n)
         try:
-            results[i] = stream_audio(url, clips[i], sequence_id=ids[i], session_id=f"load{i}", chunk_ms=chunk_ms,
+            results[i] = stream_audio(url, clips[i], session_id=f"load{i}", chunk_ms=chunk_ms,
                                       realtime=True, on_reply=lambda *_: bar.update())
         except Exception as exc:  # noqa: BLE001 - a failed session (server error, dead server) is a result
             errors.append(f"{type(exc).__name__}: {exc}")
@@ -137,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         audios = make_audios(args.seconds, args.chunk_ms, args.audio)
         warm = audios[0][: 3 * SAMPLE_RATE]  # one session first: the server's first calls allocate
-        stream_audio(args.url, warm, sequence_id=next(_SEQUENCE_IDS), chunk_ms=args.chunk_ms)
+        stream_audio(args.url, warm, chunk_ms=args.chunk_ms)
         if args.sessions:
             result = run_sessions(args.url, args.sessions, audios, args.chunk_ms, args.rtf_max,
                                   progress=not args.no_progress, budget_ms=args.budget_ms)

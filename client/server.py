@@ -3,14 +3,22 @@
     with TritonServer("artifacts/repo") as server:      # free ports, waits until ready, stops by PID
         grpc_client = tritonclient.grpc.InferenceServerClient(server.grpc_url)
 
-    python -m client.server --repo artifacts/repo [--http-port 8000 --grpc-port 8001 --metrics-port 8002]
+    python -m client.server --repo artifacts/repo [--address 127.0.0.1] [--http-port 8000 --grpc-port 8001
+        --metrics-port 8002] [--api-key-file F] [--admin-key-file F] [--tls-cert C --tls-key K]
+
+Safe by default: every endpoint binds to loopback unless an address is given; the admin protocols (shared
+memory, model repository, logging, trace, statistics, model config) need the admin key (random unless given);
+inference needs the API key when one is given; the per-session key header is forwarded to the orchestrator.
+tritonserver dies with its launcher (PR_SET_PDEATHSIG), so a killed launcher never leaves it orphaned.
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -20,7 +28,13 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from mtasr.spec import ADMIN_KEY_HEADER, API_KEY_HEADER, SESSION_KEY_HEADER, grpc_restricted_header
+
 ROOT = Path(__file__).resolve().parents[1]
+LOOPBACK = "127.0.0.1"
+# Triton protocols an operator uses, never a client (names as Triton's restricted-protocol flags spell them).
+ADMIN_PROTOCOLS = ("shared-memory", "model-repository", "logging", "trace", "statistics", "model-config")
+PR_SET_PDEATHSIG = 1
 TRITON_DIR = ROOT / ".triton"  # docker/install_triton_local.sh
 SERVE_VENV = ROOT / ".venv-serve"
 
@@ -53,13 +67,30 @@ def serve_env(venv: Path = SERVE_VENV, triton_dir: Path = TRITON_DIR) -> dict[st
     return env
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM when the launcher dies (even by SIGKILL); own session for Ctrl-C."""
+    os.setsid()
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 class TritonServer:
-    """A tritonserver subprocess on `repo`: `with` starts it and waits for readiness, exit stops it by PID."""
+    """A tritonserver subprocess on `repo`: `with` starts it and waits for readiness, exit stops it by PID.
+
+    Binds `address` (loopback by default). `admin_key` (random unless given) guards the admin protocols;
+    `api_key`, when given, guards inference; `tls` = (cert, key) PEM files turns on TLS for gRPC. The server is
+    tied to the thread that starts it: it gets SIGTERM when that thread's process dies.
+    """
 
     def __init__(self, repo: Path | str, http_port: int = 0, grpc_port: int = 0, metrics_port: int = 0,
                  models: list[str] | None = None, log_path: Path | str | None = None, timeout: float = 180.0,
-                 triton_dir: Path = TRITON_DIR, venv: Path = SERVE_VENV, extra_args: tuple[str, ...] = ()) -> None:
+                 triton_dir: Path = TRITON_DIR, venv: Path = SERVE_VENV, extra_args: tuple[str, ...] = (),
+                 address: str = LOOPBACK, admin_key: str | None = None, api_key: str | None = None,
+                 tls: tuple[Path, Path] | None = None) -> None:
         self.repo = Path(repo).resolve()
+        self.address = address
+        self.admin_key = admin_key or secrets.token_urlsafe(24)
+        self.api_key = api_key
+        self.tls = tls
         wanted = [http_port, grpc_port, metrics_port]
         picked = iter(free_ports(wanted.count(0)))
         self.http_port, self.grpc_port, self.metrics_port = (p or next(picked) for p in wanted)
@@ -72,12 +103,44 @@ class TritonServer:
         self.proc: subprocess.Popen | None = None
 
     @property
+    def _host(self) -> str:
+        return LOOPBACK if self.address in ("0.0.0.0", "") else self.address
+
+    @property
     def http_url(self) -> str:
-        return f"127.0.0.1:{self.http_port}"
+        return f"{self._host}:{self.http_port}"
 
     @property
     def grpc_url(self) -> str:
-        return f"127.0.0.1:{self.grpc_port}"
+        return f"{self._host}:{self.grpc_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://{self._host}:{self.metrics_port}/metrics"
+
+    def admin_headers(self) -> dict[str, str]:
+        """gRPC headers that pass the admin-protocol restriction (statistics, model config, ...)."""
+        return {grpc_restricted_header(ADMIN_KEY_HEADER): self.admin_key}
+
+    def access_args(self) -> list[str]:
+        """Binding, protocol restrictions, header forwarding and TLS flags."""
+        admin = ",".join(ADMIN_PROTOCOLS)
+        args = [f"--grpc-address={self.address}", f"--http-address={self.address}",
+                f"--metrics-address={self.address}",
+                f"--grpc-restricted-protocol={admin}:{ADMIN_KEY_HEADER}={self.admin_key}",
+                f"--http-restricted-api={admin}:{ADMIN_KEY_HEADER}={self.admin_key}",
+                f"--grpc-header-forward-pattern=^{SESSION_KEY_HEADER}$",
+                f"--http-header-forward-pattern=^{SESSION_KEY_HEADER}$",
+                # Pooled gRPC request objects keep the capacity of the largest message they ever held (a refused
+                # 200 MB request left 270 MB resident per pooled object); unpooled, it is freed with the request.
+                "--grpc-infer-allocation-pool-size=0"]
+        if self.api_key:
+            args += [f"--grpc-restricted-protocol=inference:{API_KEY_HEADER}={self.api_key}",
+                     f"--http-restricted-api=inference:{API_KEY_HEADER}={self.api_key}"]
+        if self.tls:
+            cert, key = self.tls
+            args += ["--grpc-use-ssl=true", f"--grpc-server-cert={cert}", f"--grpc-server-key={key}"]
+        return args
 
     @property
     def pid(self) -> int | None:
@@ -86,7 +149,8 @@ class TritonServer:
     def command(self) -> list[str]:
         cmd = [str(self.triton_dir / "bin" / "tritonserver"), f"--model-repository={self.repo}",
                f"--backend-directory={self.triton_dir / 'backends'}", f"--http-port={self.http_port}",
-               f"--grpc-port={self.grpc_port}", f"--metrics-port={self.metrics_port}", "--log-verbose=0"]
+               f"--grpc-port={self.grpc_port}", f"--metrics-port={self.metrics_port}", "--log-verbose=0",
+               *self.access_args()]
         if self.models is not None:
             cmd += ["--model-control-mode=explicit", *(f"--load-model={m}" for m in self.models)]
         return cmd + list(self.extra_args)
@@ -98,7 +162,7 @@ class TritonServer:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
-                                         env=serve_env(self.venv, self.triton_dir), start_new_session=True)
+                                         env=serve_env(self.venv, self.triton_dir), preexec_fn=_die_with_parent)
         try:
             self.wait_ready()
         except BaseException:
@@ -108,7 +172,7 @@ class TritonServer:
 
     def ready(self) -> bool:
         try:
-            with urllib.request.urlopen(f"http://{self.http_url}/v2/health/ready", timeout=2) as r:
+            with urllib.request.urlopen(f"http://{self.http_url}/v2/health/ready", timeout=2) as r:  # noqa: S310
                 return r.status == 200
         except (urllib.error.URLError, OSError):
             return False
@@ -143,24 +207,61 @@ class TritonServer:
         self.stop()
 
 
+def _read_key(path: Path | None, env: str) -> str | None:
+    """A key from a file (first line) or the environment; None when neither is set."""
+    if path is not None:
+        key = path.read_text().strip()
+        if len(key) < 16:
+            raise SystemExit(f"python -m client.server: error: the key in {path} is shorter than 16 characters")
+        return key
+    return os.environ.get(env) or None
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m client.server", description="Run tritonserver in the foreground.")
     ap.add_argument("--repo", type=Path, required=True, help="model repository (model_repository.build)")
+    ap.add_argument("--address", default=LOOPBACK,
+                    help="address every endpoint binds to (default %(default)s: this machine only)")
     ap.add_argument("--http-port", type=int, default=8000)
     ap.add_argument("--grpc-port", type=int, default=8001)
     ap.add_argument("--metrics-port", type=int, default=8002)
     ap.add_argument("--models", nargs="*", help="load only these models (explicit model control)")
     ap.add_argument("--log", type=Path, help="server log file (default: <repo>.tritonserver.log)")
+    ap.add_argument("--admin-key-file", type=Path,
+                    help="file holding the admin key (default: env MTASR_ADMIN_KEY, else a random key written to "
+                         "<repo>.admin-key, mode 0600)")
+    ap.add_argument("--api-key-file", type=Path, help="file holding an inference key clients must send "
+                                                      "(default: env MTASR_API_KEY; none: inference is open)")
+    ap.add_argument("--tls-cert", type=Path, help="PEM certificate: serve gRPC over TLS (with --tls-key)")
+    ap.add_argument("--tls-key", type=Path, help="PEM private key of --tls-cert")
     args = ap.parse_args(argv)
-    server = TritonServer(args.repo, args.http_port, args.grpc_port, args.metrics_port, args.models, args.log)
+    if (args.tls_cert is None) != (args.tls_key is None):
+        ap.error("--tls-cert and --tls-key go together")
+    admin_key = _read_key(args.admin_key_file, "MTASR_ADMIN_KEY")
+    server = TritonServer(args.repo, args.http_port, args.grpc_port, args.metrics_port, args.models, args.log,
+                          address=args.address, admin_key=admin_key, api_key=_read_key(args.api_key_file,
+                                                                                       "MTASR_API_KEY"),
+                          tls=(args.tls_cert.resolve(), args.tls_key.resolve()) if args.tls_cert else None)
+    key_note = "from --admin-key-file/MTASR_ADMIN_KEY"
+    if admin_key is None:
+        key_file = server.repo.with_name(server.repo.name + ".admin-key")
+        key_file.touch(mode=0o600)
+        key_file.chmod(0o600)
+        key_file.write_text(server.admin_key + "\n")
+        key_note = f"in {key_file}"
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # `kill PID` stops the server like Ctrl-C
-    with server:
-        print(f"tritonserver ready (pid {server.pid}): http {server.http_url}  grpc {server.grpc_url}  "
-              f"log {server.log_path}; Ctrl-C stops it", flush=True)
-        try:
+    try:
+        with server:
+            print(f"tritonserver ready (pid {server.pid}) on {args.address}: http {server.http_url}  grpc "
+                  f"{server.grpc_url}{' (TLS)' if server.tls else ''}  metrics {server.metrics_url}; admin key "
+                  f"{key_note}; inference {'needs the API key' if server.api_key else 'open'}; log "
+                  f"{server.log_path}; Ctrl-C stops it", flush=True)
             server.proc.wait()
-        except KeyboardInterrupt:
-            pass
+    except KeyboardInterrupt:
+        pass
+    except (RuntimeError, TimeoutError, FileNotFoundError) as exc:
+        print(f"python -m client.server: error: {' '.join(str(exc).split()[:60])}", file=sys.stderr)
+        return 1
     print(f"tritonserver stopped (exit {server.proc.returncode})")
     return 0 if server.proc.returncode in (0, -signal.SIGTERM) else 1
 

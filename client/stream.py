@@ -1,59 +1,127 @@
 """Stream audio to the `multitalker` model over gRPC with Triton sequence batching.
 
-    result = stream_audio("localhost:8001", samples, sequence_id=1, chunk_ms=160)
+    result = stream_audio(Connection("localhost:8001"), samples, chunk_ms=160)
     result.seglst, result.activity, result.latencies_ms
+
+Every session gets a fresh random 63-bit sequence id and a random session key (sent as a gRPC header on its
+stream): the server serves a live session only to the client holding its key.
 """
 
 from __future__ import annotations
 
 import json
 import queue
+import secrets
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
-from mtasr.spec import FRAME_SEC, NUM_SPEAKERS, ORCHESTRATOR, SAMPLE_RATE, orchestrator_spec
+from mtasr.spec import (
+    API_KEY_HEADER,
+    FRAME_SEC,
+    MAX_CHUNK_SECONDS,
+    NUM_SPEAKERS,
+    ORCHESTRATOR,
+    SAMPLE_RATE,
+    SESSION_KEY_HEADER,
+    grpc_restricted_header,
+    orchestrator_spec,
+)
+
+MAX_SEQUENCE_ID = 2**64 - 1  # CORRID is UINT64; 0 means "no sequence" to Triton
 
 
 class ClientError(RuntimeError):
     """A failure the user can act on; the message is one line."""
 
 
+class StreamError(ClientError):
+    """A session that failed part way; `partial` holds what had been received."""
+
+    def __init__(self, message: str, partial: StreamResult) -> None:
+        super().__init__(message)
+        self.partial = partial
+
+
+def new_sequence_id() -> int:
+    """A random 63-bit sequence id (never 0): sessions of independent clients do not collide."""
+    return secrets.randbelow(2**63 - 1) + 1
+
+
+def new_session_key() -> str:
+    """A random per-session secret (43 url-safe characters, 256 bits)."""
+    return secrets.token_urlsafe(32)
+
+
+@dataclass(frozen=True)
+class Connection:
+    """Where and how to reach the server: gRPC address, optional API key, optional TLS."""
+
+    url: str = "localhost:8001"
+    api_key: str | None = None  # for a server started with an inference key (`--api-key`)
+    tls: bool = False
+    tls_ca: Path | None = None  # root certificate(s) to trust (PEM); implies TLS
+
+    def headers(self) -> dict[str, str]:
+        return {grpc_restricted_header(API_KEY_HEADER): self.api_key} if self.api_key else {}
+
+    def client(self):
+        import tritonclient.grpc as grpcclient
+
+        if self.tls or self.tls_ca:
+            return grpcclient.InferenceServerClient(self.url, ssl=True,
+                                                    root_certificates=str(self.tls_ca) if self.tls_ca else None)
+        return grpcclient.InferenceServerClient(self.url)
+
+
+def validate_stream_options(chunk_ms: float, sequence_id: int | None = None) -> None:
+    """ClientError for options the server would refuse or Triton cannot carry."""
+    if not 0 < chunk_ms <= MAX_CHUNK_SECONDS * 1000:
+        raise ClientError(f"--chunk-ms must be in (0, {MAX_CHUNK_SECONDS * 1000:g}] (the server's largest piece), "
+                          f"got {chunk_ms:g}")
+    if sequence_id is not None and not 1 <= sequence_id <= MAX_SEQUENCE_ID:
+        raise ClientError(f"sequence id must be in [1, 2**64 - 1], got {sequence_id}")
+
+
 @dataclass
 class StreamResult:
     session_id: str
-    seglst: list[dict] = field(default_factory=list)  # final SegLST
+    seglst: list[dict] = field(default_factory=list)  # final SegLST (the transcript so far when partial)
     activity: np.ndarray = field(default_factory=lambda: np.zeros((0, NUM_SPEAKERS), np.float32))
     latencies_ms: list[float] = field(default_factory=list)  # send -> response, per request
     audio_seconds: float = 0.0
     wall_seconds: float = 0.0
+    sequence_id: int = 0
+    partial: bool = False  # the session ended early (server gone, error): seglst/activity are what arrived
 
 
-def connect(url: str, model: str = ORCHESTRATOR, timeout: float = 10.0):
+def connect(conn: Connection | str, model: str = ORCHESTRATOR, timeout: float = 10.0):
     """A gRPC client after checking the server is live and the model ready (clear errors otherwise)."""
-    import tritonclient.grpc as grpcclient
     from tritonclient.utils import InferenceServerException
 
-    client = grpcclient.InferenceServerClient(url)
+    conn = Connection(conn) if isinstance(conn, str) else conn
+    client = conn.client()
     deadline = time.monotonic() + timeout
     while True:
         try:
-            if client.is_server_live():
+            if client.is_server_live(headers=conn.headers()):
                 break
         except InferenceServerException:
             pass
         if time.monotonic() > deadline:
-            raise ClientError(f"no Triton server answers at {url} (is it running? try `make serve`)")
+            raise ClientError(f"no Triton server answers at {conn.url} (is it running? try `make serve`"
+                              f"{'; TLS: check --tls-ca' if conn.tls or conn.tls_ca else ''})")
         time.sleep(0.2)
     try:
-        ready = client.is_model_ready(model)
+        ready = client.is_model_ready(model, headers=conn.headers())
     except InferenceServerException as exc:
-        raise ClientError(f"cannot query model {model!r} at {url}: {exc.message()}") from None
+        raise ClientError(f"cannot query model {model!r} at {conn.url}: {exc.message()}") from None
     if not ready:
-        raise ClientError(f"model {model!r} is not ready on {url} (see the server log)")
+        raise ClientError(f"model {model!r} is not ready on {conn.url} (see the server log)")
     return client
 
 
@@ -66,27 +134,50 @@ def _inputs(piece: np.ndarray):
     return [x]
 
 
-def stream_audio(url: str, samples: np.ndarray, sequence_id: int, session_id: str = "session",
-                 chunk_ms: float = 160.0, realtime: bool = False, model: str = ORCHESTRATOR,
-                 on_reply: Callable[[list[dict], np.ndarray], None] | None = None,
-                 timeout: float = 600.0) -> StreamResult:
-    """Send `samples` (16 kHz mono float32) in `chunk_ms` pieces as one sequence; wait for every reply."""
-    client = connect(url, model)
+def infer_piece(client, samples: np.ndarray, sequence_id: int, session_key: str | None, start: bool = False,
+                end: bool = False, headers: dict[str, str] | None = None, model: str = ORCHESTRATOR):
+    """One unary request of a sequence (16 kHz mono float32 piece) with its session key; the InferResult."""
+    key = {SESSION_KEY_HEADER: session_key} if session_key else {}
+    return client.infer(model, _inputs(samples), sequence_id=sequence_id, sequence_start=start, sequence_end=end,
+                        headers={**(headers or {}), **key})
+
+
+def _message(error) -> str:
+    text = error.message() if hasattr(error, "message") and callable(error.message) else str(error)
+    return " ".join(str(text).split())  # one line
+
+
+def stream_audio(conn: Connection | str, samples: np.ndarray, sequence_id: int | None = None,
+                 session_id: str = "session", chunk_ms: float = 160.0, realtime: bool = False,
+                 model: str = ORCHESTRATOR, on_reply: Callable[[list[dict], np.ndarray], None] | None = None,
+                 timeout: float = 600.0, session_key: str | None = None) -> StreamResult:
+    """Send `samples` (16 kHz mono float32) in `chunk_ms` pieces as one sequence; wait for every reply.
+
+    The sequence id and session key are fresh random values unless given. A session that fails part way raises
+    `StreamError` carrying what had been received (`partial=True`).
+    """
+    from tritonclient.utils import InferenceServerException
+
+    conn = Connection(conn) if isinstance(conn, str) else conn
+    validate_stream_options(chunk_ms, sequence_id)
+    sequence_id = sequence_id or new_sequence_id()
+    client = connect(conn, model)
     piece = max(1, int(round(chunk_ms * SAMPLE_RATE / 1000)))
     starts = list(range(0, max(len(samples), 1), piece))
     replies: queue.Queue = queue.Queue()
     sent_at: dict[str, float] = {}
-    result = StreamResult(session_id=session_id, audio_seconds=len(samples) / SAMPLE_RATE)
+    result = StreamResult(session_id=session_id, audio_seconds=len(samples) / SAMPLE_RATE, sequence_id=sequence_id)
+    headers = {**conn.headers(), SESSION_KEY_HEADER: session_key or new_session_key()}
 
     def callback(result, error):
         replies.put((result, error, time.perf_counter()))
 
-    client.start_stream(callback=callback)
     t0 = time.perf_counter()
     activity = []
+    errors: list[str] = []
     try:
+        client.start_stream(callback=callback, headers=headers)
         done = threading.Event()
-        errors: list[str] = []
 
         def receive():
             for _ in starts:
@@ -96,7 +187,7 @@ def stream_audio(url: str, samples: np.ndarray, sequence_id: int, session_id: st
                     errors.append(f"no reply within {timeout:.0f} s")
                     break
                 if error is not None:
-                    errors.append(error.message() if hasattr(error, "message") else str(error))
+                    errors.append(_message(error))
                     break
                 rid = res.get_response().id
                 result.latencies_ms.append((t - sent_at.get(rid, t)) * 1000)
@@ -116,20 +207,35 @@ def stream_audio(url: str, samples: np.ndarray, sequence_id: int, session_id: st
         for i, s in enumerate(starts):
             if realtime:
                 time.sleep(max(0.0, t0 + s / SAMPLE_RATE - time.perf_counter()))
-            rid = f"{sequence_id}-{i}"
-            sent_at[rid] = time.perf_counter()
-            client.async_stream_infer(model, _inputs(samples[s : s + piece]), request_id=rid, sequence_id=sequence_id,
-                                      sequence_start=i == 0, sequence_end=i == len(starts) - 1)
             if done.is_set():
                 break
+            rid = f"{i}"
+            sent_at[rid] = time.perf_counter()
+            try:
+                client.async_stream_infer(model, _inputs(samples[s : s + piece]), request_id=rid,
+                                          sequence_id=sequence_id, sequence_start=i == 0,
+                                          sequence_end=i == len(starts) - 1)
+            except InferenceServerException as exc:  # the stream broke (server gone): the receiver says why
+                receiver.join(5)
+                if not errors:
+                    errors.append(_message(exc))
+                break
         receiver.join(timeout)
-        if errors:
-            raise ClientError(f"{session_id}: server error: {errors[0]}")
+    except InferenceServerException as exc:
+        errors.append(_message(exc))
     finally:
-        client.stop_stream()
-        client.close()
+        try:
+            client.stop_stream()
+            client.close()
+        except Exception:  # noqa: BLE001 - closing a broken channel must not hide the real error
+            pass
     result.wall_seconds = time.perf_counter() - t0
     result.activity = np.concatenate(activity) if activity else result.activity
+    if errors:
+        result.partial = True
+        got = result.activity.shape[0] * FRAME_SEC
+        raise StreamError(f"{session_id}: server error after {got:.1f} s of {result.audio_seconds:.1f} s audio: "
+                          f"{errors[0]}", result)
     return result
 
 

@@ -20,15 +20,9 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
+from mtasr.pipeline.params import DEFAULT_IDLE_TIMEOUT_S, DEFAULT_MAX_SESSIONS, SPEAKER_MODES
 from mtasr.spec import ORCHESTRATOR, PUBLIC_CHECKPOINT_DIMS, ModelDims, parse_preset, preset_name
-from mtasr.triton_config import (
-    GRAPH_MODELS,
-    IN_PROCESS_DEFAULT,
-    SPEAKER_MODES,
-    TARGETS,
-    repository_configs,
-    to_pbtxt,
-)
+from mtasr.triton_config import GRAPH_MODELS, IN_PROCESS_DEFAULT, TARGETS, repository_configs, to_pbtxt
 
 log = logging.getLogger("model_repository.build")
 HERE = Path(__file__).resolve().parent
@@ -81,7 +75,8 @@ def _place(src: Path, dst: Path, copy: bool) -> None:
 
 
 def build(graphs: Path, target: str, out: Path, preset: str | None = None, speaker_mode: str = "kernel",
-          copy: bool = False, in_process: tuple[str, ...] | None = None) -> Path:
+          copy: bool = False, in_process: tuple[str, ...] | None = None, max_sessions: int = DEFAULT_MAX_SESSIONS,
+          idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_S) -> Path:
     """Write a complete repository into `out` (replaced only when it is one this builder wrote)."""
     graphs, out = Path(graphs), Path(out)
     if target not in TARGETS:
@@ -105,7 +100,11 @@ def build(graphs: Path, target: str, out: Path, preset: str | None = None, speak
     in_process = IN_PROCESS_DEFAULT.get(target, ()) if in_process is None else tuple(in_process)
     if not set(in_process) <= set(GRAPH_MODELS):
         raise BuildError(f"--in-process takes models among {GRAPH_MODELS}, got {','.join(in_process)}")
-    configs = repository_configs(manifest_dims(manifest), target, preset, speaker_mode, in_process)
+    if max_sessions < 1 or not 0 < idle_timeout_s <= 3600:
+        raise BuildError(f"need --max-sessions >= 1 and 0 < --idle-timeout-s <= 3600 (got {max_sessions}, "
+                         f"{idle_timeout_s})")
+    configs = repository_configs(manifest_dims(manifest), target, preset, speaker_mode, in_process, max_sessions,
+                                 idle_timeout_s)
     write_configs(configs, work)
     orchestrator = work / ORCHESTRATOR / "1"
     orchestrator.mkdir(parents=True)
@@ -161,6 +160,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--preset", help="latency preset, e.g. 70_13 (default: the manifest's default_preset)")
     ap.add_argument("--speaker-mode", choices=SPEAKER_MODES, default="kernel")
     ap.add_argument("--copy", action="store_true", help="copy graph files instead of symlinking them")
+    ap.add_argument("--max-sessions", type=int, default=DEFAULT_MAX_SESSIONS,
+                    help="live sessions one orchestrator admits; a START beyond is refused (default: %(default)s)")
+    ap.add_argument("--idle-timeout-s", type=float, default=DEFAULT_IDLE_TIMEOUT_S,
+                    help="a session with no request for this long is dropped and freed (default: %(default)s)")
     ap.add_argument("--in-process", metavar="MODELS",
                     help="graph models the orchestrator runs itself with ONNX Runtime instead of through BLS "
                          "(comma list, '' for none; default: " +
@@ -177,7 +180,8 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--graphs and --out are required (or --write-committed)")
     try:
         in_process = None if args.in_process is None else tuple(m for m in args.in_process.split(",") if m)
-        out = build(args.graphs, args.target, args.out, args.preset, args.speaker_mode, args.copy, in_process)
+        out = build(args.graphs, args.target, args.out, args.preset, args.speaker_mode, args.copy, in_process,
+                    args.max_sessions, args.idle_timeout_s)
     except BuildError as exc:
         print(f"{ap.prog}: error: {exc}", file=sys.stderr)
         return 2

@@ -176,6 +176,15 @@ def decoder_joint_spec(d: ModelDims) -> GraphSpec:
 ORCHESTRATOR = "multitalker"
 MAX_CHUNK_SECONDS = 2.0  # largest audio piece one request may carry
 MIN_CHUNK_SECONDS = 0.0  # an empty piece is an error unless it closes the sequence (END)
+# gRPC headers of the serving protocol (gRPC metadata keys are lower case).
+SESSION_KEY_HEADER = "mtasr-session-key"  # per-session secret; Triton forwards it to the orchestrator
+API_KEY_HEADER = "mtasr-api-key"  # optional key on the inference protocol (Triton's restricted protocols)
+ADMIN_KEY_HEADER = "mtasr-admin-key"  # key on the admin protocols (statistics, model config, shared memory...)
+
+
+def grpc_restricted_header(key: str) -> str:
+    """The gRPC header a client sends to pass Triton's `--grpc-restricted-protocol=...:<key>=<value>`."""
+    return f"triton-grpc-protocol-{key}"
 
 
 def orchestrator_spec() -> GraphSpec:

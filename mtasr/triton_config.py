@@ -13,6 +13,7 @@ import numpy as np
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
+from mtasr.pipeline.params import DEFAULT_IDLE_TIMEOUT_S, GRAPH_ROLES, OrchestratorParams
 from mtasr.spec import (
     BYTES,
     NUM_SPEAKERS,
@@ -25,8 +26,7 @@ from mtasr.spec import (
 )
 
 TARGETS = ("cpu", "gpu")
-SPEAKER_MODES = ("kernel", "masked")
-GRAPH_MODELS = ("diarizer", "encoder", "decoder_joint")  # model names in the repository (= graph kinds)
+GRAPH_MODELS = GRAPH_ROLES  # model names in the repository (= graph kinds)
 # Graphs the orchestrator runs in its own ONNX Runtime session instead of through BLS, by target. The RNNT greedy
 # loop calls decoder_joint once per emitted symbol and frame (about 50 calls per step for 2 speakers): through BLS
 # each call is a round trip between processes (~3 ms), in process ~0.07 ms on the tiny models. On the CPU a BLS
@@ -36,7 +36,10 @@ IN_PROCESS_DEFAULT = {"cpu": GRAPH_MODELS, "gpu": ("decoder_joint",)}
 ORCHESTRATOR_MAX_BATCH = 32
 # One orchestrator execute sends every active speaker of every sequence in one encoder call: up to 4 rows each.
 GRAPH_MAX_BATCH = ORCHESTRATOR_MAX_BATCH * NUM_SPEAKERS
-SEQUENCE_IDLE_US = 30_000_000
+# Sequence slots the batcher keeps beyond the session cap: a START over the cap must reach the orchestrator (which
+# refuses it at once, "server full") instead of waiting silently in the batcher's backlog; slots of the oldest
+# strategy are bookkeeping only. Refused and abandoned sequences hold theirs until the idle timeout.
+CANDIDATE_SLOTS_PER_SESSION = 4
 
 # numpy dtype -> Triton data type name, the one mapping used everywhere.
 NUMPY_TO_TRITON: dict[type, str] = {
@@ -109,26 +112,20 @@ def graph_config(spec: GraphSpec, target: str, name: str | None = None,
     return cfg
 
 
-def orchestrator_config(graphs: dict[str, str], preset: str, speaker_mode: str,
-                        max_batch_size: int = ORCHESTRATOR_MAX_BATCH,
-                        in_process: tuple[str, ...] = ()) -> mc.ModelConfig:
+def orchestrator_config(params: OrchestratorParams, max_batch_size: int = ORCHESTRATOR_MAX_BATCH,
+                        idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_S) -> mc.ModelConfig:
     """The streaming `multitalker` model: Python backend, sequence batching (oldest), both audio inputs optional.
 
-    `graphs` maps each of GRAPH_MODELS to the repository model the orchestrator calls through BLS; they, the
-    latency `preset`, the `speaker_mode` ("kernel" | "masked") and the `manifest` file name (in the version
-    folder `1/`, next to the feature files) are model parameters. `in_process` lists the graph models the
-    orchestrator runs itself with ONNX Runtime from `1/graphs/<model>/` (parameter `in_process_models`).
+    `params` (graph model names, latency preset, speaker mode, in-process graphs, session cap) become the model's
+    parameters. `idle_timeout_s` is the batcher's `max_sequence_idle_microseconds`; the orchestrator reads it back
+    as its own idle timeout, so a sequence the batcher dropped is freed by the orchestrator too.
     """
-    if not set(in_process) <= set(GRAPH_MODELS):
-        raise ValueError(f"in-process models must be among {GRAPH_MODELS}, got {in_process}")
-    if speaker_mode not in SPEAKER_MODES:
-        raise ValueError(f"unknown speaker mode {speaker_mode!r}; use one of {SPEAKER_MODES}")
     cfg = mc.ModelConfig(name=ORCHESTRATOR, backend="python", max_batch_size=max_batch_size)
     cfg.instance_group.add(count=1, kind=mc.ModelInstanceGroup.KIND_CPU)
     _tensors(cfg, orchestrator_spec(), optional=True)
     seq = cfg.sequence_batching
-    seq.max_sequence_idle_microseconds = SEQUENCE_IDLE_US
-    seq.oldest.max_candidate_sequences = 2 * max_batch_size
+    seq.max_sequence_idle_microseconds = round(idle_timeout_s * 1e6)
+    seq.oldest.max_candidate_sequences = max(2 * max_batch_size, CANDIDATE_SLOTS_PER_SESSION * params.max_sessions)
     seq.oldest.preferred_batch_size.extend([s for s in (8, 16, 32) if s <= max_batch_size])
     seq.oldest.max_queue_delay_microseconds = 2000
     Control = mc.ModelSequenceBatching.Control
@@ -137,24 +134,22 @@ def orchestrator_config(graphs: dict[str, str], preset: str, speaker_mode: str,
         seq.control_input.add(name=name).control.add(kind=kind, bool_false_true=[False, True])
     seq.control_input.add(name="CORRID").control.add(kind=Control.CONTROL_SEQUENCE_CORRID,
                                                      data_type=triton_dtype(np.uint64))
-    for kind in GRAPH_MODELS:
-        _param(cfg, f"{kind}_model", graphs[kind])
-    _param(cfg, "preset", preset)
-    _param(cfg, "speaker_mode", speaker_mode)
-    _param(cfg, "manifest", "manifest.json")
-    _param(cfg, "in_process_models", ",".join(in_process))
+    for key, value in params.to_params().items():
+        _param(cfg, key, value)
     return cfg
 
 
 def repository_configs(dims: ModelDims, target: str, preset: str, speaker_mode: str = "kernel",
-                       in_process: tuple[str, ...] | None = None) -> dict[str, mc.ModelConfig]:
+                       in_process: tuple[str, ...] | None = None, max_sessions: int | None = None,
+                       idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_S) -> dict[str, mc.ModelConfig]:
     """Model name -> config for a whole repository: `multitalker` and the graph models it calls through BLS
     (those not `in_process`, which defaults to the target's IN_PROCESS_DEFAULT)."""
     in_process = IN_PROCESS_DEFAULT[target] if in_process is None else tuple(in_process)
     specs = graph_specs(dims)
+    params = OrchestratorParams(preset=preset, speaker_mode=speaker_mode, in_process_models=in_process,
+                                **({} if max_sessions is None else {"max_sessions": max_sessions}))
     configs = {kind: graph_config(specs[kind], target, name=kind) for kind in GRAPH_MODELS if kind not in in_process}
-    configs[ORCHESTRATOR] = orchestrator_config({k: k for k in GRAPH_MODELS}, preset, speaker_mode,
-                                                in_process=in_process)
+    configs[ORCHESTRATOR] = orchestrator_config(params, idle_timeout_s=idle_timeout_s)
     return configs
 
 

@@ -13,9 +13,10 @@ from conftest import assert_same_seglst
 
 from client.audio import read_audio
 from client.server import TritonServer
-from client.stream import stream_audio
+from client.stream import new_session_key, stream_audio
 from export.audio import synth_conversation
 from model_repository.build import build
+from mtasr.spec import SESSION_KEY_HEADER
 
 DATA = Path(__file__).resolve().parent / "data"
 COMBOS = {  # (preset, speaker mode) -> committed samples compared with the reference
@@ -84,12 +85,17 @@ def test_concurrent_sessions_equal_alone(served):
 
 
 # ------------------------------------------------------------------------------------------------ bad input
+_KEYS: dict[int, str] = {}  # sequence id -> the session key its client sends
+
+
 def _infer(url, inputs, sequence_id, start=False, end=False):
     import tritonclient.grpc as grpcclient
 
     client = grpcclient.InferenceServerClient(url)
+    key = _KEYS.setdefault(sequence_id, new_session_key())
     try:
-        return client.infer("multitalker", inputs, sequence_id=sequence_id, sequence_start=start, sequence_end=end)
+        return client.infer("multitalker", inputs, sequence_id=sequence_id, sequence_start=start, sequence_end=end,
+                            headers={SESSION_KEY_HEADER: key})
     finally:
         client.close()
 

@@ -2,13 +2,25 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 
 from export.audio import synth_conversation
 from mtasr.features import FeatureParams
 from mtasr.pipeline import Engine, OrtRunner, PipelineConfig
+from mtasr.pipeline.metrics import (
+    ACTIVE_SESSIONS,
+    REASON_LABEL,
+    SESSIONS_EXPIRED,
+    SESSIONS_REFUSED,
+    SESSIONS_STARTED,
+    DictSink,
+    ServingMetrics,
+)
 from mtasr.pipeline.sequences import AudioRequest, SequenceManager
+from mtasr.pipeline.sessions import ErrorCode, SessionPolicy
 
 
 class Clock:
@@ -26,8 +38,14 @@ def engine(tiny_parity):
     return Engine(cfg, FeatureParams.load(graphs / "features_asr.npz"), OrtRunner(graphs))
 
 
-def _req(corrid, audio=None, start=False, end=False, int16=None):
-    return AudioRequest(corrid=corrid, start=start, end=end, audio=audio, audio_int16=int16)
+def _key(corrid: int) -> str:
+    return f"key-of-session-{corrid:06d}"
+
+
+def _req(corrid, audio=None, start=False, end=False, int16=None, key: str | None = "owner"):
+    """A request of `corrid` carrying its owner's key (`key="owner"`), another key, or none (`key=None`)."""
+    return AudioRequest(corrid=corrid, start=start, end=end, audio=audio, audio_int16=int16,
+                        session_key=_key(corrid) if key == "owner" else key)
 
 
 def _stream_all(manager, corrid, audio, piece=2560):
@@ -57,7 +75,12 @@ def test_full_sequence_and_state_freed(engine):
     (_req(1, np.zeros((1, 32001), np.float32)), "over 2 s"),
     (_req(1), "exactly one of"),
     (_req(1, np.zeros((1, 160), np.float32), int16=np.zeros((1, 160), np.int16)), "exactly one of"),
-    (_req(99, np.zeros((1, 160), np.float32)), "sequence 99 is not open"),
+    (_req(99, np.zeros((1, 160), np.float32)), "sequence 99 is not open for this client"),
+    (_req(1, np.zeros((1, 160), np.float32), key="someone-else-1234567"), "sequence 1 is not open for this client"),
+    (_req(1, np.zeros((1, 160), np.float32), key=None), "sequence 1 is not open for this client"),
+    (_req(1, np.zeros((1, 160), np.float32), start=True, key="someone-else-1234567"), "already live"),
+    (_req(98, np.zeros((1, 160), np.float32), start=True, key=None), "no session key"),
+    (_req(98, np.zeros((1, 160), np.float32), start=True, key="short"), "malformed session key"),
 ])
 def test_bad_requests_leave_other_sequences_untouched(engine, request_, message):
     m = SequenceManager(engine)
@@ -85,14 +108,61 @@ def test_request_after_end_and_int16(engine):
 
 
 def test_idle_timeout_frees_state(engine):
-    clock = Clock()
-    m = SequenceManager(engine, idle_timeout_s=30.0, clock=clock)
+    clock, sink = Clock(), DictSink()
+    m = SequenceManager(engine, SessionPolicy(idle_timeout_s=5.0), clock=clock, events=ServingMetrics(sink))
     m.handle([_req(11, np.zeros((1, 1600), np.float32), start=True)])
     assert 11 in m.live
-    clock.now = 31.0
+    clock.now = 6.0
     m.handle([_req(12, np.zeros((1, 1600), np.float32), start=True)])
     assert 11 not in m.live and 12 in m.live
-    assert "not open" in m.handle([_req(11, np.zeros((1, 160), np.float32))])[0].error
+    r = m.handle([_req(11, np.zeros((1, 160), np.float32))])[0]
+    assert "not open" in r.error and r.error_code is ErrorCode.NOT_FOUND
+    assert sink.values[(SESSIONS_EXPIRED.name, ())] == 1
+    assert sink.values[(SESSIONS_REFUSED.name, ((REASON_LABEL, "not_owner"),))] == 1
+    clock.now = 6.0 + 4.9  # a session whose request is in the batch is never expired by that batch
+    assert m.handle([_req(12, np.zeros((1, 160), np.float32))])[0].error is None
+
+
+def test_reaper_frees_idle_sessions_without_a_request(engine):
+    """Expiry is eager: a background pass frees abandoned state; nothing else has to arrive."""
+    sink = DictSink()
+    m = SequenceManager(engine, SessionPolicy(idle_timeout_s=0.3, reap_period_s=0.05), events=ServingMetrics(sink))
+    m.handle([_req(i, np.zeros((1, 1600), np.float32), start=True) for i in (31, 32)])
+    assert sink.values[(ACTIVE_SESSIONS.name, ())] == 2
+    m.start_reaper()
+    try:
+        deadline = time.monotonic() + 5
+        while m.live and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        m.close()
+    assert not m.live and sink.values[(SESSIONS_EXPIRED.name, ())] == 2
+    assert sink.values[(ACTIVE_SESSIONS.name, ())] == 0
+
+
+def test_admission_cap_and_ownership(engine):
+    sink = DictSink()
+    m = SequenceManager(engine, SessionPolicy(max_sessions=2), events=ServingMetrics(sink))
+    piece = np.zeros((1, 1600), np.float32)
+    assert [r.error for r in m.handle([_req(1, piece, start=True), _req(2, piece, start=True)])] == [None, None]
+    full = m.handle([_req(3, piece, start=True)])[0]
+    assert full.error == "server full (2 sessions): try again later" and full.error_code is ErrorCode.UNAVAILABLE
+    assert 3 not in m.live  # a refused START holds nothing
+    dup = m.handle([_req(1, piece, start=True)])[0]  # the owner itself cannot reset a live session
+    assert dup.error_code is ErrorCode.ALREADY_EXISTS
+    stolen = m.handle([_req(2, piece, end=True, key=_key(1))])[0]
+    assert stolen.error_code is ErrorCode.NOT_FOUND and 2 in m.live  # another client's END does not end it
+    assert m.handle([_req(2, piece, end=True)])[0].final and 2 not in m.live
+    assert m.handle([_req(3, piece, start=True)])[0].error is None  # a slot was freed by END
+    assert sink.values[(SESSIONS_REFUSED.name, ((REASON_LABEL, "full"),))] == 1
+    assert sink.values[(SESSIONS_REFUSED.name, ((REASON_LABEL, "duplicate_start"),))] == 1
+    assert sink.values[(SESSIONS_STARTED.name, ())] == 3
+
+
+def test_batcher_filler_requests_are_ignored(engine):
+    m = SequenceManager(engine)
+    r = m.handle([AudioRequest(corrid=0, start=False, end=False, ready=False)])[0]
+    assert r.error is None and not m.live
 
 
 def test_failing_graph_call_drops_only_its_sequences(engine):

@@ -15,6 +15,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 from tritonclient.utils import np_to_triton_dtype
 
 from model_repository import build as builder
+from mtasr.pipeline.params import DEFAULT_IDLE_TIMEOUT_S, DEFAULT_MAX_SESSIONS, OrchestratorParams
 from mtasr.spec import (
     NUM_SPEAKERS,
     ORCHESTRATOR,
@@ -117,8 +118,10 @@ def test_orchestrator_config(target):
     assert cfg.backend == "python" and cfg.max_batch_size == 32
     assert cfg.instance_group[0].kind == mc.ModelInstanceGroup.KIND_CPU
     seq = cfg.sequence_batching
-    assert seq.WhichOneof("strategy_choice") == "oldest" and seq.oldest.max_candidate_sequences >= cfg.max_batch_size
-    assert seq.max_sequence_idle_microseconds == 30_000_000
+    assert seq.WhichOneof("strategy_choice") == "oldest"
+    # room in the batcher beyond the session cap, so a START over the cap reaches the orchestrator's refusal
+    assert seq.oldest.max_candidate_sequences >= 4 * DEFAULT_MAX_SESSIONS >= cfg.max_batch_size
+    assert seq.max_sequence_idle_microseconds == DEFAULT_IDLE_TIMEOUT_S * 1e6 < 30e6
     controls = {c.name: c.control[0] for c in seq.control_input}
     kind = mc.ModelSequenceBatching.Control
     assert {n: kind.Kind.Name(c.kind) for n, c in controls.items()} == {
@@ -128,8 +131,22 @@ def test_orchestrator_config(target):
     assert controls["CORRID"].data_type == mc.TYPE_UINT64
     params = {k: v.string_value for k, v in cfg.parameters.items()}
     assert params == {"diarizer_model": "diarizer", "encoder_model": "encoder", "decoder_joint_model": "decoder_joint",
-                      "preset": "70_6", "speaker_mode": "masked", "manifest": "manifest.json",
+                      "preset": "70_6", "speaker_mode": "masked", "intra_op_threads": "0",
+                      "max_sessions": str(DEFAULT_MAX_SESSIONS),
                       "in_process_models": ",".join(IN_PROCESS_DEFAULT[target])}
+    # every parameter written is one the orchestrator reads back, and nothing else
+    parsed = OrchestratorParams.from_params(params)
+    assert parsed.to_params() == params and parsed.masked_asr and parsed.preset == "70_6"
+    with pytest.raises(ValueError, match="unknown orchestrator parameters"):
+        OrchestratorParams.from_params({**params, "manifest": "manifest.json"})
+
+
+def test_session_limits_reach_the_config():
+    configs = repository_configs(PUBLIC_CHECKPOINT_DIMS, "cpu", "70_13", max_sessions=100, idle_timeout_s=2.5)
+    cfg = configs[ORCHESTRATOR]
+    assert cfg.parameters["max_sessions"].string_value == "100"
+    assert cfg.sequence_batching.max_sequence_idle_microseconds == 2_500_000
+    assert cfg.sequence_batching.oldest.max_candidate_sequences == 400
 
 
 def test_dtype_table_agrees_with_tritonclient():

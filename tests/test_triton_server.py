@@ -125,14 +125,14 @@ def test_graph_matches_onnxruntime(client, tiny_graphs, model, batch):
     assert err <= TOL
 
 
-def _executions(client, model: str) -> int:
-    return int(client.get_inference_statistics(model).model_stats[0].execution_count)
+def _executions(client, model: str, headers: dict[str, str]) -> int:
+    return int(client.get_inference_statistics(model, headers=headers).model_stats[0].execution_count)
 
 
-def test_concurrent_requests_are_batched_correctly(client, tiny_graphs):
+def test_concurrent_requests_are_batched_correctly(client, server, tiny_graphs):
     """Several requests in flight at once (the dynamic batcher may merge them): each gets its own rows."""
     feeds = [_inputs(tiny_graphs, "decoder_joint", 1 + i % 2, seed=10 + i) for i in range(6)]
-    before = _executions(client, "decoder_joint")
+    before = _executions(client, "decoder_joint", server.admin_headers())
     done: queue.Queue = queue.Queue()
     for i, f in enumerate(feeds):
         client.async_infer("decoder_joint", _request(f),
@@ -140,7 +140,8 @@ def test_concurrent_requests_are_batched_correctly(client, tiny_graphs):
     results = {i: (r, e) for i, r, e in (done.get(timeout=60) for _ in feeds)}
     assert all(e is None for _, e in results.values()), results
     errs = [_max_abs(results[i][0], _direct(tiny_graphs, "decoder_joint", f)) for i, f in enumerate(feeds)]
-    print(f"decoder_joint: {len(feeds)} concurrent requests in {_executions(client, 'decoder_joint') - before} "
+    executions = _executions(client, "decoder_joint", server.admin_headers()) - before
+    print(f"decoder_joint: {len(feeds)} concurrent requests in {executions} "
           f"executions, max abs {max(errs):.2e}")
     assert max(errs) <= TOL
 

@@ -1,5 +1,6 @@
 """Triton Python backend glue for the `multitalker` orchestrator: requests -> `AudioRequest`, `Reply` ->
-responses, graph calls -> BLS. Everything else lives in `mtasr.pipeline` (no Triton import there)."""
+responses, graph calls -> BLS, session events -> Triton custom metrics. Everything else lives in
+`mtasr.pipeline` (no Triton import there)."""
 
 from __future__ import annotations
 
@@ -9,10 +10,19 @@ from pathlib import Path
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from mtasr.features import FeatureParams
-from mtasr.pipeline import Engine, OrtRunner, PipelineConfig, RoutedRunner, release_free_memory, single_threaded_blas
-from mtasr.pipeline.sequences import AudioRequest, Reply, SequenceManager
-from mtasr.spec import ModelDims, graph_specs
+from mtasr.pipeline import single_threaded_blas
+from mtasr.pipeline.metrics import METRICS, MetricDef, MetricKind, ServingMetrics
+from mtasr.pipeline.sequences import AudioRequest, Reply
+from mtasr.pipeline.service import sequence_manager, tensor_ranks
+from mtasr.pipeline.sessions import ErrorCode
+from mtasr.spec import SESSION_KEY_HEADER, orchestrator_spec
+
+SPEC = orchestrator_spec()
+# pb_utils' error codes and metric kinds exist only once the stub has started (not at import for auto-complete).
+# Triton 2.51's Python backend has no UNAUTHENTICATED: a missing session key is an invalid argument.
+ERROR_CODE_NAMES = {ErrorCode.INVALID_ARGUMENT: "INVALID_ARG", ErrorCode.UNAUTHENTICATED: "INVALID_ARG",
+                    ErrorCode.NOT_FOUND: "NOT_FOUND", ErrorCode.ALREADY_EXISTS: "ALREADY_EXISTS",
+                    ErrorCode.UNAVAILABLE: "UNAVAILABLE", ErrorCode.INTERNAL: "INTERNAL"}
 
 
 class BlsRunner:
@@ -34,6 +44,31 @@ class BlsRunner:
         return result
 
 
+class TritonMetricSink:
+    """`MetricSink` over Triton's custom metrics (served on the metrics port with Triton's own)."""
+
+    def __init__(self, metrics: tuple[MetricDef, ...]) -> None:
+        kind = {k: getattr(pb_utils.MetricFamily, k.name) for k in MetricKind}
+        self.families = {m.name: pb_utils.MetricFamily(m.name, m.description, kind[m.kind]) for m in metrics}
+        self.series: dict[tuple, object] = {}
+
+    def _metric(self, metric: MetricDef, labels: dict[str, str] | None):
+        key = (metric.name, tuple(sorted((labels or {}).items())))
+        if key not in self.series:
+            extra = {"buckets": list(metric.buckets)} if metric.kind is MetricKind.HISTOGRAM else {}
+            self.series[key] = self.families[metric.name].Metric(labels=dict(labels or {}), **extra)
+        return self.series[key]
+
+    def set(self, metric: MetricDef, value: float, labels: dict[str, str] | None = None) -> None:
+        self._metric(metric, labels).set(float(value))
+
+    def increment(self, metric: MetricDef, value: float = 1.0, labels: dict[str, str] | None = None) -> None:
+        self._metric(metric, labels).increment(float(value))
+
+    def observe(self, metric: MetricDef, value: float) -> None:
+        self._metric(metric, None).observe(float(value))
+
+
 def _scalar(request, name: str, default=0):
     t = pb_utils.get_input_tensor_by_name(request, name)
     return default if t is None else t.as_numpy().reshape(-1)[0]
@@ -44,47 +79,39 @@ def _optional(request, name: str) -> np.ndarray | None:
     return None if t is None else t.as_numpy()
 
 
+def _audio_request(request) -> AudioRequest:
+    params = json.loads(request.parameters() or "{}")
+    key = params.get(SESSION_KEY_HEADER)
+    return AudioRequest(corrid=int(_scalar(request, "CORRID")), start=bool(_scalar(request, "START")),
+                        end=bool(_scalar(request, "END")), ready=bool(_scalar(request, "READY", 1)),
+                        audio=_optional(request, SPEC.inputs[0].name), audio_int16=_optional(request,
+                                                                                            SPEC.inputs[1].name),
+                        session_key=key if isinstance(key, str) else None)
+
+
+def _response(reply: Reply):
+    if reply.error:
+        code = getattr(pb_utils.TritonError, ERROR_CODE_NAMES[reply.error_code])
+        return pb_utils.InferenceResponse(error=pb_utils.TritonError(reply.error, code))
+    segments, transcript, activity = SPEC.outputs
+    return pb_utils.InferenceResponse(output_tensors=[
+        pb_utils.Tensor(segments.name, np.array([[reply.segments_json()]], dtype=np.object_)),
+        pb_utils.Tensor(transcript.name, np.array([[reply.transcript_json()]], dtype=np.object_)),
+        pb_utils.Tensor(activity.name, reply.activity[None].astype(np.float32)),
+    ])
+
+
 class TritonPythonModel:
     def initialize(self, args: dict) -> None:
         single_threaded_blas()
-        config = json.loads(args["model_config"])
-        params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
         folder = Path(args["model_repository"]) / args["model_version"]
-        manifest = json.loads((folder / "manifest.json").read_text())
-        graphs = {role: params.get(f"{role}_model", role) for role in ("diarizer", "encoder", "decoder_joint")}
-        cfg = PipelineConfig.from_manifest(manifest, preset=params.get("preset") or None,
-                                           masked_asr=params.get("speaker_mode", "kernel") == "masked",
-                                           graphs=graphs)
-        ranks = {t.name: len(t.dims) for g in graph_specs(ModelDims(**manifest["dims"])).values()
-                 for t in g.inputs + g.outputs}
-        local = [role for role in params.get("in_process_models", "").split(",") if role]
-        threads = int(params.get("intra_op_threads", "0"))
-        # In-process graphs live in 1/graphs/<model>/; the greedy decoder is small and latency-bound: one thread.
-        big, small = OrtRunner(folder / "graphs", threads=threads), OrtRunner(folder / "graphs", threads=1)
-        runner = RoutedRunner(BlsRunner(ranks), {graphs[r]: small if r == "decoder_joint" else big for r in local})
-        engine = Engine(cfg, FeatureParams.load(folder / "features_asr.npz"), runner)
-        idle_us = config.get("sequence_batching", {}).get("max_sequence_idle_microseconds", 30_000_000)
-        self.manager = SequenceManager(engine, idle_timeout_s=int(idle_us) / 1e6)
+        events = ServingMetrics(TritonMetricSink(METRICS))
+        self.manager = sequence_manager(folder, json.loads(args["model_config"]), BlsRunner(tensor_ranks(folder)),
+                                        events)
+        self.manager.start_reaper()
 
     def execute(self, requests):
-        batch = [AudioRequest(corrid=int(_scalar(r, "CORRID")), start=bool(_scalar(r, "START")),
-                              end=bool(_scalar(r, "END")), audio=_optional(r, "audio"),
-                              audio_int16=_optional(r, "audio_int16")) for r in requests]
-        live = len(self.manager.live)
-        replies = self.manager.handle(batch)
-        if any(r.final for r in replies) or len(self.manager.live) < live:  # sequences ended or expired
-            release_free_memory()
-        return [self._response(reply) for reply in replies]
-
-    @staticmethod
-    def _response(reply: Reply):
-        if reply.error:
-            return pb_utils.InferenceResponse(error=pb_utils.TritonError(reply.error))
-        return pb_utils.InferenceResponse(output_tensors=[
-            pb_utils.Tensor("segments", np.array([[reply.segments_json()]], dtype=np.object_)),
-            pb_utils.Tensor("transcript", np.array([[reply.transcript_json()]], dtype=np.object_)),
-            pb_utils.Tensor("speaker_activity", reply.activity[None].astype(np.float32)),
-        ])
+        return [_response(reply) for reply in self.manager.handle([_audio_request(r) for r in requests])]
 
     def finalize(self) -> None:
-        self.manager.live.clear()
+        self.manager.close()

@@ -1,4 +1,5 @@
-"""Streaming sequences over the engine: START/END/CORRID handling, validation, idle timeout, responses.
+"""Streaming sequences over the engine: START/END/CORRID handling, ownership, admission, validation, idle
+expiry, responses.
 
 Triton-free: the Triton model translates its requests into `AudioRequest`s and `Reply`s back.
 """
@@ -6,6 +7,7 @@ Triton-free: the Triton model translates its requests into `AudioRequest`s and `
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -13,11 +15,19 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from mtasr.pipeline.engine import Engine, Session
+from mtasr.pipeline.runner import release_free_memory
+from mtasr.pipeline.sessions import (
+    ErrorCode,
+    Reaper,
+    RefusalReason,
+    RequestError,
+    SessionEvents,
+    SessionPolicy,
+    key_digest,
+    log,
+    same_owner,
+)
 from mtasr.spec import MAX_CHUNK_SECONDS, NUM_SPEAKERS, SAMPLE_RATE
-
-
-class RequestError(ValueError):
-    """A request that is refused; the message goes back to the client, the sequence is left as it was."""
 
 
 @dataclass
@@ -29,6 +39,8 @@ class AudioRequest:
     end: bool
     audio: np.ndarray | None = None  # float32 samples, or None
     audio_int16: np.ndarray | None = None
+    session_key: str | None = None  # the client's per-session secret (forwarded header)
+    ready: bool = True  # False: a batcher's filler request (no client waits for it); answered empty, not counted
 
 
 @dataclass
@@ -36,10 +48,15 @@ class Reply:
     """The answer to one request: an error, or segments, transcript and activity."""
 
     error: str | None = None
+    error_code: ErrorCode | None = None
     segments: list[dict] = field(default_factory=list)  # changed since the sequence's last reply
     transcript: list[dict] = field(default_factory=list)  # whole session so far (final when `final`)
     activity: np.ndarray = field(default_factory=lambda: np.zeros((0, NUM_SPEAKERS), dtype=np.float32))
     final: bool = False
+
+    @classmethod
+    def refusal(cls, exc: RequestError) -> Reply:
+        return cls(error=str(exc), error_code=exc.code)
 
     def segments_json(self) -> bytes:
         return json.dumps(self.segments).encode()
@@ -51,6 +68,7 @@ class Reply:
 @dataclass
 class _Live:
     session: Session
+    owner: bytes  # SHA-256 of the session key
     last_seen: float
     sent: dict[tuple, dict] = field(default_factory=dict)  # (speaker, start) -> segment last sent
 
@@ -81,61 +99,127 @@ def samples_of(req: AudioRequest) -> np.ndarray:
 
 
 class SequenceManager:
-    """Owns every live session, keyed by correlation id, and nothing else."""
+    """Owns every live session, keyed by correlation id, and nothing else.
 
-    def __init__(self, engine: Engine, idle_timeout_s: float = 30.0, clock: Callable[[], float] = time.monotonic,
+    `handle` and `expire_idle` may be called from different threads (Triton's execute thread and the reaper);
+    one lock serialises them.
+    """
+
+    def __init__(self, engine: Engine, policy: SessionPolicy | None = None,
+                 clock: Callable[[], float] = time.monotonic, events: SessionEvents | None = None,
                  session_name: Callable[[int], str] = lambda corrid: f"stream_{corrid}") -> None:
         self.engine = engine
-        self.idle_timeout_s = idle_timeout_s
+        self.policy = policy or SessionPolicy()
         self.clock = clock
+        self.events = events or SessionEvents()
         self.session_name = session_name
         self.live: dict[int, _Live] = {}
+        self._lock = threading.Lock()
+        self._reaper: Reaper | None = None
 
-    def expire_idle(self) -> list[int]:
-        """Drop sessions not heard from within the idle timeout (a client that vanished)."""
+    def start_reaper(self) -> None:
+        """Free idle sessions eagerly from a background thread (not only when the next request arrives)."""
+        if self._reaper is None:
+            self._reaper = Reaper(self.expire_idle, self.policy.reap_period_s).start()
+
+    def close(self) -> None:
+        if self._reaper is not None:
+            self._reaper.stop()
+            self._reaper = None
+        with self._lock:
+            self.live.clear()
+
+    def expire_idle(self, keep: frozenset[int] = frozenset()) -> list[int]:
+        """Drop sessions not heard from within the idle timeout (a client that vanished), except `keep`."""
+        with self._lock:
+            return self._expire(keep)
+
+    def _expire(self, keep: frozenset[int]) -> list[int]:
         now = self.clock()
-        gone = [c for c, s in self.live.items() if now - s.last_seen > self.idle_timeout_s]
+        gone = [c for c, s in self.live.items() if c not in keep and now - s.last_seen > self.policy.idle_timeout_s]
         for c in gone:
             del self.live[c]
+        if gone:
+            log.warning("expired %d idle session(s) after %.1f s without a request; %d live",
+                        len(gone), self.policy.idle_timeout_s, len(self.live))
+            self.events.expired(len(gone))
+            self._report_occupancy()
+            release_free_memory()
         return gone
+
+    def _report_occupancy(self) -> None:
+        self.events.occupancy(len(self.live), sum(len(s.session.speakers) for s in self.live.values()))
 
     def handle(self, requests: list[AudioRequest]) -> list[Reply]:
         """Process a batch of requests (any sequences); one reply per request, in order."""
-        self.expire_idle()
+        with self._lock:
+            self._expire(frozenset(r.corrid for r in requests))
+            return self._handle(requests)
+
+    def _admit(self, req: AudioRequest) -> _Live:
+        """The live session this request may use (opened here on START); RequestError otherwise."""
+        live = self.live.get(req.corrid)
+        if req.start:
+            owner = key_digest(req.session_key)
+            if live is not None:
+                raise RequestError(f"sequence {req.corrid} is already live: a second START is refused (use a fresh "
+                                   "sequence id)", ErrorCode.ALREADY_EXISTS, RefusalReason.DUPLICATE_START)
+            if len(self.live) >= self.policy.max_sessions:
+                raise RequestError(f"server full ({self.policy.max_sessions} sessions): try again later",
+                                   ErrorCode.UNAVAILABLE, RefusalReason.FULL)
+            return _Live(self.engine.new_session(self.session_name(req.corrid)), owner, self.clock())
+        if live is None or not same_owner(live.owner, req.session_key):
+            # an unknown id and another client's id get the same answer: no oracle for live ids
+            raise RequestError(f"sequence {req.corrid} is not open for this client: start it with START and send "
+                               "its session key with every request (it may have ended or timed out)",
+                               ErrorCode.NOT_FOUND, RefusalReason.NOT_OWNER)
+        return live
+
+    def _handle(self, requests: list[AudioRequest]) -> list[Reply]:
         replies: list[Reply | None] = [None] * len(requests)
         touched: list[tuple[int, _Live]] = []
         seen: set[int] = set()
         for i, req in enumerate(requests):
+            if not req.ready:
+                replies[i] = Reply()
+                continue
             try:
                 if req.corrid in seen:
                     raise RequestError(f"two requests of sequence {req.corrid} in one batch")
                 samples = samples_of(req)
-                live = self.live.get(req.corrid)
+                live = self._admit(req)
                 if req.start:
-                    live = _Live(self.engine.new_session(self.session_name(req.corrid)), self.clock())
                     self.live[req.corrid] = live
-                elif live is None:
-                    raise RequestError(f"sequence {req.corrid} is not open: start it with START "
-                                       "(it may have ended or timed out)")
+                    self.events.started()
                 live.last_seen = self.clock()
                 self.engine.push_audio(live.session, samples, last=req.end)
                 seen.add(req.corrid)
                 touched.append((i, live))
             except RequestError as exc:
-                replies[i] = Reply(error=str(exc))
+                self.events.refused(exc.reason)
+                replies[i] = Reply.refusal(exc)
+        t0 = time.perf_counter()
         try:
             activity = self._run([live.session for _, live in touched])
         except Exception as exc:  # a failed graph call: these sequences' state is unreliable now, drop them
             for i, _ in touched:
                 self.live.pop(requests[i].corrid, None)
+                self.events.refused(RefusalReason.INTERNAL)
                 replies[i] = Reply(error=f"internal error, sequence {requests[i].corrid} dropped: "
-                                        f"{type(exc).__name__}: {exc}")
+                                         f"{type(exc).__name__}: {exc}", error_code=ErrorCode.INTERNAL)
+            self._report_occupancy()
+            release_free_memory()
             return replies  # type: ignore[return-value]
+        if touched:
+            self.events.stepped(time.perf_counter() - t0)
         for i, live in touched:
             req = requests[i]
             replies[i] = self._reply(live, activity.get(live.session.session_id), final=req.end)
             if req.end:
                 del self.live[req.corrid]
+        self._report_occupancy()
+        if any(requests[i].end for i, _ in touched):
+            release_free_memory()  # a session's arrays are freed: give the pages back to the OS
         return replies  # type: ignore[return-value]
 
     def _run(self, sessions: list[Session]) -> dict[str, np.ndarray]:

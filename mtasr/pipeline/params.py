@@ -1,0 +1,67 @@
+"""The orchestrator's Triton config parameters as one typed record: written by the repository builder
+(`to_params`), read by the model (`from_params`); a name is spelled only here."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+GRAPH_ROLES = ("diarizer", "encoder", "decoder_joint")
+SPEAKER_MODES = ("kernel", "masked")
+DEFAULT_MAX_SESSIONS = 32
+DEFAULT_IDLE_TIMEOUT_S = 5.0  # live audio arrives every <= 2 s (the largest piece); 5 s is two pieces missed
+
+
+@dataclass(frozen=True)
+class OrchestratorParams:
+    """How the `multitalker` model serves: graph model names, preset, speaker mode, threads, session cap."""
+
+    diarizer_model: str = "diarizer"
+    encoder_model: str = "encoder"
+    decoder_joint_model: str = "decoder_joint"
+    preset: str = ""  # latency preset, e.g. "70_13"; "" = the manifest's default
+    speaker_mode: str = "kernel"
+    in_process_models: tuple[str, ...] = ()  # graph roles run in the orchestrator's own ONNX Runtime session
+    intra_op_threads: int = 0  # ONNX Runtime threads for the big graphs (0: its default)
+    max_sessions: int = DEFAULT_MAX_SESSIONS
+
+    def __post_init__(self) -> None:
+        if self.speaker_mode not in SPEAKER_MODES:
+            raise ValueError(f"unknown speaker mode {self.speaker_mode!r}; use one of {SPEAKER_MODES}")
+        if not set(self.in_process_models) <= set(GRAPH_ROLES):
+            raise ValueError(f"in-process models must be among {GRAPH_ROLES}, got {self.in_process_models}")
+        if self.max_sessions < 1 or self.intra_op_threads < 0:
+            raise ValueError(f"max_sessions must be >= 1 and intra_op_threads >= 0 ({self})")
+
+    @property
+    def graphs(self) -> dict[str, str]:
+        """Graph role -> repository model name."""
+        return {role: getattr(self, f"{role}_model") for role in GRAPH_ROLES}
+
+    @property
+    def masked_asr(self) -> bool:
+        return self.speaker_mode == "masked"
+
+    def to_params(self) -> dict[str, str]:
+        out = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            out[f.name] = ",".join(value) if isinstance(value, tuple) else str(value)
+        return out
+
+    @classmethod
+    def from_params(cls, params: dict[str, str]) -> OrchestratorParams:
+        """From Triton's `parameters` (name -> string); unknown names are an error, missing ones default."""
+        known = {f.name: f for f in fields(cls)}
+        unknown = set(params) - set(known)
+        if unknown:
+            raise ValueError(f"unknown orchestrator parameters {sorted(unknown)}; known: {sorted(known)}")
+        values: dict = {}
+        for name, text in params.items():
+            default = getattr(cls, name) if name != "in_process_models" else ()
+            if isinstance(default, tuple):
+                values[name] = tuple(x for x in text.split(",") if x)
+            elif isinstance(default, int):
+                values[name] = int(text)
+            else:
+                values[name] = text
+        return cls(**values)

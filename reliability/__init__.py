@@ -1,0 +1,1 @@
+"""Fault suite for the served stack: a real tritonserver, real gRPC clients, real faults (`make reliability`)."""

@@ -1,0 +1,179 @@
+"""What the fault cases share: tiny graphs, tritonservers built and started on demand (free ports, own PIDs,
+stopped by PID), the committed samples, solo outputs to compare against, metrics and process probes."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from client.audio import read_audio
+from client.server import ROOT, TritonServer
+from client.stream import Connection, stream_audio
+from model_repository.build import build
+
+DATA = ROOT / "tests" / "data"
+SAMPLES = ("two_speakers_overlap", "three_speakers")
+
+
+class CaseFailure(AssertionError):
+    """A case whose behaviour is wrong; the message says what was seen."""
+
+
+def check(condition: bool, message: str) -> None:
+    if not condition:
+        raise CaseFailure(message)
+
+
+@dataclass
+class Harness:
+    """Servers and shared inputs for one run of the suite; `close()` stops every server it started."""
+
+    graphs: Path
+    work: Path
+    figures: dict = field(default_factory=dict)  # what the summary line reports
+    _servers: dict = field(default_factory=dict)
+    _stack: ExitStack = field(default_factory=ExitStack)
+    _solo: dict = field(default_factory=dict)
+
+    def server(self, name: str = "default", *, max_sessions: int = 32, idle_timeout_s: float = 5.0,
+               **server_kwargs) -> TritonServer:
+        """A running server on a cpu repository built from the graphs with these limits (started once per name)."""
+        if name not in self._servers:
+            repo = build(self.graphs, "cpu", self.work / f"repo_{name}", max_sessions=max_sessions,
+                         idle_timeout_s=idle_timeout_s)
+            server = TritonServer(repo, log_path=self.work / f"server_{name}.log", **server_kwargs)
+            self._servers[name] = self._stack.enter_context(server)
+        return self._servers[name]
+
+    def stop_server(self, name: str) -> None:
+        server = self._servers.pop(name, None)
+        if server is not None:
+            server.stop()
+
+    def audio(self, name: str) -> np.ndarray:
+        return read_audio(DATA / f"{name}.flac")
+
+    def solo(self, name: str, chunk_ms: float = 160.0) -> list[dict]:
+        """The committed sample `name` streamed alone on the default server (cached)."""
+        if name not in self._solo:
+            result = stream_audio(self.server().grpc_url, self.audio(name), session_id=name, chunk_ms=chunk_ms)
+            check(bool(result.seglst), f"{name}: the solo run produced no transcript to compare with")
+            self._solo[name] = result.seglst
+        return self._solo[name]
+
+    def close(self) -> None:
+        self._stack.close()
+        self._servers.clear()
+
+
+def connection(server: TritonServer, **kwargs) -> Connection:
+    return Connection(server.grpc_url, **kwargs)
+
+
+def metric(server: TritonServer, name: str, labels: str = "") -> float:
+    """One sample of the server's Prometheus text (e.g. `metric(s, "mtasr_active_sessions")`)."""
+    text = urllib.request.urlopen(server.metrics_url, timeout=5).read().decode()  # noqa: S310 - loopback
+    pattern = re.compile(rf"^{re.escape(name)}{re.escape(labels)}(?:\{{[^}}]*\}})? (\S+)$", re.M) if not labels \
+        else re.compile(rf"^{re.escape(name)}{re.escape(labels)} (\S+)$", re.M)
+    found = pattern.findall(text)
+    if not found:
+        raise CaseFailure(f"metric {name}{labels} is not on {server.metrics_url}")
+    return float(found[0])
+
+
+def wait_until(predicate, timeout: float, period: float = 0.05) -> float | None:
+    """Seconds until `predicate()` held, or None after `timeout`."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        if predicate():
+            return time.monotonic() - t0
+        time.sleep(period)
+    return None
+
+
+def descendants(pid: int) -> list[int]:
+    """`pid` and every process below it (from /proc)."""
+    parents: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            parents.setdefault(ppid, []).append(int(entry.name))
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo += parents.get(p, [])
+    return out
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie is dead for our purposes
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def rss_mb(pid: int) -> float:
+    """Summed VmRSS of `pid` and its descendants, in MB."""
+    total = 0
+    for p in descendants(pid):
+        try:
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+        except OSError:
+            continue
+    return total / 1024
+
+
+def listening(port: int) -> list[str]:
+    """Local addresses with a TCP socket listening on `port` (IPv4 and IPv6)."""
+    out = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            local, state = line.split()[1], line.split()[3]
+            addr, hexport = local.rsplit(":", 1)
+            if state == "0A" and int(hexport, 16) == port:
+                if len(addr) == 8:
+                    out.append(".".join(str(b) for b in bytes.fromhex(addr)[::-1]))
+                else:
+                    out.append("ipv6:" + addr)
+    return out
+
+
+def cli(*args: str, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
+    """`python -m <args>` from the repository root (this interpreter), output captured."""
+    return subprocess.run([sys.executable, "-m", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
+
+
+def spawn(*args: str, **kwargs) -> subprocess.Popen:
+    """`python -m <args>` in the background, in its own process group (killed by PID, never by name)."""
+    return subprocess.Popen([sys.executable, "-m", *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"}, **kwargs)
+
+
+def kill(proc: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
+    if proc.poll() is None:
+        os.kill(proc.pid, sig)

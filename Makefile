@@ -7,7 +7,7 @@ ifeq ($(FULL),1)
 SIZE := full
 endif
 
-.PHONY: setup demo test parity export lint clean train-demo eval espeak
+.PHONY: setup demo test parity export lint clean train-demo eval espeak reliability
 
 # .venv for export/tests + .venv-serve and .triton/ for the server (serve-setup, below).
 setup: $(STAMP) serve-setup
@@ -56,6 +56,11 @@ EVAL_SESSIONS ?= 20
 eval: setup espeak
 	$(PY) -m demo_models.evaluate --sessions $(EVAL_SESSIONS)
 
+# The fault suite against real tritonservers (identity, ownership, admission, expiry, bad input, faults, soak):
+# one line per case, then `reliability: cases=P/N ...`; non-zero exit on any failure. `make test` runs its fast core.
+reliability: setup
+	$(PY) -m reliability
+
 clean:
 	rm -rf artifacts .pytest_cache
 
@@ -67,8 +72,10 @@ SERVE_PY := $(SERVE_VENV)/bin/python
 SERVE_STAMP := $(SERVE_VENV)/.setup-stamp
 SERVE_PKGS := numpy==1.26.4 onnxruntime==1.32.0 threadpoolctl==3.8.0 'tritonclient[grpc]==2.73.0' protobuf==6.33.6
 TRITON_DIR := .triton
-# make serve GRAPHS=<exported folder> [TARGET=cpu|gpu] [REPO=...] [PRESET=70_13] [SPEAKER_MODE=kernel|masked]
-GRAPHS ?= artifacts/demo
+# make serve [GRAPHS=<exported folder>] [TARGET=cpu|gpu] [REPO=...] [PRESET=70_13] [SPEAKER_MODE=kernel|masked]
+#   [ADDRESS=127.0.0.1] [MAX_SESSIONS=32] [IDLE_TIMEOUT_S=5] [API_KEY_FILE=...] [TLS_CERT=... TLS_KEY=...]
+# GRAPHS defaults to the folder `make demo` exported (real checkpoints, else the shipped demo models, else tiny).
+GRAPHS ?= $(if $(DIAR_NEMO),artifacts/demo_real,$(if $(wildcard demo_models/asr_demo.nemo),artifacts/demo_trained,artifacts/demo))
 TARGET ?= cpu
 REPO ?= artifacts/repo
 PRESET ?=
@@ -76,6 +83,12 @@ SPEAKER_MODE ?= kernel
 HTTP_PORT ?= 8000
 GRPC_PORT ?= 8001
 METRICS_PORT ?= 8002
+ADDRESS ?= 127.0.0.1
+MAX_SESSIONS ?= 32
+IDLE_TIMEOUT_S ?= 5
+API_KEY_FILE ?=
+TLS_CERT ?=
+TLS_KEY ?=
 
 .PHONY: serve-setup serve
 
@@ -93,10 +106,13 @@ $(SERVE_STAMP): pyproject.toml docker/install_triton_local.sh docker/install_per
 
 
 serve: serve-setup
+	@test -f $(GRAPHS)/manifest.json || { echo "make serve: no exported graphs in $(GRAPHS): run \`make demo\` or give GRAPHS=<folder from python -m export>" >&2; exit 2; }
 	$(SERVE_PY) -m model_repository.build --graphs $(GRAPHS) --target $(TARGET) --out $(REPO) \
-		$(if $(PRESET),--preset $(PRESET)) --speaker-mode $(SPEAKER_MODE)
-	$(SERVE_PY) -m client.server --repo $(REPO) --http-port $(HTTP_PORT) --grpc-port $(GRPC_PORT) \
-		--metrics-port $(METRICS_PORT)
+		$(if $(PRESET),--preset $(PRESET)) --speaker-mode $(SPEAKER_MODE) --max-sessions $(MAX_SESSIONS) \
+		--idle-timeout-s $(IDLE_TIMEOUT_S)
+	$(SERVE_PY) -m client.server --repo $(REPO) --address $(ADDRESS) --http-port $(HTTP_PORT) \
+		--grpc-port $(GRPC_PORT) --metrics-port $(METRICS_PORT) $(if $(API_KEY_FILE),--api-key-file $(API_KEY_FILE)) \
+		$(if $(TLS_CERT),--tls-cert $(TLS_CERT) --tls-key $(TLS_KEY))
 
 # --- Benchmarks (issue 4). Figures, not tests: see BENCHMARKS.md. FULL=1 adds the full-size parts (exports the
 # full random-init graphs into artifacts/bench_full if missing: ~12 GB disk, ~13 GB RAM, tens of minutes).

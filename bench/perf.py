@@ -19,6 +19,8 @@ import base64
 import csv
 import io
 import json
+import os
+import secrets
 import subprocess
 import sys
 import tempfile
@@ -26,7 +28,15 @@ from pathlib import Path
 
 import numpy as np
 
-from mtasr.spec import ORCHESTRATOR, SAMPLE_RATE, orchestrator_spec
+from client.stream import new_session_key
+from mtasr.spec import (
+    ADMIN_KEY_HEADER,
+    ORCHESTRATOR,
+    SAMPLE_RATE,
+    SESSION_KEY_HEADER,
+    grpc_restricted_header,
+    orchestrator_spec,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 PERF_ANALYZER = ROOT / ".triton" / "bin" / "perf_analyzer"
@@ -56,12 +66,29 @@ def input_data(step: int, seconds: float, streams: int = 4, seed: int = 0) -> di
     return {"data": data}
 
 
+def sequence_id_range(span: int = 1_000_000) -> str:
+    """A random `start:end` for perf_analyzer's sequence ids (it parses them as signed 32-bit): runs and other
+    clients of the same server do not collide."""
+    start = secrets.randbelow(2**31 - 1 - span) + 1
+    return f"{start}:{start + span}"
+
+
+def perf_headers(admin_key: str | None) -> list[str]:
+    """perf_analyzer `-H` flags: a session key (one for the whole run; the orchestrator checks it per sequence)
+    and, for the model config and statistics it reads, the server's admin key."""
+    flags = ["-H", f"{SESSION_KEY_HEADER}:{new_session_key()}"]
+    if admin_key:
+        flags += ["-H", f"{grpc_restricted_header(ADMIN_KEY_HEADER)}:{admin_key}"]
+    return flags
+
+
 def run_perf_analyzer(url: str, data_file: Path, steps: int, concurrency: str, csv_path: Path,
-                      interval_ms: int = 8000, binary: Path = PERF_ANALYZER) -> list[dict]:
+                      interval_ms: int = 8000, binary: Path = PERF_ANALYZER,
+                      admin_key: str | None = None) -> list[dict]:
     """One perf_analyzer sweep; the CSV rows (one per concurrency) as dicts with numbers."""
     cmd = [str(binary), "-m", ORCHESTRATOR, "-i", "grpc", "-u", url, "--input-data", str(data_file),
            "--sequence-length", str(steps), "--sequence-length-variation", "0", "--serial-sequences",
-           "--sequence-id-range", "1000000:2000000", "--concurrency-range", concurrency,
+           "--sequence-id-range", sequence_id_range(), *perf_headers(admin_key), "--concurrency-range", concurrency,
            "--measurement-interval", str(interval_ms), "--stability-percentage", "1000", "--max-trials", "3",
            "--percentile", "99", "-f", str(csv_path)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
@@ -96,9 +123,11 @@ def run(graphs: Path, concurrency: str = "1:4:1", seconds: float = 10.0, csv_pat
             from bench.serving import served
 
             with served(graphs, preset) as server:
-                rows = run_perf_analyzer(server.grpc_url, data_file, steps, concurrency, csv_path, interval_ms)
+                rows = run_perf_analyzer(server.grpc_url, data_file, steps, concurrency, csv_path, interval_ms,
+                                         admin_key=server.admin_key)
         else:
-            rows = run_perf_analyzer(url, data_file, steps, concurrency, csv_path, interval_ms)
+            rows = run_perf_analyzer(url, data_file, steps, concurrency, csv_path, interval_ms,
+                                     admin_key=os.environ.get("MTASR_ADMIN_KEY"))
     return {"step_seconds": step / SAMPLE_RATE, "sequence_length": steps, "csv": str(csv_path),
             "rows": summarize(rows, step / SAMPLE_RATE)}
 
@@ -114,7 +143,8 @@ def table(result: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.perf", description=__doc__.split("\n")[0])
     ap.add_argument("--graphs", type=Path, required=True, help="exported graphs folder (with manifest.json)")
-    ap.add_argument("--url", help="gRPC url of a running server (default: start one on free ports)")
+    ap.add_argument("--url", help="gRPC url of a running server (default: start one on free ports); its admin key "
+                                  "(for the model config perf_analyzer reads) from env MTASR_ADMIN_KEY")
     ap.add_argument("--concurrency", default="1:4:1", help="perf_analyzer --concurrency-range start:end:step")
     ap.add_argument("--seconds", type=float, default=10.0, help="audio per sequence")
     ap.add_argument("--preset", default="70_13", help="latency preset (default: %(default)s, 1.12 s steps)")

@@ -35,6 +35,7 @@ LOOPBACK = "127.0.0.1"
 # Triton protocols an operator uses, never a client (names as Triton's restricted-protocol flags spell them).
 ADMIN_PROTOCOLS = ("shared-memory", "model-repository", "logging", "trace", "statistics", "model-config")
 PR_SET_PDEATHSIG = 1
+MMAP_THRESHOLD = 64 * 1024
 TRITON_DIR = ROOT / ".triton"  # docker/install_triton_local.sh
 SERVE_VENV = ROOT / ".venv-serve"
 
@@ -64,6 +65,11 @@ def serve_env(venv: Path = SERVE_VENV, triton_dir: Path = TRITON_DIR) -> dict[st
                                                          env.get("LD_LIBRARY_PATH", "")] if p)
     env.pop("VIRTUAL_ENV", None)
     env.pop("PYTHONHOME", None)
+    # Request buffers of 64 KB and more get their own mappings, unmapped when freed: with the unpooled gRPC
+    # requests below, three refused 64 MB requests left tritonserver at +6 MB instead of +100 MB (glibc's heap
+    # kept the pieces). The Python stubs reset their threshold (`mtasr.pipeline.runner.array_friendly_malloc`).
+    env["GLIBC_TUNABLES"] = ":".join(t for t in [env.get("GLIBC_TUNABLES", ""),
+                                                 f"glibc.malloc.mmap_threshold={MMAP_THRESHOLD}"] if t)
     return env
 
 
@@ -76,7 +82,8 @@ def _die_with_parent() -> None:
 class TritonServer:
     """A tritonserver subprocess on `repo`: `with` starts it and waits for readiness, exit stops it by PID.
 
-    Binds `address` (loopback by default). `admin_key` (random unless given) guards the admin protocols;
+    Binds gRPC and metrics to `address`, HTTP to `http_address` (both loopback by default; TLS covers gRPC only,
+    so HTTP stays local unless asked). `admin_key` (random unless given) guards the admin protocols;
     `api_key`, when given, guards inference; `tls` = (cert, key) PEM files turns on TLS for gRPC. The server is
     tied to the thread that starts it: it gets SIGTERM when that thread's process dies.
     """
@@ -85,9 +92,10 @@ class TritonServer:
                  models: list[str] | None = None, log_path: Path | str | None = None, timeout: float = 180.0,
                  triton_dir: Path = TRITON_DIR, venv: Path = SERVE_VENV, extra_args: tuple[str, ...] = (),
                  address: str = LOOPBACK, admin_key: str | None = None, api_key: str | None = None,
-                 tls: tuple[Path, Path] | None = None) -> None:
+                 tls: tuple[Path, Path] | None = None, http_address: str = LOOPBACK) -> None:
         self.repo = Path(repo).resolve()
         self.address = address
+        self.http_address = http_address
         self.admin_key = admin_key or secrets.token_urlsafe(24)
         self.api_key = api_key
         self.tls = tls
@@ -102,21 +110,21 @@ class TritonServer:
         self.extra_args = tuple(extra_args)
         self.proc: subprocess.Popen | None = None
 
-    @property
-    def _host(self) -> str:
-        return LOOPBACK if self.address in ("0.0.0.0", "") else self.address
+    @staticmethod
+    def _host(address: str) -> str:
+        return LOOPBACK if address in ("0.0.0.0", "::", "") else address
 
     @property
     def http_url(self) -> str:
-        return f"{self._host}:{self.http_port}"
+        return f"{self._host(self.http_address)}:{self.http_port}"
 
     @property
     def grpc_url(self) -> str:
-        return f"{self._host}:{self.grpc_port}"
+        return f"{self._host(self.address)}:{self.grpc_port}"
 
     @property
     def metrics_url(self) -> str:
-        return f"http://{self._host}:{self.metrics_port}/metrics"
+        return f"http://{self._host(self.address)}:{self.metrics_port}/metrics"
 
     def admin_headers(self) -> dict[str, str]:
         """gRPC headers that pass the admin-protocol restriction (statistics, model config, ...)."""
@@ -125,7 +133,7 @@ class TritonServer:
     def access_args(self) -> list[str]:
         """Binding, protocol restrictions, header forwarding and TLS flags."""
         admin = ",".join(ADMIN_PROTOCOLS)
-        args = [f"--grpc-address={self.address}", f"--http-address={self.address}",
+        args = [f"--grpc-address={self.address}", f"--http-address={self.http_address}",
                 f"--metrics-address={self.address}",
                 f"--grpc-restricted-protocol={admin}:{ADMIN_KEY_HEADER}={self.admin_key}",
                 f"--http-restricted-api={admin}:{ADMIN_KEY_HEADER}={self.admin_key}",
@@ -221,7 +229,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m client.server", description="Run tritonserver in the foreground.")
     ap.add_argument("--repo", type=Path, required=True, help="model repository (model_repository.build)")
     ap.add_argument("--address", default=LOOPBACK,
-                    help="address every endpoint binds to (default %(default)s: this machine only)")
+                    help="address gRPC and metrics bind to (default %(default)s: this machine only)")
+    ap.add_argument("--http-address", default=LOOPBACK,
+                    help="address the HTTP endpoint binds to (default %(default)s; it has no TLS here)")
     ap.add_argument("--http-port", type=int, default=8000)
     ap.add_argument("--grpc-port", type=int, default=8001)
     ap.add_argument("--metrics-port", type=int, default=8002)
@@ -238,10 +248,11 @@ def main(argv: list[str] | None = None) -> int:
     if (args.tls_cert is None) != (args.tls_key is None):
         ap.error("--tls-cert and --tls-key go together")
     admin_key = _read_key(args.admin_key_file, "MTASR_ADMIN_KEY")
+    api_key = _read_key(args.api_key_file, "MTASR_API_KEY")
+    tls = (args.tls_cert.resolve(), args.tls_key.resolve()) if args.tls_cert else None
     server = TritonServer(args.repo, args.http_port, args.grpc_port, args.metrics_port, args.models, args.log,
-                          address=args.address, admin_key=admin_key, api_key=_read_key(args.api_key_file,
-                                                                                       "MTASR_API_KEY"),
-                          tls=(args.tls_cert.resolve(), args.tls_key.resolve()) if args.tls_cert else None)
+                          address=args.address, http_address=args.http_address, admin_key=admin_key,
+                          api_key=api_key, tls=tls)
     key_note = "from --admin-key-file/MTASR_ADMIN_KEY"
     if admin_key is None:
         key_file = server.repo.with_name(server.repo.name + ".admin-key")

@@ -87,8 +87,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="mtasr-reference", description=__doc__.split("\n")[0])
     ap.add_argument("audio", nargs="+", type=Path)
     ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--models", type=Path, default=Path("artifacts/demo"),
-                    help="model folder or repository whose manifest.json names the .nemo files and settings")
+    ap.add_argument("--models", type=Path, default=Path("artifacts/demo_repo/multitalker/1"),
+                    help="exported model folder, or a repository version folder, whose manifest.json names the .nemo "
+                         "files and settings (default: the repository `make demo` built)")
     ap.add_argument("--diar-nemo")
     ap.add_argument("--asr-nemo")
     ap.add_argument("--preset", help="e.g. 70_13 (default: the manifest's)")

@@ -17,9 +17,12 @@ import numpy as np
 import onnxruntime as ort
 import triton_python_backend_utils as pb_utils
 
+from mtasr.pipeline.runner import array_friendly_malloc
+
 
 class TritonPythonModel:
     def initialize(self, args: dict) -> None:
+        array_friendly_malloc()
         config = json.loads(args["model_config"])
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
         version_dir = Path(args["model_repository"]) / args["model_version"]

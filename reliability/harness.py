@@ -3,6 +3,7 @@ stopped by PID), the committed samples, solo outputs to compare against, metrics
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import signal
@@ -40,7 +41,9 @@ class Harness:
 
     graphs: Path
     work: Path
+    full: bool = False  # the whole suite's sizes (`make reliability`), else the fast core's (`make test`)
     figures: dict = field(default_factory=dict)  # what the summary line reports
+    sequence_ids: list = field(default_factory=list)  # every id the cases' clients drew (collision count)
     _servers: dict = field(default_factory=dict)
     _stack: ExitStack = field(default_factory=ExitStack)
     _solo: dict = field(default_factory=dict)
@@ -155,10 +158,10 @@ def listening(port: int) -> list[str]:
             local, state = line.split()[1], line.split()[3]
             addr, hexport = local.rsplit(":", 1)
             if state == "0A" and int(hexport, 16) == port:
-                if len(addr) == 8:
-                    out.append(".".join(str(b) for b in bytes.fromhex(addr)[::-1]))
-                else:
-                    out.append("ipv6:" + addr)
+                # /proc writes each 32-bit word of the address in host (little-endian) order
+                raw = b"".join(bytes.fromhex(addr[i : i + 8])[::-1] for i in range(0, len(addr), 8))
+                ip = ipaddress.ip_address(raw)
+                out.append(str(getattr(ip, "ipv4_mapped", None) or ip))
     return out
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from mtasr.pipeline import single_threaded_blas
+from mtasr.pipeline import array_friendly_malloc, single_threaded_blas
 from mtasr.pipeline.metrics import METRICS, MetricDef, MetricKind, ServingMetrics
 from mtasr.pipeline.sequences import AudioRequest, Reply
 from mtasr.pipeline.service import sequence_manager, tensor_ranks
@@ -68,6 +68,9 @@ class TritonMetricSink:
     def observe(self, metric: MetricDef, value: float) -> None:
         self._metric(metric, None).observe(float(value))
 
+    def declare(self, metric: MetricDef) -> None:
+        self._metric(metric, None)
+
 
 def _scalar(request, name: str, default=0):
     t = pb_utils.get_input_tensor_by_name(request, name)
@@ -104,6 +107,7 @@ def _response(reply: Reply):
 class TritonPythonModel:
     def initialize(self, args: dict) -> None:
         single_threaded_blas()
+        array_friendly_malloc()
         folder = Path(args["model_repository"]) / args["model_version"]
         events = ServingMetrics(TritonMetricSink(METRICS))
         self.manager = sequence_manager(folder, json.loads(args["model_config"]), BlsRunner(tensor_ranks(folder)),

@@ -6,7 +6,14 @@ or BLS calls inside Triton).
 
 from mtasr.pipeline.config import PipelineConfig
 from mtasr.pipeline.engine import Engine, Session, StepOutput
-from mtasr.pipeline.runner import GraphRunner, OrtRunner, RoutedRunner, release_free_memory, single_threaded_blas
+from mtasr.pipeline.runner import (
+    GraphRunner,
+    OrtRunner,
+    RoutedRunner,
+    array_friendly_malloc,
+    release_free_memory,
+    single_threaded_blas,
+)
 
 __all__ = ["Engine", "GraphRunner", "OrtRunner", "PipelineConfig", "RoutedRunner", "Session", "StepOutput",
-           "release_free_memory", "single_threaded_blas"]
+           "array_friendly_malloc", "release_free_memory", "single_threaded_blas"]

@@ -49,16 +49,23 @@ class MetricSink(Protocol):
 
     def observe(self, metric: MetricDef, value: float) -> None: ...
 
+    def declare(self, metric: MetricDef) -> None:
+        """Create the (unlabelled) series of `metric` without changing it."""
+
 
 class ServingMetrics(SessionEvents):
     """Session events as metric updates."""
 
     def __init__(self, sink: MetricSink) -> None:
         self.sink = sink
+        # every series exists from the start (Prometheus shows a series only once it was touched)
         sink.set(ACTIVE_SESSIONS, 0)
         sink.set(ACTIVE_SPEAKERS, 0)
-        for reason in RefusalReason:  # every series exists from the start, at 0
+        sink.increment(SESSIONS_STARTED, 0)
+        sink.increment(SESSIONS_EXPIRED, 0)
+        for reason in RefusalReason:
             sink.increment(SESSIONS_REFUSED, 0, {REASON_LABEL: reason.value})
+        sink.declare(STEP_SECONDS)
 
     def started(self) -> None:
         self.sink.increment(SESSIONS_STARTED)
@@ -96,3 +103,6 @@ class DictSink:
 
     def observe(self, metric: MetricDef, value: float) -> None:
         self.values.setdefault(self._key(metric, None), []).append(value)
+
+    def declare(self, metric: MetricDef) -> None:
+        self.values.setdefault(self._key(metric, None), [] if metric.kind is MetricKind.HISTOGRAM else 0.0)

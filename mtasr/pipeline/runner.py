@@ -36,6 +36,23 @@ def release_free_memory() -> None:
         pass
 
 
+def array_friendly_malloc(threshold: int = 32 * 2**20) -> None:
+    """Serve allocations below `threshold` from the heap (glibc `mallopt(M_MMAP_THRESHOLD)`).
+
+    The launcher starts tritonserver with a 64 KB mmap threshold so that large request buffers are returned to the
+    OS; the Python stubs inherit it, and there every state array of a step would become a fresh mapping. 32 MB
+    is where glibc's own dynamic threshold tops out. No-op where glibc is absent.
+    """
+    import ctypes
+    import ctypes.util
+
+    m_mmap_threshold = -3
+    try:
+        ctypes.CDLL(ctypes.util.find_library("c")).mallopt(m_mmap_threshold, threshold)
+    except (OSError, AttributeError, TypeError):
+        pass
+
+
 class GraphRunner(Protocol):
     def __call__(self, graph: str, feeds: dict[str, np.ndarray], outputs: list[str]) -> list[np.ndarray]:
         """Run `graph` on `feeds`, returning `outputs` in that order."""

@@ -87,7 +87,7 @@ def spec_report(graphs: Path | None = None, preset: str | None = None) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------- measured RSS
-def _children(pid: int) -> list[int]:
+def descendants(pid: int) -> list[int]:
     """`pid` and all its descendants (parent ids from /proc/*/stat)."""
     parents: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
@@ -109,7 +109,7 @@ def _children(pid: int) -> list[int]:
 def tree_rss(pid: int) -> int:
     """Sum of VmRSS (bytes) over `pid` and its descendants (tritonserver + Python backend stubs)."""
     total = 0
-    for p in _children(pid):
+    for p in descendants(pid):
         try:
             for line in Path(f"/proc/{p}/status").read_text().splitlines():
                 if line.startswith("VmRSS:"):

@@ -17,6 +17,7 @@ import numpy as np
 from tritonclient.grpc import InferenceServerClient, InferInput
 from tritonclient.utils import InferenceServerException
 
+from bench.memory import descendants
 from client.loadgen import make_audios, run_sessions
 from client.server import ADMIN_PROTOCOLS, free_ports
 from client.stream import (
@@ -39,7 +40,6 @@ from reliability.harness import (
     alive,
     check,
     cli,
-    descendants,
     kill,
     listening,
     metric,

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.memory import tree_rss
 from client.audio import read_audio
 from client.server import ROOT, TritonServer
 from client.stream import Connection, stream_audio
@@ -104,24 +105,6 @@ def wait_until(predicate, timeout: float, period: float = 0.05) -> float | None:
     return None
 
 
-def descendants(pid: int) -> list[int]:
-    """`pid` and every process below it (from /proc)."""
-    parents: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            parents.setdefault(ppid, []).append(int(entry.name))
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        todo += parents.get(p, [])
-    return out
-
-
 def alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -135,15 +118,7 @@ def alive(pid: int) -> bool:
 
 def rss_mb(pid: int) -> float:
     """Summed VmRSS of `pid` and its descendants, in MB."""
-    total = 0
-    for p in descendants(pid):
-        try:
-            for line in Path(f"/proc/{p}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1])
-        except OSError:
-            continue
-    return total / 1024
+    return tree_rss(pid) / 2**20
 
 
 def listening(port: int) -> list[str]:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from client.stream import infer_piece, new_session_key
+from client.stream import infer_piece, new_sequence_id, new_session_key
 from mtasr.spec import (
     N_MELS,
     NUM_SPEAKERS,
@@ -144,19 +144,19 @@ def measure_rss(url: str, pid: int, counts: tuple[int, ...] = (1, 8, 32), pieces
         return tree_rss(pid)
 
     cold = rss()
+    warm = new_sequence_id()
     for i in range(pieces):  # one whole sequence first: one-time allocations (ORT arenas, imports) are not state
-        _send(client, audio[i * n : (i + 1) * n], 999, start=i == 0, end=i == pieces - 1)
+        _send(client, audio[i * n : (i + 1) * n], warm, start=i == 0, end=i == pieces - 1)
     out: dict = {"cold": cold, "baseline": rss(), "open": {}}
     opened: list[int] = []
-    sid = 1000
     try:
         for round_ in (1, 2):  # round 2 repeats the largest count: a leak would grow RSS again
             for count in sorted(counts) if round_ == 1 else [max(counts)]:
                 while len(opened) < count:
+                    sid = new_sequence_id()
                     for i in range(pieces):
                         _send(client, audio[i * n : (i + 1) * n], sid, start=i == 0)
                     opened.append(sid)
-                    sid += 1
                 if round_ == 1:
                     out["open"][str(count)] = rss()
                 else:

@@ -14,6 +14,15 @@ from client.server import ROOT, TritonServer
 
 SAMPLE = ROOT / "tests" / "data" / "two_speakers_overlap.flac"
 DEMO_MODELS = (ROOT / "demo_models" / "diar_demo.nemo", ROOT / "demo_models" / "asr_demo.nemo")
+DEMO_REPO = ROOT / "artifacts" / "demo_repo"  # `mtasr-reference`'s default reads its manifest
+
+
+def graphs_folder() -> Path:
+    """Where the demo exports: real checkpoints, the shipped demo models, or tiny random-init ones (the Makefile's
+    `make serve` default mirrors this choice)."""
+    if os.environ.get("DIAR_NEMO") and os.environ.get("ASR_NEMO"):
+        return ROOT / "artifacts" / "demo_real"
+    return ROOT / "artifacts" / ("demo_trained" if all(p.is_file() for p in DEMO_MODELS) else "demo")
 
 
 def model_files() -> tuple[str, str] | None:
@@ -50,9 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     files = model_files()
     real = files is not None
-    name = "demo" if not real else ("demo_real" if os.environ.get("DIAR_NEMO") else "demo_trained")
-    graphs = export_models(ROOT / "artifacts" / name)
-    repo = build(graphs, "cpu", ROOT / "artifacts" / "demo_repo", preset=args.preset,
+    graphs = export_models(graphs_folder())
+    repo = build(graphs, "cpu", DEMO_REPO, preset=args.preset,
                  speaker_mode=args.speaker_mode)
     if not real:
         print("NOTE: random-weight models: the words below are meaningless; set DIAR_NEMO and ASR_NEMO to serve "

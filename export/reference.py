@@ -81,9 +81,7 @@ def from_manifest(folder: Path, diar_nemo: str | None, asr_nemo: str | None, pre
                      masked)
 
 
-def main(argv: list[str] | None = None) -> int:
-    from client.audio import AudioError, read_audio
-
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="mtasr-reference", description=__doc__.split("\n")[0])
     ap.add_argument("audio", nargs="+", type=Path)
     ap.add_argument("--out", type=Path, required=True)
@@ -96,7 +94,13 @@ def main(argv: list[str] | None = None) -> int:
     mode = ap.add_mutually_exclusive_group()
     mode.add_argument("--masked", dest="masked", action="store_true", default=None)
     mode.add_argument("--kernel", dest="masked", action="store_false")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    from client.audio import AudioError, read_audio
+
+    args = build_parser().parse_args(argv)
     try:
         audios = [(p, read_audio(p)) for p in args.audio]
         ref = from_manifest(args.models, args.diar_nemo, args.asr_nemo, args.preset, args.masked)

@@ -44,3 +44,18 @@ def test_model_not_ready(tmp_path, tiny_parity):
         proc = run_cli("client", str(wav), "--out", str(tmp_path / "o"), "--url", server.grpc_url, timeout=120)
     assert proc.returncode == 2
     assert "model 'multitalker' is not ready" in proc.stderr.strip().splitlines()[-1]
+
+
+def test_serve_and_reference_defaults_follow_the_demo():
+    """After `make demo`, `make serve` and `mtasr-reference` need no arguments: their defaults are its folders."""
+    import subprocess
+
+    from client import demo
+    from export import reference
+
+    dry = subprocess.run(["make", "-s", "-n", "serve"], cwd=demo.ROOT, capture_output=True, text=True, timeout=120)
+    graphs = demo.graphs_folder().relative_to(demo.ROOT)
+    assert f"--graphs {graphs} " in dry.stdout, dry.stdout[-2000:]
+    assert "--address 127.0.0.1 " in dry.stdout
+    default = next(a.default for a in reference.build_parser()._actions if a.dest == "models")
+    assert demo.ROOT / default == demo.DEMO_REPO / "multitalker" / "1"

@@ -29,6 +29,16 @@ def read_audio(path: str | Path) -> np.ndarray:
     return resample(mono, rate, SAMPLE_RATE)
 
 
+def audio_rate(path: str | Path) -> int:
+    """The file's own sampling rate (AudioError when unreadable)."""
+    import soundfile as sf
+
+    try:
+        return int(sf.info(str(path)).samplerate)
+    except Exception as exc:  # soundfile raises several types
+        raise AudioError(f"cannot read {path}: {exc}") from None
+
+
 def resample(x: np.ndarray, rate: int, target: int = SAMPLE_RATE) -> np.ndarray:
     """Polyphase resampling (scipy) to `target` Hz; identity when the rate already matches."""
     if rate == target:

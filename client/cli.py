@@ -1,5 +1,9 @@
 """`mtasr-client AUDIO... --out DIR`: stream files to the multitalker model, show a live speaker-coloured
-transcript, write `<stem>.seglst.json`, `<stem>.rttm` and `<stem>.png` (speaker activity).
+transcript, write `<stem>.seglst.json`, `<stem>.rttm` and `<stem>.png` (speaker activity), and on request the
+words with their times (`<stem>.words.json`, `<stem>.ctm`).
+
+Live view: each utterance is printed in its speaker's colour once it is final; on a terminal the utterances still
+being spoken show dim on the last line (timing "audio"; with `--timing nemo` every changed segment is printed).
 
 Each file is its own session with a fresh random sequence id and session key. A session that fails part way
 (server gone) writes what it had received as `<stem>.partial.seglst.json` / `.partial.rttm` and the command
@@ -16,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from client.audio import AudioError, read_audio
+from client.audio import AudioError, audio_rate, read_audio
 from client.stream import (
     ClientError,
     Connection,
@@ -27,19 +31,51 @@ from client.stream import (
     stream_audio,
     validate_stream_options,
 )
+from mtasr.spec import SAMPLE_RATE
 
-COLORS = ["\033[91m", "\033[92m", "\033[94m", "\033[93m"]
-RESET = "\033[0m"
-_print_lock = threading.Lock()
+COLORS = ["\033[91m", "\033[92m", "\033[94m", "\033[93m", "\033[95m", "\033[96m", "\033[31m", "\033[32m"]
+DIM, RESET, CLEAR_LINE = "\033[2m", "\033[0m", "\r\033[K"
+FORMATS = ("seglst", "rttm", "png", "words", "ctm")
+DEFAULT_FORMATS = "seglst,rttm,png"
+WORD_FORMATS = ("words", "ctm")  # need word times: timing "audio"
 
 
-def _show(session: str, segs: list[dict], color: bool, prefix: bool) -> None:
-    with _print_lock:
-        for s in segs:
-            spk = int(s["speaker"].rsplit("_", 1)[-1]) if s["speaker"].rsplit("_", 1)[-1].isdigit() else 0
-            head = f"[{session}] " if prefix else ""
-            line = f"{head}{s['speaker']} {s['start_time']:7.2f}-{s['end_time']:7.2f}  {s['words']}"
-            print(f"{COLORS[spk % 4]}{line}{RESET}" if color else line, flush=True)
+def _speaker_index(seg: dict) -> int:
+    tail = seg["speaker"].rsplit("_", 1)[-1]
+    return int(tail) if tail.isdigit() else 0
+
+
+class LiveView:
+    """Prints final segments in their speaker's colour; on a terminal, the interim tails dim on the last line."""
+
+    def __init__(self, color: bool, interim: bool) -> None:
+        self.color = color
+        self.interim = interim  # only on a terminal: the line is redrawn in place
+        self.lock = threading.Lock()
+        self.tail = ""
+
+    def line(self, seg: dict, head: str) -> str:
+        text = f"{head}{seg['speaker']} {seg['start_time']:7.2f}-{seg['end_time']:7.2f}  {seg['words']}"
+        return f"{COLORS[_speaker_index(seg) % len(COLORS)]}{text}{RESET}" if self.color else text
+
+    def show(self, session: str, prefix: bool, final: list[dict], interim: list[dict]) -> None:
+        head = f"[{session}] " if prefix else ""
+        with self.lock:
+            out = CLEAR_LINE if self.interim and self.tail else ""
+            out += "".join(self.line(seg, head) + "\n" for seg in final)
+            if self.interim:
+                self.tail = "  ".join(f"{s['speaker']}: {s['words']}" for s in interim)
+                out += f"{DIM}{head}{self.tail}{RESET}" if self.tail else ""
+            if out:
+                sys.stdout.write(out)
+                sys.stdout.flush()
+
+    def close(self) -> None:
+        with self.lock:
+            if self.interim and self.tail:
+                sys.stdout.write(CLEAR_LINE)
+                sys.stdout.flush()
+                self.tail = ""
 
 
 def plot_activity(path: Path, activity: np.ndarray, title: str) -> None:
@@ -59,15 +95,58 @@ def plot_activity(path: Path, activity: np.ndarray, title: str) -> None:
     plt.close(fig)
 
 
-def write_outputs(out: Path, stem: str, result: StreamResult, plot: bool = True) -> None:
-    """`<stem>.seglst.json`, `.rttm`, `.png`; a partial result is written as `<stem>.partial.*` (no PNG)."""
+def word_records(seglst: list[dict]) -> list[dict]:
+    """One record per word with its times (segments carry `word_times` in audio timing)."""
+    out = []
+    for seg in seglst:
+        for word, (start, end) in zip(seg["words"].split(), seg.get("word_times", []), strict=False):
+            out.append({"session_id": seg["session_id"], "speaker": seg["speaker"], "word": word,
+                        "start_time": start, "end_time": end})
+    return out
+
+
+def ctm_lines(records: list[dict]) -> list[str]:
+    """CTM with the speaker in the channel column: `<session> <speaker> <start> <duration> <word>`."""
+    return [f"{r['session_id']} {r['speaker']} {r['start_time']:.2f} {r['end_time'] - r['start_time']:.2f} {r['word']}"
+            for r in records]
+
+
+def write_outputs(out: Path, stem: str, result: StreamResult, formats: tuple[str, ...] = ("seglst", "rttm", "png"),
+                  ) -> list[Path]:
+    """The chosen files; a partial result is written as `<stem>.partial.*` (no PNG)."""
     out.mkdir(parents=True, exist_ok=True)
     if result.partial:
-        stem, plot = f"{stem}.partial", False
-    (out / f"{stem}.seglst.json").write_text(json.dumps(result.seglst, indent=1))
-    (out / f"{stem}.rttm").write_text("\n".join(rttm_lines(stem, result.activity)) + "\n")
-    if plot and result.activity.size:
+        stem, formats = f"{stem}.partial", tuple(f for f in formats if f != "png")
+    written = []
+
+    def put(suffix: str, text: str) -> None:
+        path = out / f"{stem}.{suffix}"
+        path.write_text(text)
+        written.append(path)
+
+    if "seglst" in formats:
+        put("seglst.json", json.dumps(result.seglst, indent=1))
+    if "rttm" in formats:
+        put("rttm", "\n".join(rttm_lines(stem, result.activity)) + "\n")
+    records = word_records(result.seglst)
+    if "words" in formats:
+        put("words.json", json.dumps(records, indent=1))
+    if "ctm" in formats:
+        put("ctm", "".join(line + "\n" for line in ctm_lines(records)))
+    if "png" in formats and result.activity.size:
         plot_activity(out / f"{stem}.png", result.activity, f"{stem}: speaker activity")
+        written.append(out / f"{stem}.png")
+    return written
+
+
+def parse_formats(text: str, timing: str | None) -> tuple[str, ...]:
+    formats = tuple(f.strip() for f in text.split(",") if f.strip())
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown or not formats:
+        raise ClientError(f"--format takes a comma list of {', '.join(FORMATS)}; got {text!r}")
+    if timing == "nemo" and set(formats) & set(WORD_FORMATS):
+        raise ClientError("--format words/ctm need word times: not available with --timing nemo")
+    return formats
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -83,9 +162,14 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--api-key", help="inference key of a server started with one (or env MTASR_API_KEY)")
     ap.add_argument("--tls-ca", type=Path, help="PEM root certificate to trust: connect with TLS")
     ap.add_argument("--tls", action="store_true", help="connect with TLS, trusting the system's roots")
+    ap.add_argument("--timing", choices=("audio", "nemo"),
+                    help="timestamps: audio time with utterances and interim/final replies, or NeMo's arithmetic "
+                         "(SpeakerTaggedASR's, for parity); default: the server's (audio)")
+    ap.add_argument("--format", default=DEFAULT_FORMATS,
+                    help=f"outputs, a comma list of {', '.join(FORMATS)} (default: %(default)s)")
     ap.add_argument("--quiet", action="store_true", help="no live transcript")
     ap.add_argument("--no-color", action="store_true")
-    ap.add_argument("--no-plot", action="store_true")
+    ap.add_argument("--no-plot", action="store_true", help="same as leaving png out of --format")
     return ap
 
 
@@ -103,24 +187,34 @@ def main(argv: list[str] | None = None) -> int:
             raise ClientError(f"--concurrency must be >= 1, got {args.concurrency}")
         if args.tls_ca is not None and not args.tls_ca.is_file():
             raise ClientError(f"--tls-ca {args.tls_ca}: no such file")
+        formats = parse_formats(args.format, args.timing)
+        formats = tuple(f for f in formats if f != "png") if args.no_plot else formats
         audios = [(p.stem, read_audio(p)) for p in args.audio]
+        for p in args.audio:
+            rate = audio_rate(p)
+            if rate < SAMPLE_RATE:
+                print(f"mtasr-client: warning: {p} is sampled at {rate} Hz: upsampled to {SAMPLE_RATE} Hz, but "
+                      "accuracy drops for band-limited audio", file=sys.stderr)
         connect(conn).close()
     except (AudioError, ClientError) as exc:
         print(f"mtasr-client: error: {exc}", file=sys.stderr)
         return 2
-    color = not args.no_color and sys.stdout.isatty()
+    tty = sys.stdout.isatty()
+    view = LiveView(color=not args.no_color and tty, interim=tty and len(audios) == 1)
 
     def run(i: int) -> StreamResult:
         stem, samples = audios[i]
-        show = None if args.quiet else (lambda segs, _act: _show(stem, segs, color, len(audios) > 1))
+        show = None if args.quiet else (lambda segs, _act, tails: view.show(stem, len(audios) > 1, segs, tails))
         try:
             result = stream_audio(conn, samples, args.sequence_id, stem, args.chunk_ms, args.realtime,
-                                  on_reply=show)
+                                  on_reply=show, timing=args.timing)
         except StreamError as exc:
-            write_outputs(args.out, stem, exc.partial, plot=False)
+            view.close()
+            write_outputs(args.out, stem, exc.partial, formats)
             raise StreamError(f"{exc}; partial output in {args.out / (stem + '.partial.seglst.json')}",
                               exc.partial) from None
-        write_outputs(args.out, stem, result, plot=not args.no_plot)
+        view.close()
+        write_outputs(args.out, stem, result, formats)
         return result
 
     status = 0

@@ -28,6 +28,8 @@ from mtasr.spec import (
     ORCHESTRATOR,
     SAMPLE_RATE,
     SESSION_KEY_HEADER,
+    TIMING_PARAMETER,
+    TIMINGS,
     grpc_restricted_header,
     orchestrator_spec,
 )
@@ -97,6 +99,8 @@ class StreamResult:
     wall_seconds: float = 0.0
     sequence_id: int = 0
     partial: bool = False  # the session ended early (server gone, error): seglst/activity are what arrived
+    timing: str | None = None  # what the session asked for (None: the server's default)
+    reply_bytes: list[int] = field(default_factory=list)  # JSON bytes of segments + interim + transcript per reply
 
 
 def connect(conn: Connection | str, model: str = ORCHESTRATOR, timeout: float = 10.0):
@@ -142,6 +146,13 @@ def infer_piece(client, samples: np.ndarray, sequence_id: int, session_key: str 
                         headers={**(headers or {}), **key})
 
 
+OnReply = Callable[[list[dict], np.ndarray, list[dict]], None]  # (final segments, activity, interim tails)
+
+
+def _json(result, name: str) -> list:
+    return json.loads(result.as_numpy(name).reshape(-1)[0])
+
+
 def _message(error) -> str:
     text = error.message() if hasattr(error, "message") and callable(error.message) else str(error)
     return " ".join(str(text).split())  # one line
@@ -149,24 +160,30 @@ def _message(error) -> str:
 
 def stream_audio(conn: Connection | str, samples: np.ndarray, sequence_id: int | None = None,
                  session_id: str = "session", chunk_ms: float = 160.0, realtime: bool = False,
-                 model: str = ORCHESTRATOR, on_reply: Callable[[list[dict], np.ndarray], None] | None = None,
-                 timeout: float = 600.0, session_key: str | None = None) -> StreamResult:
+                 model: str = ORCHESTRATOR, on_reply: OnReply | None = None,
+                 timeout: float = 600.0, session_key: str | None = None, timing: str | None = None) -> StreamResult:
     """Send `samples` (16 kHz mono float32) in `chunk_ms` pieces as one sequence; wait for every reply.
 
-    The sequence id and session key are fresh random values unless given. A session that fails part way raises
-    `StreamError` carrying what had been received (`partial=True`).
+    `on_reply(segments, activity, interim)` sees each reply: the segments that became final (timing "nemo": that
+    changed), the 80 ms speaker activity frames it decided, and each speaker's unstable tail. `timing` asks for
+    "audio" or "nemo" timestamps (None: the server's default). The sequence id and session key are fresh random
+    values unless given. A session that fails part way raises `StreamError` carrying what had been received
+    (`partial=True`: the final segments, then the interim tails).
     """
     from tritonclient.utils import InferenceServerException
 
     conn = Connection(conn) if isinstance(conn, str) else conn
     validate_stream_options(chunk_ms, sequence_id)
+    if timing is not None and timing not in TIMINGS:
+        raise ClientError(f"timing must be one of {', '.join(TIMINGS)}, got {timing!r}")
     sequence_id = sequence_id or new_sequence_id()
     client = connect(conn, model)
     piece = max(1, int(round(chunk_ms * SAMPLE_RATE / 1000)))
     starts = list(range(0, max(len(samples), 1), piece))
     replies: queue.Queue = queue.Queue()
     sent_at: dict[str, float] = {}
-    result = StreamResult(session_id=session_id, audio_seconds=len(samples) / SAMPLE_RATE, sequence_id=sequence_id)
+    result = StreamResult(session_id=session_id, audio_seconds=len(samples) / SAMPLE_RATE, sequence_id=sequence_id,
+                          timing=timing)
     headers = {**conn.headers(), SESSION_KEY_HEADER: session_key or new_session_key()}
 
     def callback(result, error):
@@ -175,6 +192,8 @@ def stream_audio(conn: Connection | str, samples: np.ndarray, sequence_id: int |
     t0 = time.perf_counter()
     activity = []
     errors: list[str] = []
+    finals: list[dict] = []  # audio timing: every final segment received
+    interim: list[dict] = []  # the latest unstable tails
     try:
         client.start_stream(callback=callback, headers=headers)
         done = threading.Event()
@@ -192,14 +211,18 @@ def stream_audio(conn: Connection | str, samples: np.ndarray, sequence_id: int |
                 rid = res.get_response().id
                 result.latencies_ms.append((t - sent_at.get(rid, t)) * 1000)
                 # the server names sessions by sequence id; the client's name (file stem) is the SegLST session_id
-                changed = json.loads(res.as_numpy("segments").reshape(-1)[0])
-                segs = [{**seg, "session_id": session_id} for seg in changed]
+                segs, tails, transcript = ([{**seg, "session_id": session_id} for seg in _json(res, name)]
+                                           for name in ("segments", "interim", "transcript"))
                 act = res.as_numpy("speaker_activity")[0]
                 activity.append(act)
+                result.reply_bytes.append(sum(len(res.as_numpy(n).reshape(-1)[0]) for n in
+                                              ("segments", "interim", "transcript")))
+                finals.extend(segs)
+                interim[:] = tails
                 if on_reply:
-                    on_reply(segs, act)
-                transcript = json.loads(res.as_numpy("transcript").reshape(-1)[0])
-                result.seglst = [{**seg, "session_id": session_id} for seg in transcript]
+                    on_reply(segs, act, tails)
+                if transcript or result.timing == "nemo":
+                    result.seglst = transcript
             done.set()
 
         receiver = threading.Thread(target=receive, daemon=True)
@@ -214,7 +237,8 @@ def stream_audio(conn: Connection | str, samples: np.ndarray, sequence_id: int |
             try:
                 client.async_stream_infer(model, _inputs(samples[s : s + piece]), request_id=rid,
                                           sequence_id=sequence_id, sequence_start=i == 0,
-                                          sequence_end=i == len(starts) - 1)
+                                          sequence_end=i == len(starts) - 1,
+                                          parameters={TIMING_PARAMETER: timing} if timing and i == 0 else None)
             except InferenceServerException as exc:  # the stream broke (server gone): the receiver says why
                 receiver.join(5)
                 if not errors:
@@ -233,6 +257,8 @@ def stream_audio(conn: Connection | str, samples: np.ndarray, sequence_id: int |
     result.activity = np.concatenate(activity) if activity else result.activity
     if errors:
         result.partial = True
+        if not result.seglst:  # audio timing (nemo timing had the whole transcript in every reply)
+            result.seglst = sorted(finals, key=lambda x: x["start_time"]) + interim
         got = result.activity.shape[0] * FRAME_SEC
         raise StreamError(f"{session_id}: server error after {got:.1f} s of {result.audio_seconds:.1f} s audio: "
                           f"{errors[0]}", result)

@@ -15,6 +15,12 @@ from pathlib import Path
 import numpy as np
 
 from export.exporter import configure_diarizer_streaming, set_preset
+from mtasr.pipeline.words import DEFAULT_PAUSE_SEC, LiveTranscript
+from mtasr.spec import FRAME_SEC, SAMPLE_RATE, TIMINGS
+
+
+def _as_list(x) -> list:
+    return x.tolist() if hasattr(x, "tolist") else list(x)
 
 # The tutorial's MultitalkerTranscriptionConfig values this flow reads, with the serving choices applied:
 # fp32 (no autocast), pad_and_drop_preencoded so every chunk has the exported encoder's fixed size.
@@ -47,8 +53,14 @@ class Reference:
         set_preset(self.asr, preset)
         self.cfg = OmegaConf.create({**FLOW_CONFIG, "att_context_size": list(preset), "masked_asr": masked_asr})
 
-    def transcribe(self, audio: np.ndarray, session_id: str) -> list[dict]:
-        """Stream `audio` (16 kHz mono float32) through `SpeakerTaggedASR`; returns its SegLST."""
+    def transcribe(self, audio: np.ndarray, session_id: str, timing: str = "nemo",
+                   pause_sec: float = DEFAULT_PAUSE_SEC) -> list[dict]:
+        """Stream `audio` (16 kHz mono float32) through `SpeakerTaggedASR`; returns its SegLST.
+
+        `timing="nemo"`: NeMo's own SegLST. `timing="audio"`: after every step, NeMo's per-speaker hypotheses
+        (tokens and frames, with the steps in which NeMo ran each speaker) go through the served pipeline's
+        `LiveTranscript`, which maps them to audio time and releases final utterances as it streams.
+        """
         import torch
         from nemo.collections.asr.parts.utils.multispk_transcribe_utils import SpeakerTaggedASR
         from nemo.collections.asr.parts.utils.streaming_utils import CacheAwareStreamingAudioBuffer
@@ -58,15 +70,48 @@ class Reference:
         buffer.append_audio(np.ascontiguousarray(audio, dtype=np.float32), stream_id=-1)
         streamer = SpeakerTaggedASR(self.cfg, self.asr, self.diar)
         drop = self.asr.encoder.streaming_cfg.drop_extra_pre_encoded
+        find_active, active = streamer._find_active_speakers, {}
+
+        def recording(*args, **kwargs):  # which speakers NeMo runs at this step
+            active["now"] = find_active(*args, **kwargs)
+            return active["now"]
+
+        streamer._find_active_speakers = recording
+        steps: dict[int, list[int]] = {}  # speaker -> the steps its ASR instance ran
+        frames_per_step = int(self.cfg.att_context_size[1]) + 1
+        live = LiveTranscript(list(self.asr.tokenizer.vocab), FRAME_SEC, frames_per_step, pause_sec)
+        audio_end = len(audio) / SAMPLE_RATE
         with torch.inference_mode():
             for step, (chunk, lengths) in enumerate(iter(buffer)):
+                active.clear()
                 streamer.perform_parallel_streaming_stt_spk(
                     step_num=step, chunk_audio=chunk, chunk_lengths=lengths,
                     is_buffer_empty=buffer.is_buffer_empty(), drop_extra_pre_encoded=drop)
+                for spk in (active.get("now") or [[]])[0]:
+                    steps.setdefault(int(spk), []).append(step)
+                if timing == "audio":  # the served pipeline's live transcript, fed NeMo's hypotheses
+                    decoded = min((step + 1) * frames_per_step * FRAME_SEC, audio_end)
+                    live.update(self._hypotheses(streamer, steps, frames_per_step), decoded, audio_end, session_id)
         # The diarizer's sigmoids as this flow saw them (frames x speakers): the RTTM the served stack also writes.
         self.diar_preds = streamer.instance_manager.diar_states.diar_pred_out_stream[0].float().numpy()
+        if timing == "audio":
+            live.update(self._hypotheses(streamer, steps, frames_per_step), audio_end, audio_end, session_id,
+                        last=True)
+            return live.seglst()
         segs = streamer.generate_seglst_dicts_from_parallel_streaming(samples=[{"audio_filepath": session_id}])
         return [{**s, "start_time": float(s["start_time"]), "end_time": float(s["end_time"])} for s in segs]
+
+    @staticmethod
+    def _hypotheses(streamer, steps: dict[int, list[int]], frames_per_step: int) -> dict:
+        """Speaker -> (tokens, hypothesis frames, runs) of NeMo's instances; every run but a stream's last decodes
+        `frames_per_step` encoder frames."""
+        state = streamer.instance_manager.batch_asr_states[0]
+        out = {}
+        for spk, ran in steps.items():
+            hyp = state.previous_hypothesis[spk]
+            out[spk] = ([int(x) for x in _as_list(hyp.y_sequence)], [int(x) for x in _as_list(hyp.timestamp)],
+                        [(step, k * frames_per_step) for k, step in enumerate(ran)])
+        return out
 
 
 def from_manifest(folder: Path, diar_nemo: str | None, asr_nemo: str | None, preset: str | None,
@@ -94,6 +139,9 @@ def build_parser() -> argparse.ArgumentParser:
     mode = ap.add_mutually_exclusive_group()
     mode.add_argument("--masked", dest="masked", action="store_true", default=None)
     mode.add_argument("--kernel", dest="masked", action="store_false")
+    ap.add_argument("--timing", choices=TIMINGS,
+                    help="audio (the served default: audio-time words and utterances) or nemo (SpeakerTaggedASR's "
+                         "own SegLST); default: what the repository serves")
     return ap
 
 
@@ -104,12 +152,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         audios = [(p, read_audio(p)) for p in args.audio]
         ref = from_manifest(args.models, args.diar_nemo, args.asr_nemo, args.preset, args.masked)
+        serving = json.loads((args.models / "manifest.json").read_text()).get("serving", {})
+        timing = args.timing or serving.get("timing", TIMINGS[0])
     except (AudioError, FileNotFoundError, KeyError) as exc:
         print(f"mtasr-reference: error: {exc}", file=sys.stderr)
         return 2
     args.out.mkdir(parents=True, exist_ok=True)
     for path, audio in audios:
-        segs = ref.transcribe(audio, path.stem)
+        segs = ref.transcribe(audio, path.stem, timing)
         (args.out / f"{path.stem}.seglst.json").write_text(json.dumps(segs, indent=1))
         print(f"{path.stem}: {len(segs)} segments")
     return 0

@@ -21,7 +21,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from mtasr.pipeline.params import DEFAULT_IDLE_TIMEOUT_S, DEFAULT_MAX_SESSIONS, SPEAKER_MODES
-from mtasr.spec import ORCHESTRATOR, PUBLIC_CHECKPOINT_DIMS, ModelDims, parse_preset, preset_name
+from mtasr.spec import ORCHESTRATOR, PUBLIC_CHECKPOINT_DIMS, TIMINGS, ModelDims, parse_preset, preset_name
 from mtasr.triton_config import GRAPH_MODELS, IN_PROCESS_DEFAULT, TARGETS, repository_configs, to_pbtxt
 
 log = logging.getLogger("model_repository.build")
@@ -76,7 +76,7 @@ def _place(src: Path, dst: Path, copy: bool) -> None:
 
 def build(graphs: Path, target: str, out: Path, preset: str | None = None, speaker_mode: str = "kernel",
           copy: bool = False, in_process: tuple[str, ...] | None = None, max_sessions: int = DEFAULT_MAX_SESSIONS,
-          idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_S) -> Path:
+          idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_S, timing: str = TIMINGS[0]) -> Path:
     """Write a complete repository into `out` (replaced only when it is one this builder wrote)."""
     graphs, out = Path(graphs), Path(out)
     if target not in TARGETS:
@@ -103,8 +103,10 @@ def build(graphs: Path, target: str, out: Path, preset: str | None = None, speak
     if max_sessions < 1 or not 0 < idle_timeout_s <= 3600:
         raise BuildError(f"need --max-sessions >= 1 and 0 < --idle-timeout-s <= 3600 (got {max_sessions}, "
                          f"{idle_timeout_s})")
+    if timing not in TIMINGS:
+        raise BuildError(f"unknown timing {timing!r}; use one of {TIMINGS}")
     configs = repository_configs(manifest_dims(manifest), target, preset, speaker_mode, in_process, max_sessions,
-                                 idle_timeout_s)
+                                 idle_timeout_s, timing)
     write_configs(configs, work)
     orchestrator = work / ORCHESTRATOR / "1"
     orchestrator.mkdir(parents=True)
@@ -118,7 +120,8 @@ def build(graphs: Path, target: str, out: Path, preset: str | None = None, speak
     for name in manifest.get("features", {}).values():
         shutil.copy2(graphs / name, orchestrator / name)
     # The orchestrator's manifest also records how this repository serves (read by mtasr-reference).
-    serving = {"target": target, "preset": preset, "speaker_mode": speaker_mode, "in_process": list(in_process)}
+    serving = {"target": target, "preset": preset, "speaker_mode": speaker_mode, "in_process": list(in_process),
+               "timing": timing}
     (orchestrator / "manifest.json").write_text(json.dumps({**manifest, "serving": serving}, indent=2))
     if ORCHESTRATOR_PY.is_file():
         shutil.copy2(ORCHESTRATOR_PY, orchestrator / "model.py")
@@ -162,6 +165,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--copy", action="store_true", help="copy graph files instead of symlinking them")
     ap.add_argument("--max-sessions", type=int, default=DEFAULT_MAX_SESSIONS,
                     help="live sessions one orchestrator admits; a START beyond is refused (default: %(default)s)")
+    ap.add_argument("--timing", choices=TIMINGS, default=TIMINGS[0],
+                    help="sessions' default timestamps: audio time (default) or NeMo's arithmetic (parity)")
     ap.add_argument("--idle-timeout-s", type=float, default=DEFAULT_IDLE_TIMEOUT_S,
                     help="a session with no request for this long is dropped and freed (default: %(default)s)")
     ap.add_argument("--in-process", metavar="MODELS",
@@ -181,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         in_process = None if args.in_process is None else tuple(m for m in args.in_process.split(",") if m)
         out = build(args.graphs, args.target, args.out, args.preset, args.speaker_mode, args.copy, in_process,
-                    args.max_sessions, args.idle_timeout_s)
+                    args.max_sessions, args.idle_timeout_s, args.timing)
     except BuildError as exc:
         print(f"{ap.prog}: error: {exc}", file=sys.stderr)
         return 2

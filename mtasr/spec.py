@@ -180,6 +180,10 @@ MIN_CHUNK_SECONDS = 0.0  # an empty piece is an error unless it closes the seque
 SESSION_KEY_HEADER = "mtasr-session-key"  # per-session secret; Triton forwards it to the orchestrator
 API_KEY_HEADER = "mtasr-api-key"  # optional key on the inference protocol (Triton's restricted protocols)
 ADMIN_KEY_HEADER = "mtasr-admin-key"  # key on the admin protocols (statistics, model config, shared memory...)
+# Request parameter of a START choosing the session's timestamps: "audio" (word times in seconds of the session's
+# audio, utterances, interim/final replies) or "nemo" (NeMo SpeakerTaggedASR's arithmetic, for parity).
+TIMING_PARAMETER = "mtasr_timing"
+TIMINGS = ("audio", "nemo")
 
 
 def grpc_restricted_header(key: str) -> str:
@@ -200,8 +204,13 @@ def orchestrator_spec() -> GraphSpec:
             TensorSpec("audio_int16", I16, ("batch", "samples"), "16 kHz mono int16 samples"),
         ),
         outputs=(
-            TensorSpec("segments", BYTES, ("batch", 1), "JSON list of SegLST segments changed since last response"),
-            TensorSpec("transcript", BYTES, ("batch", 1), "JSON SegLST of the whole session (final at END)"),
+            TensorSpec("segments", BYTES, ("batch", 1),
+                       "JSON SegLST segments that became final with this request, each sent once (timing nemo: "
+                       "segments changed since the last response)"),
+            TensorSpec("interim", BYTES, ("batch", 1),
+                       "JSON list: each speaker's current unstable utterance (timing nemo: always [])"),
+            TensorSpec("transcript", BYTES, ("batch", 1),
+                       "JSON SegLST of the whole session at END, else [] (timing nemo: in every response)"),
             TensorSpec("speaker_activity", F32, ("batch", "frames", NUM_SPEAKERS),
                        "diarizer probabilities of the 80 ms frames decided by this request"),
         ),

@@ -141,13 +141,15 @@ def orchestrator_config(params: OrchestratorParams, max_batch_size: int = ORCHES
 
 def repository_configs(dims: ModelDims, target: str, preset: str, speaker_mode: str = "kernel",
                        in_process: tuple[str, ...] | None = None, max_sessions: int | None = None,
-                       idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_S) -> dict[str, mc.ModelConfig]:
+                       idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_S, timing: str | None = None
+                       ) -> dict[str, mc.ModelConfig]:
     """Model name -> config for a whole repository: `multitalker` and the graph models it calls through BLS
     (those not `in_process`, which defaults to the target's IN_PROCESS_DEFAULT)."""
     in_process = IN_PROCESS_DEFAULT[target] if in_process is None else tuple(in_process)
     specs = graph_specs(dims)
+    optional = {"max_sessions": max_sessions, "timing": timing}
     params = OrchestratorParams(preset=preset, speaker_mode=speaker_mode, in_process_models=in_process,
-                                **({} if max_sessions is None else {"max_sessions": max_sessions}))
+                                **{k: v for k, v in optional.items() if v is not None})
     configs = {kind: graph_config(specs[kind], target, name=kind) for kind in GRAPH_MODELS if kind not in in_process}
     configs[ORCHESTRATOR] = orchestrator_config(params, idle_timeout_s=idle_timeout_s)
     return configs

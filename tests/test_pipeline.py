@@ -31,14 +31,15 @@ def reference_cache():
     return {}
 
 
-def _reference(tiny_parity, cache, preset: str, masked: bool, audio: np.ndarray, key: str) -> list[dict]:
+def _reference(tiny_parity, cache, preset: str, masked: bool, audio: np.ndarray, key: str,
+               timing: str = "nemo") -> list[dict]:
     from export.reference import Reference
 
     nemo = tiny_parity["work"] / "nemo"
     if (preset, masked) not in cache:
         ctx = tuple(int(x) for x in preset.split("_"))
         cache[(preset, masked)] = Reference(str(nemo / "diarizer.nemo"), str(nemo / "asr.nemo"), ctx, masked)
-    return cache[(preset, masked)].transcribe(audio, key)
+    return cache[(preset, masked)].transcribe(audio, key, timing)
 
 
 @pytest.mark.parametrize(("preset", "masked", "seconds"), [
@@ -73,3 +74,48 @@ def test_sessions_batched_together_equal_alone(tiny_parity):
     together = [s.transcript.final(s.session_id) for s in sessions]
     assert together == alone
     assert batches < sum(len(a) for a in audios) // 17920  # sessions really shared steps
+
+
+def _stream_audio_time(engine: Engine, audio: np.ndarray, piece: int, session_id: str = "s"):
+    """Audio-time output: the final segments in the order they were released, their union at END, and the
+    interim tails seen on the way."""
+    s = engine.new_session(session_id)
+    released, interims = [], []
+    for pos in range(0, len(audio), piece):
+        engine.push_audio(s, audio[pos : pos + piece], last=pos + piece >= len(audio))
+        while s.pending:
+            engine.step([s])
+        released += s.words.drain()
+        interims += s.words.interim_segments()
+    engine.finish(s)
+    released += s.words.drain()
+    return released, s.words.seglst(), interims
+
+
+@pytest.mark.parametrize(("preset", "masked"), [("70_13", False), ("70_13", True), ("70_0", False)])
+def test_audio_timing_equals_nemo_mapped(tiny_parity, reference_cache, preset, masked):
+    """Audio-time words and utterances: NeMo's own hypotheses mapped to audio time the same way give the same
+    SegLST; nothing ends after the audio; each final segment is released once and never changes."""
+    seconds = 16.0 if preset == "70_13" else 4.0
+    audio = synth_conversation(seconds, n_speakers=3, seed=3)
+    want = _reference(tiny_parity, reference_cache, preset, masked, audio, "session", timing="audio")
+    released, got, interims = _stream_audio_time(_engine(tiny_parity["work"], preset, masked), audio, 2560, "session")
+    assert want and len({s["speaker"] for s in want}) >= 2
+    assert got == want
+    assert sorted(released, key=lambda x: (x["start_time"], x["speaker"])) == got  # each final sent exactly once
+    for seg in got:
+        assert seg["end_time"] <= seconds + 1e-9 and seg["start_time"] <= seg["end_time"]
+        assert len(seg["word_times"]) == len(seg["words"].split())
+        assert seg["start_time"] == seg["word_times"][0][0] and seg["end_time"] == seg["word_times"][-1][1]
+    # a speaker's utterances are separated by at least the pause; NeMo's arithmetic ran past the audio's end
+    for spk in {s["speaker"] for s in got}:
+        mine = [s for s in got if s["speaker"] == spk]
+        assert all(b["start_time"] - a["end_time"] >= 0.6 - 1e-9 for a, b in zip(mine, mine[1:], strict=False))
+    assert interims, "no interim tail was ever shown"
+
+
+def test_audio_timing_chunk_size_does_not_matter(tiny_parity):
+    audio = synth_conversation(8.0, n_speakers=2, seed=5)
+    engine = _engine(tiny_parity["work"], "70_13", False)
+    outs = [_stream_audio_time(engine, audio, piece)[1] for piece in (320, 2560, 16000)]
+    assert outs[0] and outs[0] == outs[1] == outs[2]

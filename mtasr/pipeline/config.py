@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mtasr.pipeline.words import DEFAULT_PAUSE_SEC
 from mtasr.spec import FRAME_SEC, NUM_SPEAKERS, preset_name
 
 
@@ -60,6 +61,7 @@ class PipelineConfig:
     cache_gating_buffer_size: int = 2
     binary_diar_preds: bool = False
     sent_break_sec: float = 30.0
+    pause_sec: float = DEFAULT_PAUSE_SEC  # audio-time utterances split at word gaps this long
     decoder_window: int | None = None  # greedy look-ahead frames per decoder call (None: the whole chunk)
     frame_len_sec: float = FRAME_SEC
     graphs: dict = field(default_factory=dict)  # role -> graph/model name

@@ -18,8 +18,9 @@ from mtasr.pipeline.chunker import FeatureChunker
 from mtasr.pipeline.config import PipelineConfig
 from mtasr.pipeline.runner import GraphRunner
 from mtasr.pipeline.transcript import Transcript
+from mtasr.pipeline.words import LiveTranscript
+from mtasr.spec import SAMPLE_RATE, decoder_joint_spec, diarizer_spec, encoder_spec
 from mtasr.spec import ModelDims as Dims
-from mtasr.spec import decoder_joint_spec, diarizer_spec, encoder_spec
 
 
 @dataclass
@@ -31,6 +32,7 @@ class SpeakerState:
     cache_last_channel_len: np.ndarray  # (1,)
     decoder: greedy.DecoderState
     started: bool = False  # has been active once (NeMo: its hypothesis is no longer None)
+    runs: list[tuple[int, int]] = field(default_factory=list)  # (session step, frames decoded before it)
 
 
 @dataclass
@@ -41,11 +43,17 @@ class Session:
     chunker: FeatureChunker
     diar: spkcache.SyncSpeakerCacheState
     total_preds: np.ndarray  # (frames, n_spk) latest diarizer probabilities (the cache-gating window)
-    transcript: Transcript
+    transcript: Transcript  # NeMo's arithmetic (timing "nemo")
+    words: LiveTranscript  # audio-time words and utterances (timing "audio")
     speakers: dict[int, SpeakerState] = field(default_factory=dict)
     offset: float = 0.0  # start time of the next chunk as NeMo counts it
     steps: int = 0
     pending: list = field(default_factory=list)  # chunks cut but not yet processed: (feats, length)
+    samples: int = 0  # audio received
+
+    @property
+    def audio_seconds(self) -> float:
+        return self.samples / SAMPLE_RATE
 
 
 @dataclass
@@ -79,6 +87,8 @@ class Engine:
             diar=spkcache.init_sync_state(self.params, 1, self.dims.diar_emb_dim),
             total_preds=np.zeros((0, self.params.n_spk), dtype=np.float32),
             transcript=Transcript(self.cfg.frame_len_sec, self.cfg.sent_break_sec),
+            words=LiveTranscript(self.cfg.vocabulary, self.cfg.frame_len_sec, self.cfg.nframes_per_chunk,
+                                 self.cfg.pause_sec),
         )
 
     def _new_speaker(self) -> SpeakerState:
@@ -93,6 +103,7 @@ class Engine:
     def push_audio(self, session: Session, samples: np.ndarray, last: bool = False) -> None:
         """Buffer audio; complete chunks queue up in `session.pending`."""
         chunks = session.chunker.push(samples) if samples.size else []
+        session.samples += samples.size
         if last:
             chunks += session.chunker.finish()
         session.pending.extend(chunks)
@@ -137,7 +148,18 @@ class Engine:
                         for spk, st in sorted(session.speakers.items()) if st.started}
                 out.changed_speakers = session.transcript.update(hyps, session.offset)
                 session.offset += self.cfg.nframes_per_chunk * self.cfg.frame_len_sec
+            self._update_words(session)
         return outputs
+
+    def finish(self, session: Session) -> None:
+        """After the last step of an ended session: every utterance becomes final."""
+        self._update_words(session, last=True)
+
+    def _update_words(self, session: Session, last: bool = False) -> None:
+        decoded = min(session.steps * self.cfg.nframes_per_chunk * self.cfg.frame_len_sec, session.audio_seconds)
+        hyps = {spk: (st.decoder.tokens[0], st.decoder.frame_indices[0], st.runs)
+                for spk, st in session.speakers.items() if st.started}
+        session.words.update(hyps, decoded, session.audio_seconds, session.session_id, last=last)
 
     def _diarize(self, work) -> list[np.ndarray]:
         """Diarizer calls (one per distinct chunk length), then each session's speaker-cache update."""
@@ -196,6 +218,8 @@ class Engine:
                     t, b = (t > 0.5).astype(np.float32), (b > 0.5).astype(np.float32)
                 spk_t[r], bg_t[r] = t, b
         states = [session.speakers[spk] for session, spk, _, _, _ in rows]
+        for (session, _, _, _, _), s in zip(rows, states, strict=True):
+            s.runs.append((session.steps, int(s.decoder.frames[0])))
         feeds = {
             "audio_signal": signal, "length": lengths,
             "cache_last_channel": np.concatenate([s.cache_last_channel for s in states]),

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
+from mtasr.spec import TIMINGS
+
 GRAPH_ROLES = ("diarizer", "encoder", "decoder_joint")
 SPEAKER_MODES = ("kernel", "masked")
 DEFAULT_MAX_SESSIONS = 32
@@ -23,8 +25,11 @@ class OrchestratorParams:
     in_process_models: tuple[str, ...] = ()  # graph roles run in the orchestrator's own ONNX Runtime session
     intra_op_threads: int = 0  # ONNX Runtime threads for the big graphs (0: its default)
     max_sessions: int = DEFAULT_MAX_SESSIONS
+    timing: str = TIMINGS[0]  # a session's timestamps unless its START asks otherwise ("audio" | "nemo")
 
     def __post_init__(self) -> None:
+        if self.timing not in TIMINGS:
+            raise ValueError(f"unknown timing {self.timing!r}; use one of {TIMINGS}")
         if self.speaker_mode not in SPEAKER_MODES:
             raise ValueError(f"unknown speaker mode {self.speaker_mode!r}; use one of {SPEAKER_MODES}")
         if not set(self.in_process_models) <= set(GRAPH_ROLES):

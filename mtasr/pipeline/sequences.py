@@ -27,7 +27,7 @@ from mtasr.pipeline.sessions import (
     log,
     same_owner,
 )
-from mtasr.spec import MAX_CHUNK_SECONDS, NUM_SPEAKERS, SAMPLE_RATE
+from mtasr.spec import MAX_CHUNK_SECONDS, NUM_SPEAKERS, SAMPLE_RATE, TIMINGS
 
 
 @dataclass
@@ -40,6 +40,7 @@ class AudioRequest:
     audio: np.ndarray | None = None  # float32 samples, or None
     audio_int16: np.ndarray | None = None
     session_key: str | None = None  # the client's per-session secret (forwarded header)
+    timing: str | None = None  # START only: "audio" | "nemo" (None: the server's default)
     ready: bool = True  # False: a batcher's filler request (no client waits for it); answered empty, not counted
 
 
@@ -49,8 +50,9 @@ class Reply:
 
     error: str | None = None
     error_code: ErrorCode | None = None
-    segments: list[dict] = field(default_factory=list)  # changed since the sequence's last reply
-    transcript: list[dict] = field(default_factory=list)  # whole session so far (final when `final`)
+    segments: list[dict] = field(default_factory=list)  # final since the last reply (nemo: changed since)
+    interim: list[dict] = field(default_factory=list)  # each speaker's unstable tail (nemo: none)
+    transcript: list[dict] = field(default_factory=list)  # whole session at END (nemo: in every reply)
     activity: np.ndarray = field(default_factory=lambda: np.zeros((0, NUM_SPEAKERS), dtype=np.float32))
     final: bool = False
 
@@ -61,6 +63,9 @@ class Reply:
     def segments_json(self) -> bytes:
         return json.dumps(self.segments).encode()
 
+    def interim_json(self) -> bytes:
+        return json.dumps(self.interim).encode()
+
     def transcript_json(self) -> bytes:
         return json.dumps(self.transcript).encode()
 
@@ -70,7 +75,8 @@ class _Live:
     session: Session
     owner: bytes  # SHA-256 of the session key
     last_seen: float
-    sent: dict[tuple, dict] = field(default_factory=dict)  # (speaker, start) -> segment last sent
+    timing: str = "audio"
+    sent: dict[tuple, dict] = field(default_factory=dict)  # timing nemo: (speaker, start) -> segment last sent
 
 
 def samples_of(req: AudioRequest) -> np.ndarray:
@@ -107,8 +113,12 @@ class SequenceManager:
 
     def __init__(self, engine: Engine, policy: SessionPolicy | None = None,
                  clock: Callable[[], float] = time.monotonic, events: SessionEvents | None = None,
-                 session_name: Callable[[int], str] = lambda corrid: f"stream_{corrid}") -> None:
+                 session_name: Callable[[int], str] = lambda corrid: f"stream_{corrid}",
+                 timing: str = TIMINGS[0]) -> None:
+        if timing not in TIMINGS:
+            raise ValueError(f"unknown timing {timing!r}; use one of {TIMINGS}")
         self.engine = engine
+        self.timing = timing
         self.policy = policy or SessionPolicy()
         self.clock = clock
         self.events = events or SessionEvents()
@@ -167,7 +177,10 @@ class SequenceManager:
             if len(self.live) >= self.policy.max_sessions:
                 raise RequestError(f"server full ({self.policy.max_sessions} sessions): try again later",
                                    ErrorCode.UNAVAILABLE, RefusalReason.FULL)
-            return _Live(self.engine.new_session(self.session_name(req.corrid)), owner, self.clock())
+            timing = req.timing or self.timing
+            if timing not in TIMINGS:
+                raise RequestError(f"unknown timing {timing!r}: use one of {', '.join(TIMINGS)}")
+            return _Live(self.engine.new_session(self.session_name(req.corrid)), owner, self.clock(), timing)
         if live is None or not same_owner(live.owner, req.session_key):
             # an unknown id and another client's id get the same answer: no oracle for live ids
             raise RequestError(f"sequence {req.corrid} is not open for this client: start it with START and send "
@@ -214,6 +227,8 @@ class SequenceManager:
             self.events.stepped(time.perf_counter() - t0)
         for i, live in touched:
             req = requests[i]
+            if req.end:
+                self.engine.finish(live.session)
             replies[i] = self._reply(live, activity.get(live.session.session_id), final=req.end)
             if req.end:
                 del self.live[req.corrid]
@@ -236,12 +251,16 @@ class SequenceManager:
 
     def _reply(self, live: _Live, activity: np.ndarray | None, final: bool) -> Reply:
         session = live.session
-        current = session.transcript.final(session.session_id)
+        act = (activity if activity is not None else np.zeros((0, NUM_SPEAKERS), np.float32)).astype(np.float32)
+        if live.timing == "audio":
+            words = session.words
+            return Reply(segments=words.drain(), interim=words.interim_segments(),
+                         transcript=words.seglst() if final else [], activity=act, final=final)
+        current = session.transcript.final(session.session_id)  # NeMo's arithmetic, whole transcript every reply
         changed = []
         for seg in current:
             key = (seg["speaker"], seg["start_time"])
             if live.sent.get(key) != seg:
                 changed.append(seg)
                 live.sent[key] = dict(seg)
-        act = activity if activity is not None else np.zeros((0, NUM_SPEAKERS), dtype=np.float32)
-        return Reply(segments=changed, transcript=current, activity=act.astype(np.float32), final=final)
+        return Reply(segments=changed, transcript=current, activity=act, final=final)

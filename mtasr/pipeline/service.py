@@ -42,4 +42,4 @@ def sequence_manager(folder: Path, model_config: dict, bls: GraphRunner,
     engine = Engine(cfg, FeatureParams.load(folder / FEATURES), RoutedRunner(bls, local))
     idle_us = int(model_config["sequence_batching"]["max_sequence_idle_microseconds"])
     policy = SessionPolicy(max_sessions=params.max_sessions, idle_timeout_s=idle_us / 1e6)
-    return SequenceManager(engine, policy, events=events)
+    return SequenceManager(engine, policy, events=events, timing=params.timing)

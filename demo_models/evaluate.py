@@ -7,9 +7,13 @@ Generates held-out sessions (demo_models.data, split `heldout`), then
   every session with `mtasr-client` (SegLST + RTTM per session);
 - NeMo reference: NeMo's own streaming multitalker flow (export.reference: the tutorial's `SpeakerTaggedASR`,
   speaker-kernel mode, preset [70,13]): its SegLST, and its diarizer sigmoids binarized like the client does.
-Prints `eval: cpwer=<pct> cpwer_overlap=<pct> der=<pct> sessions=<n> pipeline=<served|nemo-reference>` for
-each, where `cpwer` is over the sessions without overlap and `cpwer_overlap` over those with overlap, and writes
-`<out>/scores.json` (the same figures plus per-pipeline wall time).
+Both in audio timing: words at their audio times, utterances split at pauses (the reference maps NeMo's own
+hypotheses the same way, `mtasr-reference --timing audio`).
+Prints `eval: cpwer=<pct> cpwer_overlap=<pct> tcpwer=<pct> der=<pct> sessions=<n> pipeline=<served|nemo-reference>`
+for each, where `cpwer` is over the sessions without overlap, `cpwer_overlap` over those with overlap, and
+`tcpwer` meeteval's time-constrained cpWER over all sessions (collar 5 s, as in CHiME-8: a hypothesis word counts
+only if its time falls within 5 s of the reference word's, words placed inside reference turns by characters);
+writes `<out>/scores.json` (the same figures plus per-pipeline wall time).
 """
 
 from __future__ import annotations
@@ -62,6 +66,35 @@ def cpwer(refs: list[dict], hyps: list[dict]):
     return combine_error_rates(*results.values())
 
 
+TCPWER_COLLAR = 5.0
+
+
+def word_level(hyps: list[dict]) -> list[dict]:
+    """One SegLST entry per word at its own time (segments carry `word_times` in audio timing)."""
+    out = []
+    for h in hyps:
+        times = h.get("word_times") or []
+        words = h["words"].split()
+        if len(times) != len(words):  # no word times: the segment as it is
+            out.append(h)
+            continue
+        out += [{**h, "words": w, "start_time": a, "end_time": b, "word_times": [[a, b]]}
+                for w, (a, b) in zip(words, times, strict=True)]
+    return out
+
+
+def tcpwer(refs: list[dict], hyps: list[dict], collar: float = TCPWER_COLLAR):
+    """meeteval tcpWER of SegLST lists (all sessions together) -> combined ErrorRate."""
+    from meeteval.io import SegLST
+    from meeteval.wer.api import tcpwer as mt_tcpwer
+    from meeteval.wer.wer.error_rate import combine_error_rates
+
+    keep = ("session_id", "speaker", "start_time", "end_time", "words")
+    hyp = [{k: h[k] for k in keep} for h in word_level(hyps)]
+    results = mt_tcpwer(SegLST([{k: r[k] for k in keep} for r in refs]), SegLST(hyp), collar=collar)
+    return combine_error_rates(*results.values())
+
+
 def score(sessions: list[dict], out: Path, label: str) -> dict:
     """Read `<out>/<id>.seglst.json` and `<out>/<id>.rttm` hypotheses; print and return the scores."""
     groups: dict[str, tuple[list, list]] = {"clean": ([], []), "overlap": ([], [])}
@@ -83,13 +116,15 @@ def score(sessions: list[dict], out: Path, label: str) -> dict:
     for key, (refs, hyps) in groups.items():
         result[f"sessions_{key}"] = len({r["session_id"] for r in refs})
         result[f"cpwer_{key}"] = 100 * cpwer(refs, hyps).error_rate if refs else float("nan")
+    all_refs = [r for refs, _ in groups.values() for r in refs]
+    result["tcpwer"] = 100 * tcpwer(all_refs, [h for _, hyps in groups.values() for h in hyps]).error_rate
     print(eval_line(result, label), flush=True)
     return result
 
 
 def eval_line(result: dict, label: str) -> str:
     return (f"eval: cpwer={result['cpwer_clean']:.1f} cpwer_overlap={result['cpwer_overlap']:.1f} "
-            f"der={result['der']:.1f} sessions={result['sessions']} pipeline={label}")
+            f"tcpwer={result['tcpwer']:.1f} der={result['der']:.1f} sessions={result['sessions']} pipeline={label}")
 
 
 def run_reference(sessions: list[dict], diar_nemo: Path, asr_nemo: Path, out: Path, masked: bool) -> float:
@@ -106,7 +141,7 @@ def run_reference(sessions: list[dict], diar_nemo: Path, asr_nemo: Path, out: Pa
         audio, rate = sf.read(s["audio_filepath"], dtype="float32")
         assert rate == SAMPLE_RATE
         audio_s += len(audio) / rate
-        segs = ref.transcribe(audio, s["session_id"])
+        segs = ref.transcribe(audio, s["session_id"], timing="audio")
         (out / f"{s['session_id']}.seglst.json").write_text(json.dumps(segs, indent=1))
         rttm = rttm_lines(s["session_id"], ref.diar_preds)
         (out / f"{s['session_id']}.rttm").write_text("\n".join(rttm) + "\n")

@@ -15,8 +15,8 @@ from tests.conftest import PARITY_LINE, ROOT, assert_same_seglst, run_cli
 
 DIAR, ASR = ROOT / "demo_models" / "diar_demo.nemo", ROOT / "demo_models" / "asr_demo.nemo"
 pytestmark = pytest.mark.skipif(not (DIAR.is_file() and ASR.is_file()), reason="demo models are not shipped")
-EVAL_LINE = re.compile(r"^eval: cpwer=(?P<cpwer>\S+) cpwer_overlap=(?P<cpwer_overlap>\S+) der=(?P<der>\S+) "
-                       r"sessions=(?P<sessions>\d+) pipeline=(?P<pipeline>\S+)$")
+EVAL_LINE = re.compile(r"^eval: cpwer=(?P<cpwer>\S+) cpwer_overlap=(?P<cpwer_overlap>\S+) tcpwer=(?P<tcpwer>\S+) "
+                       r"der=(?P<der>\S+) sessions=(?P<sessions>\d+) pipeline=(?P<pipeline>\S+)$")
 SAMPLE = ROOT / "tests" / "data" / "long_three_speakers.flac"
 
 
@@ -37,7 +37,7 @@ def test_eval_smoke_served_equals_reference(tmp_path):
     lines = {m["pipeline"]: m for m in map(EVAL_LINE.match, proc.stdout.splitlines()) if m}
     print("\n".join(m.group(0) for m in lines.values()))
     served, reference = lines["served"], lines["nemo-reference"]
-    for key in ("cpwer", "cpwer_overlap", "der", "sessions"):
+    for key in ("cpwer", "cpwer_overlap", "tcpwer", "der", "sessions"):
         assert served[key] == reference[key], key
     assert float(served["cpwer"]) < 60.0  # words are recognised (random weights score ~100)
     sessions = [json.loads(x) for x in (tmp_path / "heldout" / "sessions.jsonl").read_text().splitlines()]
@@ -47,3 +47,5 @@ def test_eval_smoke_served_equals_reference(tmp_path):
         for g in got:
             g["session_id"] = s["session_id"]
         assert_same_seglst(got, want)
+        duration = s["duration"]
+        assert all(w[1] <= duration + 0.1 for g in got for w in g["word_times"])  # nothing after the audio's end

@@ -47,18 +47,24 @@ def served(tiny_parity, tmp_path_factory):
 
 
 def test_served_equals_reference(served_combo, tiny_parity):
+    """Both timings: NeMo's own SegLST (timing nemo) and NeMo's hypotheses mapped to audio time (timing audio,
+    the default), which must also keep every word inside the audio."""
     from export.reference import Reference
 
     nemo = tiny_parity["work"] / "nemo"
     served = served_combo
     ctx = tuple(int(x) for x in served["preset"].split("_"))
     ref = Reference(str(nemo / "diarizer.nemo"), str(nemo / "asr.nemo"), ctx, served["mode"] == "masked")
-    for i, name in enumerate(COMBOS[(served["preset"], served["mode"])]):
+    for name in COMBOS[(served["preset"], served["mode"])]:
         audio = read_audio(DATA / f"{name}.flac")
-        want = ref.transcribe(audio, name)
-        got = stream_audio(served["url"], audio, sequence_id=100 + i, session_id=name, chunk_ms=160).seglst
-        assert want and len({s["speaker"] for s in want}) >= 2, f"{name}: reference output too thin to compare"
-        assert_same_seglst(got, want)
+        for timing in ("nemo", "audio"):
+            want = ref.transcribe(audio, name, timing)
+            got = stream_audio(served["url"], audio, session_id=name, chunk_ms=160, timing=timing).seglst
+            assert want and len({s["speaker"] for s in want}) >= 2, f"{name}: reference output too thin to compare"
+            assert_same_seglst(got, want)
+            if timing == "audio":
+                assert got == want  # the same function of the same tokens: exact
+                assert max(w[1] for s in got for w in s["word_times"]) <= len(audio) / 16000 + 0.1
 
 
 def test_client_chunk_size_does_not_matter(served):

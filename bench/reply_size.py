@@ -4,7 +4,8 @@
 
 The session is the committed samples played one after another (with 1 s of silence between) until `--minutes`;
 each timing streams it once in 160 ms pieces. Prints, per timing, the JSON bytes of `segments` + `interim` +
-`transcript` per reply: mean and max over the first and the last minute, and the total.
+`transcript` per reply: mean and max over the first and the last minute (the END reply, which carries the whole
+SegLST in audio timing, apart), and the total.
 """
 
 from __future__ import annotations
@@ -36,13 +37,14 @@ def long_session(minutes: float) -> np.ndarray:
 
 
 def profile(url: str, audio: np.ndarray, timing: str, chunk_ms: float = 160.0) -> dict:
-    """Bytes per reply of one session: first / last minute (mean, max) and total."""
+    """Bytes per reply of one session: first / last minute (mean, max; the END reply apart) and total."""
     r = stream_audio(url, audio, session_id="long", chunk_ms=chunk_ms, timing=timing)
     per_min = int(60_000 / chunk_ms)
-    first, last = r.reply_bytes[:per_min], r.reply_bytes[-per_min:]
+    steps, end = r.reply_bytes[:-1], r.reply_bytes[-1]
+    first, last = steps[:per_min], steps[-per_min:]
     return {"replies": len(r.reply_bytes), "first_minute_mean": round(float(np.mean(first)), 1),
             "first_minute_max": int(max(first)), "last_minute_mean": round(float(np.mean(last)), 1),
-            "last_minute_max": int(max(last)), "total_bytes": int(sum(r.reply_bytes)),
+            "last_minute_max": int(max(last)), "end_reply": int(end), "total_bytes": int(sum(r.reply_bytes)),
             "segments": len(r.seglst)}
 
 

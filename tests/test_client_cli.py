@@ -59,3 +59,32 @@ def test_serve_and_reference_defaults_follow_the_demo():
     assert "--address 127.0.0.1 " in dry.stdout
     default = next(a.default for a in reference.build_parser()._actions if a.dest == "models")
     assert demo.ROOT / default == demo.DEMO_REPO / "multitalker" / "1"
+
+
+def test_output_formats_and_low_rate_warning(tmp_path):
+    from client.audio import write_wav
+    from export.audio import synth_conversation
+
+    wav = tmp_path / "a.wav"
+    write_wav(wav, synth_conversation(1.0, 2))
+    for args, message in ((["--format", "seglst,bogus"], "--format takes a comma list"),
+                          (["--format", "ctm", "--timing", "nemo"], "need word times")):
+        proc = run_cli("client", str(wav), "--out", str(tmp_path / "o"), *args, timeout=120)
+        assert proc.returncode == 2 and message in proc.stderr.strip().splitlines()[-1], proc.stderr
+    narrow = tmp_path / "phone.wav"
+    write_wav(narrow, synth_conversation(1.0, 2)[::2], rate=8000)
+    port = free_ports(1)[0]
+    proc = run_cli("client", str(narrow), "--out", str(tmp_path / "o"), "--url", f"127.0.0.1:{port}", timeout=120)
+    lines = proc.stderr.strip().splitlines()
+    assert lines[0] == (f"mtasr-client: warning: {narrow} is sampled at 8000 Hz: upsampled to 16000 Hz, but accuracy "
+                        "drops for band-limited audio"), lines
+
+
+def test_word_outputs():
+    from client.cli import ctm_lines, word_records
+
+    seg = {"session_id": "s", "speaker": "speaker_1", "start_time": 0.4, "end_time": 1.2, "words": "nine oh",
+           "word_times": [[0.4, 0.72], [0.88, 1.2]]}
+    records = word_records([seg])
+    assert [(r["word"], r["start_time"], r["end_time"]) for r in records] == [("nine", 0.4, 0.72), ("oh", 0.88, 1.2)]
+    assert ctm_lines(records) == ["s speaker_1 0.40 0.32 nine", "s speaker_1 0.88 0.32 oh"]

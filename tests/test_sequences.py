@@ -183,3 +183,30 @@ def test_failing_graph_call_drops_only_its_sequences(engine):
     assert "internal error, sequence 22 dropped: RuntimeError: encoder: batch too large" == r.error
     assert 22 not in m.live and 21 in m.live
     assert m.handle([_req(21, np.zeros((1, 1600), np.float32), end=True)])[0].error is None
+
+
+def _reply_bytes(engine, timing: str, audio: np.ndarray, piece: int = 2560) -> list[int]:
+    m = SequenceManager(engine, timing=timing)
+    sizes = []
+    for pos in range(0, len(audio), piece):
+        r = m.handle([_req(61, audio[None, pos : pos + piece], start=pos == 0, end=pos + piece >= len(audio))])[0]
+        assert r.error is None
+        sizes.append(len(r.segments_json()) + len(r.interim_json()) + len(r.transcript_json()))
+    return sizes[:-1]  # the END reply carries the whole SegLST (audio timing) by design
+
+
+def test_reply_size_stays_flat_in_audio_timing(engine):
+    """Audio timing sends each final segment once plus the open tails: replies do not grow with the session.
+    NeMo timing re-sends the whole transcript every time: they do. The same 10 s conversation (+ 1.5 s of
+    silence) six times over; mean bytes per reply in the 2nd and the 6th repetition."""
+    clip = np.concatenate([synth_conversation(10.0, 3, seed=8), np.zeros(24000, np.float32)])
+    per = len(clip) // 2560
+
+    def repetitions(timing: str) -> tuple[float, float]:
+        sizes = _reply_bytes(engine, timing, np.tile(clip, 6))
+        return float(np.mean(sizes[per : 2 * per])), float(np.mean(sizes[5 * per : 6 * per]))
+
+    audio_t, nemo_t = repetitions("audio"), repetitions("nemo")
+    print(f"mean bytes per reply, 2nd vs 6th repetition: audio {audio_t}, nemo {nemo_t}")
+    assert nemo_t[1] > 2 * nemo_t[0]  # the growth this test would catch
+    assert audio_t[1] < 1.5 * audio_t[0] + 100

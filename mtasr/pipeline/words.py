@@ -9,8 +9,9 @@ hypotheses with `session_frames` below, which is how both are compared.
 
 Utterances: a speaker's words split where the gap between two words is at least `pause_sec`. An utterance is
 final once a later word of that speaker exists, or the session's decoded audio has run `pause_sec` past its last
-word, or the session ends; a final utterance is sent once and never changes (a token that would continue its
-last word after that starts a new word).
+word, or the session ends; an open utterance longer than `MAX_UTTERANCE_SEC` releases all its words but the last
+as final. A final utterance is sent once and never changes (a token that would continue its last word after that
+starts a new word).
 """
 
 from __future__ import annotations
@@ -25,6 +26,9 @@ from mtasr.greedy import tokens_to_words
 # words within a turn had median 0.24 s (p90 0.48 s), at turn boundaries 1.28 s; "gap >= 0.6 s" found turn
 # boundaries with the best F1 of the candidates (0.887: precision 0.90, recall 0.87; 0.5 s 0.883, 0.8 s 0.853).
 DEFAULT_PAUSE_SEC = 0.6
+# A speaker who never pauses for that long still gets final segments: once the open utterance spans this much,
+# its words but the last (which may still grow) become final. Bounds the interim tail, hence every reply.
+MAX_UTTERANCE_SEC = 20.0
 
 
 @dataclass(frozen=True)
@@ -94,6 +98,7 @@ class LiveTranscript:
     frame_sec: float
     frames_per_step: int
     pause_sec: float = DEFAULT_PAUSE_SEC
+    max_utterance_sec: float = MAX_UTTERANCE_SEC
     speakers: dict[int, SpeakerWords] = field(default_factory=dict)
     final: list[dict] = field(default_factory=list)  # every final segment so far
     pending: list[dict] = field(default_factory=list)  # final segments not yet sent
@@ -110,6 +115,9 @@ class LiveTranscript:
             groups = split_utterances(words, self.pause_sec)
             if groups and not last and decoded_end - groups[-1][-1].end < self.pause_sec:
                 tail = groups.pop()  # the speaker may still be talking
+                if len(tail) > 1 and tail[-1].end - tail[0].start > self.max_utterance_sec:
+                    groups.append(tail[:-1])  # a speaker without pauses: release the words that are complete
+                    tail = tail[-1:]
             else:
                 tail = []
             name = f"speaker_{spk}"

@@ -88,3 +88,19 @@ def test_word_outputs():
     records = word_records([seg])
     assert [(r["word"], r["start_time"], r["end_time"]) for r in records] == [("nine", 0.4, 0.72), ("oh", 0.88, 1.2)]
     assert ctm_lines(records) == ["s speaker_1 0.40 0.32 nine", "s speaker_1 0.88 0.32 oh"]
+
+
+def test_live_view_final_in_colour_interim_dim(capsys):
+    from client.cli import CLEAR_LINE, COLORS, DIM, LiveView
+
+    seg = {"speaker": "speaker_1", "start_time": 0.4, "end_time": 1.2, "words": "nine oh"}
+    view = LiveView(color=True, interim=True)
+    view.show("s", False, [], [{**seg, "words": "nine"}])
+    view.show("s", False, [seg], [])
+    view.close()
+    out = capsys.readouterr().out
+    assert out.startswith(f"{DIM}speaker_1: nine")  # the open utterance, dim, on the status line
+    assert f"{CLEAR_LINE}{COLORS[1]}speaker_1    0.40-   1.20  nine oh" in out  # replaced by the final line
+    plain = LiveView(color=False, interim=False)
+    plain.show("s", True, [seg], [seg])
+    assert capsys.readouterr().out == "[s] speaker_1    0.40-   1.20  nine oh\n"  # no terminal: finals only

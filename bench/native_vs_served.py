@@ -62,7 +62,8 @@ def run(graphs: Path, seconds: float, preset: str, mode: str, speakers: int = 2)
 
     with serving.served(graphs, preset, mode) as server:
         stream_audio(server.grpc_url, warm)
-        served, served_s = _timed(lambda: stream_audio(server.grpc_url, audio, session_id="s"))
+        # NeMo timing: the same SegLST as the native flow's, so the outputs can be compared word for word
+        served, served_s = _timed(lambda: stream_audio(server.grpc_url, audio, session_id="s", timing="nemo"))
     words = [[(s["speaker"], s["words"]) for s in x] for x in (native, local, served.seglst)]
     return {
         "audio_seconds": seconds, "speakers": speakers, "preset": preset, "speaker_mode": mode,

@@ -195,15 +195,22 @@ class TritonServer:
             time.sleep(0.2)
 
     def stop(self, grace: float = 20.0) -> None:
-        """SIGTERM (Triton unloads models and exits), SIGKILL after `grace` seconds; only our own PID."""
-        if self.proc is None or self.proc.poll() is not None:
+        """SIGTERM (Triton unloads models and exits), SIGKILL after `grace` seconds; only our own PID. Then the
+        rest of its process group (its Python backend stubs) is killed: a tritonserver that died abruptly
+        (SIGKILL, crash) leaves stubs behind that would hold their memory."""
+        if self.proc is None:
             return
-        self.proc.terminate()
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(grace)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
         try:
-            self.proc.wait(grace)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(10)
+            os.killpg(self.proc.pid, signal.SIGKILL)  # the group _die_with_parent made: this server's own
+        except (ProcessLookupError, PermissionError):
+            pass
 
     def log_tail(self, chars: int = 4000) -> str:
         return self.log_path.read_text(errors="replace")[-chars:] if self.log_path.exists() else ""

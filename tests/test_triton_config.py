@@ -132,7 +132,7 @@ def test_orchestrator_config(target):
     params = {k: v.string_value for k, v in cfg.parameters.items()}
     assert params == {"diarizer_model": "diarizer", "encoder_model": "encoder", "decoder_joint_model": "decoder_joint",
                       "preset": "70_6", "speaker_mode": "masked", "intra_op_threads": "0",
-                      "max_sessions": str(DEFAULT_MAX_SESSIONS),
+                      "max_sessions": str(DEFAULT_MAX_SESSIONS), "timing": "audio",
                       "in_process_models": ",".join(IN_PROCESS_DEFAULT[target])}
     # every parameter written is one the orchestrator reads back, and nothing else
     parsed = OrchestratorParams.from_params(params)

@@ -133,11 +133,16 @@ class SequenceManager:
             self._reaper = Reaper(self.expire_idle, self.policy.reap_period_s).start()
 
     def close(self) -> None:
+        """Stop the reaper and drop every session; never blocks for long (a server going away may leave a
+        request stuck mid-call, holding the lock)."""
         if self._reaper is not None:
             self._reaper.stop()
             self._reaper = None
-        with self._lock:
-            self.live.clear()
+        if self._lock.acquire(timeout=2):
+            try:
+                self.live.clear()
+            finally:
+                self._lock.release()
 
     def expire_idle(self, keep: frozenset[int] = frozenset()) -> list[int]:
         """Drop sessions not heard from within the idle timeout (a client that vanished), except `keep`."""

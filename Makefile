@@ -7,7 +7,7 @@ ifeq ($(FULL),1)
 SIZE := full
 endif
 
-.PHONY: setup demo test parity export lint clean train-demo eval espeak reliability
+.PHONY: setup demo test parity export lint clean train-demo eval espeak nginx reliability cluster-test
 
 # .venv for export/tests + .venv-serve and .triton/ for the server (serve-setup, below).
 setup: $(STAMP) serve-setup
@@ -25,7 +25,7 @@ $(STAMP): pyproject.toml constraints.txt
 demo: setup
 	$(PY) -m client.demo
 
-test: setup espeak
+test: setup espeak nginx
 	$(PY) -m pytest -q
 
 # ONNX Runtime + numpy vs NeMo PyTorch streaming, chained; FULL=1 for the full-size architectures.
@@ -45,6 +45,11 @@ lint: setup
 espeak:
 	command -v espeak-ng >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq espeak-ng)
 
+# The gRPC edge (Debian's nginx 1.22) for the local cluster test; openssl makes its test certificates.
+nginx:
+	command -v nginx >/dev/null && command -v openssl >/dev/null || (apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nginx openssl)
+
 # Train the small demo models on CPU (<= 60 min on 2 cores): writes demo_models/checkpoints/{diar,asr}_demo.nemo
 # and training.json; the shipped copies are demo_models/{diar,asr}_demo.nemo.
 train-demo: setup espeak
@@ -60,6 +65,11 @@ eval: setup espeak
 # one line per case, then `reliability: cases=P/N ...`; non-zero exit on any failure. `make test` runs its fast core.
 reliability: setup
 	$(PY) -m reliability
+
+# nginx (deploy/edge template: TLS, session affinity, limits) + 2 local tritonservers: 16 sessions, one replica
+# killed mid-run, restarted. Last line `cluster: replicas=2 sessions=N split=a/b equal=N/N failover_ms=...`.
+cluster-test: setup nginx
+	$(PY) -m edge.cluster
 
 clean:
 	rm -rf artifacts .pytest_cache

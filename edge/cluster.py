@@ -35,6 +35,7 @@ from export.audio import synth_conversation
 from model_repository.build import build
 
 STARTED = "mtasr_sessions_started_total"
+ACTIVE = "mtasr_active_sessions"
 
 
 class Edge:
@@ -106,12 +107,12 @@ def tls_pair(work: Path) -> tuple[Path, Path]:
     return cert, key
 
 
-def started(server: TritonServer) -> int:
-    """Sessions a replica admitted so far (its metrics port)."""
+def metric(server: TritonServer, name: str) -> int:
+    """An unlabelled metric of a replica (its metrics port)."""
     import urllib.request
 
     text = urllib.request.urlopen(server.metrics_url, timeout=5).read().decode()  # noqa: S310 - loopback
-    return int(float(next(line.split()[-1] for line in text.splitlines() if line.startswith(STARTED + " "))))
+    return int(float(next(line.split()[-1] for line in text.splitlines() if line.startswith(name + " "))))
 
 
 @dataclass
@@ -122,21 +123,25 @@ class Outcome:
     at: float = 0.0  # monotonic time the session ended
 
 
-def run_sessions(conn: Connection, audios: list[np.ndarray], realtime: bool) -> list[Outcome]:
-    """Every audio as its own session, all at once; each session's output or error and when it ended."""
-    out = [Outcome(i) for i in range(len(audios))]
+def session_thread(conn: Connection, audio: np.ndarray, outcome: Outcome, realtime: bool) -> threading.Thread:
+    """A started thread streaming `audio` as one session into `outcome` (output or error, and when it ended)."""
 
-    def one(i: int) -> None:
+    def one() -> None:
         try:
-            out[i].seglst = stream_audio(conn, audios[i], session_id=f"s{i}", realtime=realtime).seglst
+            outcome.seglst = stream_audio(conn, audio, session_id=f"s{outcome.index}", realtime=realtime).seglst
         except StreamError as exc:
-            out[i].error = str(exc)
-        out[i].at = time.monotonic()
+            outcome.error = str(exc)
+        outcome.at = time.monotonic()
 
-    threads = [threading.Thread(target=one, args=(i,), daemon=True) for i in range(len(audios))]
-    for t in threads:
-        t.start()
-    for t in threads:
+    thread = threading.Thread(target=one, daemon=True)
+    thread.start()
+    return thread
+
+
+def run_sessions(conn: Connection, audios: list[np.ndarray], realtime: bool) -> list[Outcome]:
+    """Every audio as its own session, all at once."""
+    out = [Outcome(i) for i in range(len(audios))]
+    for t in [session_thread(conn, a, o, realtime) for a, o in zip(audios, out, strict=True)]:
         t.join(600)
     return out
 
@@ -175,8 +180,8 @@ class Cluster:
     def conn(self) -> Connection:
         return Connection(f"localhost:{self.edge_port}", tls_ca=self.cert)
 
-    def split(self) -> list[int]:
-        return [started(r) if r is not None and r.proc.poll() is None else 0 for r in self.replicas]
+    def split(self, name: str = STARTED) -> list[int]:
+        return [metric(r, name) if r is not None and r.proc.poll() is None else 0 for r in self.replicas]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -217,15 +222,21 @@ def run(graphs: Path, work: Path, n: int) -> dict:
         if min(split) == 0:
             problems.append(f"sessions did not spread over both replicas: {split}")
 
-        # Phase 2: replica 0 dies under real-time load
-        live = audios[: max(4, n // 2)]
-        results: list = []
-        runner = threading.Thread(target=lambda: results.extend(run_sessions(conn, live, realtime=True)))
-        runner.start()
-        time.sleep(3.0)
+        # Phase 2: replica 0 dies under real-time load. Sessions are added until both replicas hold some (the
+        # hash decides where a session goes).
+        results: list[Outcome] = []
+        threads = []
+        for i, a in enumerate(audios):
+            results.append(Outcome(i))
+            threads.append(session_thread(conn, a, results[-1], realtime=True))
+            time.sleep(0.3)
+            if i >= 3 and min(cluster.split(ACTIVE)) > 0:
+                break
+        time.sleep(2.0)
         killed_at = time.monotonic()
         cluster.replicas[0].proc.send_signal(signal.SIGKILL)
-        runner.join(600)
+        for t in threads:
+            t.join(600)
         cluster.replicas[0].stop()  # reap it and its stubs
         failed = [o for o in results if o.error]
         survived = [o for o in results if not o.error]

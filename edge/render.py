@@ -32,6 +32,7 @@ class EdgeSettings:
     max_conn: int = 32  # concurrent streams/calls per client address
     req_rate: str = "20r/s"  # new streams/calls per client address
     req_burst: int = 64
+    max_stream_body: str = "512m"  # a whole streaming session (nginx sums a stream's messages)
 
     def env(self) -> dict[str, str]:
         return {f"MTASR_EDGE_{f.name.upper()}": str(getattr(self, f.name)) for f in fields(self)}

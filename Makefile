@@ -80,7 +80,7 @@ clean:
 SERVE_VENV := .venv-serve
 SERVE_PY := $(SERVE_VENV)/bin/python
 SERVE_STAMP := $(SERVE_VENV)/.setup-stamp
-SERVE_PKGS := numpy==1.26.4 onnxruntime==1.32.0 threadpoolctl==3.8.0 'tritonclient[grpc]==2.73.0' protobuf==6.33.6
+SERVE_REQUIREMENTS := docker/requirements-serve.txt
 TRITON_DIR := .triton
 # make serve [GRAPHS=<exported folder>] [TARGET=cpu|gpu] [REPO=...] [PRESET=70_13] [SPEAKER_MODE=kernel|masked]
 #   [ADDRESS=127.0.0.1] [MAX_SESSIONS=32] [IDLE_TIMEOUT_S=5] [TIMING=audio|nemo] [API_KEY_FILE=...]
@@ -106,11 +106,11 @@ TLS_KEY ?=
 
 serve-setup: $(SERVE_STAMP)
 
-$(SERVE_STAMP): pyproject.toml docker/install_triton_local.sh docker/install_perf_analyzer.sh
+$(SERVE_STAMP): pyproject.toml $(SERVE_REQUIREMENTS) docker/install_triton_local.sh docker/install_perf_analyzer.sh
 	test -x $(SERVE_PY) || python3 -m venv $(SERVE_VENV)
 	echo '*' > $(SERVE_VENV)/.gitignore
 	$(SERVE_PY) -m pip install -q --upgrade pip
-	$(SERVE_PY) -m pip install -q $(SERVE_PKGS)
+	$(SERVE_PY) -m pip install -q -r $(SERVE_REQUIREMENTS)
 	$(SERVE_PY) -m pip install -q --no-deps -e .
 	bash docker/install_triton_local.sh $(SERVE_PY) $(TRITON_DIR)
 	bash docker/install_perf_analyzer.sh $(SERVE_PY) $(TRITON_DIR)

@@ -249,6 +249,13 @@ def main(argv: list[str] | None = None) -> int:
                          "<repo>.admin-key, mode 0600)")
     ap.add_argument("--api-key-file", type=Path, help="file holding an inference key clients must send "
                                                       "(default: env MTASR_API_KEY; none: inference is open)")
+    ap.add_argument("--admin-key-out", type=Path,
+                    help="where a random admin key is written (default: <repo>.admin-key)")
+    ap.add_argument("--triton-dir", type=Path, default=TRITON_DIR,
+                    help="Triton install with bin/tritonserver and backends/ (default: %(default)s; in NVIDIA's "
+                         "container /opt/tritonserver)")
+    ap.add_argument("--serve-venv", type=Path, default=SERVE_VENV,
+                    help="Python environment of the orchestrator's stub (default: %(default)s)")
     ap.add_argument("--tls-cert", type=Path, help="PEM certificate: serve gRPC over TLS (with --tls-key)")
     ap.add_argument("--tls-key", type=Path, help="PEM private key of --tls-cert")
     args = ap.parse_args(argv)
@@ -259,10 +266,10 @@ def main(argv: list[str] | None = None) -> int:
     tls = (args.tls_cert.resolve(), args.tls_key.resolve()) if args.tls_cert else None
     server = TritonServer(args.repo, args.http_port, args.grpc_port, args.metrics_port, args.models, args.log,
                           address=args.address, http_address=args.http_address, admin_key=admin_key,
-                          api_key=api_key, tls=tls)
+                          api_key=api_key, tls=tls, triton_dir=args.triton_dir, venv=args.serve_venv)
     key_note = "from --admin-key-file/MTASR_ADMIN_KEY"
     if admin_key is None:
-        key_file = server.repo.with_name(server.repo.name + ".admin-key")
+        key_file = args.admin_key_out or server.repo.with_name(server.repo.name + ".admin-key")
         key_file.touch(mode=0o600)
         key_file.chmod(0o600)
         key_file.write_text(server.admin_key + "\n")

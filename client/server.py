@@ -18,6 +18,7 @@ import argparse
 import ctypes
 import json
 import os
+import re
 import secrets
 import signal
 import socket
@@ -125,6 +126,16 @@ class TritonServer:
     @property
     def metrics_url(self) -> str:
         return f"http://{self._host(self.address)}:{self.metrics_port}/metrics"
+
+    def metric(self, name: str, labels: str = "") -> float:
+        """One sample from the metrics port, e.g. `metric("mtasr_requests_refused_total", '{reason="full"}')`;
+        without `labels` the first series of `name`. KeyError when it is not there."""
+        text = urllib.request.urlopen(self.metrics_url, timeout=5).read().decode()  # noqa: S310 - own server
+        tail = re.escape(labels) if labels else r"(?:\{[^}]*\})?"
+        found = re.findall(rf"^{re.escape(name)}{tail} (\S+)$", text, re.M)
+        if not found:
+            raise KeyError(f"metric {name}{labels} is not on {self.metrics_url}")
+        return float(found[0])
 
     def admin_headers(self) -> dict[str, str]:
         """gRPC headers that pass the admin-protocol restriction (statistics, model config, ...)."""

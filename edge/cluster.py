@@ -107,14 +107,6 @@ def tls_pair(work: Path) -> tuple[Path, Path]:
     return cert, key
 
 
-def metric(server: TritonServer, name: str) -> int:
-    """An unlabelled metric of a replica (its metrics port)."""
-    import urllib.request
-
-    text = urllib.request.urlopen(server.metrics_url, timeout=5).read().decode()  # noqa: S310 - loopback
-    return int(float(next(line.split()[-1] for line in text.splitlines() if line.startswith(name + " "))))
-
-
 @dataclass
 class Outcome:
     index: int
@@ -181,7 +173,7 @@ class Cluster:
         return Connection(f"localhost:{self.edge_port}", tls_ca=self.cert)
 
     def split(self, name: str = STARTED) -> list[int]:
-        return [metric(r, name) if r is not None and r.proc.poll() is None else 0 for r in self.replicas]
+        return [int(r.metric(name)) if r is not None and r.proc.poll() is None else 0 for r in self.replicas]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -30,6 +30,7 @@ from client.stream import (
     new_session_key,
     stream_audio,
 )
+from edge.cluster import tls_pair
 from export.audio import synth_conversation
 from mtasr.pipeline.metrics import METRICS, SESSIONS_EXPIRED
 from mtasr.spec import ADMIN_KEY_HEADER, ORCHESTRATOR, SAMPLE_RATE, SESSION_KEY_HEADER
@@ -43,7 +44,6 @@ from reliability.harness import (
     cli,
     kill,
     listening,
-    metric,
     rss_mb,
     spawn,
     wait_until,
@@ -129,18 +129,9 @@ def admin_protocols_need_the_key(h: Harness) -> dict:
     return {"restricted": sorted(calls)}
 
 
-def _tls_pair(h: Harness) -> tuple:
-    cert, key = h.work / "tls.crt", h.work / "tls.key"
-    if not cert.is_file():
-        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out",
-                        str(cert), "-days", "1", "-subj", "/CN=localhost",
-                        "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"], check=True, capture_output=True)
-    return cert, key
-
-
 @case(fast=True)
 def api_key_and_tls(h: Harness) -> dict:
-    cert, key = _tls_pair(h)
+    cert, key = tls_pair(h.work)
     api_key = new_session_key()
     s = h.server("locked", api_key=api_key, tls=(cert, key))
     audio = h.audio(SAMPLES[0])
@@ -225,12 +216,12 @@ def admission_and_expiry(h: Harness) -> dict:
     abandoned = time.monotonic()
     admission_ms = max(refusals)
     check(admission_ms < 1000, f"a START over the cap took {admission_ms:.0f} ms to be refused")
-    check(metric(s, ACTIVE) == 4, "4 sessions live")
-    freed = wait_until(lambda: metric(s, ACTIVE) == 0, idle + 10, period=0.1)  # no request is sent meanwhile
+    check(s.metric(ACTIVE) == 4, "4 sessions live")
+    freed = wait_until(lambda: s.metric(ACTIVE) == 0, idle + 10, period=0.1)  # no request is sent meanwhile
     check(freed is not None, f"abandoned sessions not freed within {idle + 10:.0f} s")
     expiry_s = time.monotonic() - abandoned
     check(expiry_s <= idle + 2, f"expiry took {expiry_s:.1f} s for a {idle:.0f} s idle timeout")
-    check(metric(s, SESSIONS_EXPIRED.name) == 4, "4 expirations counted")
+    check(s.metric(SESSIONS_EXPIRED.name) == 4, "4 expirations counted")
     logged = sum(int(n) for n in re.findall(r"expired (\d+) idle session", s.log_path.read_text()))
     check(logged == 4, f"{logged} expirations logged, expected 4")
     again = stream_audio(s.grpc_url, h.audio(SAMPLES[0]), session_id=SAMPLES[0])  # slots are free again
@@ -411,7 +402,7 @@ def bad_input(h: Harness) -> dict:
     piece = SAMPLE_RATE
     pieces = [audio[i : i + piece] for i in range(0, len(audio), piece)]
     infer_piece(c, pieces[0], sid, key, start=True)
-    before = metric(s, "mtasr_requests_refused_total", '{reason="bad_request"}')
+    before = s.metric("mtasr_requests_refused_total", '{reason="bad_request"}')
     statuses = {}
     for what, (inputs, start, corrid, status, message) in bad.items():
         exc = _refusal(lambda inputs=inputs, start=start, corrid=corrid: c.infer(
@@ -422,7 +413,7 @@ def bad_input(h: Harness) -> dict:
               f"{what}: {statuses[what]} {exc.message()[:300]}")
         check(s.proc.poll() is None, f"the server died on {what}")
     model_side = 6  # empty, NaN, Inf, over 2 s, neither, both: the rest are refused by Triton before the model
-    counted = metric(s, "mtasr_requests_refused_total", '{reason="bad_request"}') - before
+    counted = s.metric("mtasr_requests_refused_total", '{reason="bad_request"}') - before
     check(counted == model_side, f"{counted} model-side refusals counted, expected {model_side}")
     last = None
     for i, p in enumerate(pieces[1:], 1):
@@ -464,7 +455,7 @@ def client_killed_midstream(h: Harness) -> dict:
     p = spawn("client", str(DATA / "long_three_speakers.flac"), "--out", str(h.work / "killed"), "--url", s.grpc_url,
               "--realtime", "--quiet", "--no-plot")
     try:
-        check(wait_until(lambda: metric(s, ACTIVE) == 1, 60, 0.1) is not None, "the client's session never started")
+        check(wait_until(lambda: s.metric(ACTIVE) == 1, 60, 0.1) is not None, "the client's session never started")
         time.sleep(1.0)
     finally:
         kill(p)
@@ -472,7 +463,7 @@ def client_killed_midstream(h: Harness) -> dict:
     killed = time.monotonic()
     other = stream_audio(s.grpc_url, h.audio(SAMPLES[0]), session_id=SAMPLES[0])
     check(other.seglst == h.solo(SAMPLES[0]), "a session next to the killed client differs from its solo run")
-    check(wait_until(lambda: metric(s, ACTIVE) == 0, idle + 10, 0.1) is not None, "the dead client's state stayed")
+    check(wait_until(lambda: s.metric(ACTIVE) == 0, idle + 10, 0.1) is not None, "the dead client's state stayed")
     freed_s = time.monotonic() - killed
     check(freed_s <= idle + 2, f"freed after {freed_s:.1f} s (idle timeout {idle:.0f} s)")
     return {"freed_after_s": round(freed_s, 2)}
@@ -485,7 +476,7 @@ def server_killed_midstream(h: Harness) -> dict:
     p = spawn("client", str(DATA / "long_three_speakers.flac"), "--out", str(out), "--url", s.grpc_url,
               "--realtime", "--quiet", "--no-plot")
     try:
-        check(wait_until(lambda: metric(s, ACTIVE) == 1, 60, 0.1) is not None, "the client's session never started")
+        check(wait_until(lambda: s.metric(ACTIVE) == 1, 60, 0.1) is not None, "the client's session never started")
         time.sleep(3.0)
         stubs = [q for q in descendants(s.pid) if q != s.pid]
         kill_time = time.monotonic()
@@ -609,5 +600,5 @@ def many_short_sequences_flat_rss(h: Harness) -> dict:
     h.figures["rss_growth_mb"] = round(growth, 1)
     check(lost == 0, f"{lost} of {n} sequences got no answer")
     check(growth < 30, f"server RSS grew {growth:.1f} MB over {n - warm} sequences")
-    check(metric(s, ACTIVE) == 0, "sequences left live")
+    check(s.metric(ACTIVE) == 0, "sequences left live")
     return {"sequences": n, "rss_mb": {k: round(v, 1) for k, v in rss.items()}, "growth_mb": round(growth, 1)}

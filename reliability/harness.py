@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import re
 import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -82,17 +80,6 @@ class Harness:
 
 def connection(server: TritonServer, **kwargs) -> Connection:
     return Connection(server.grpc_url, **kwargs)
-
-
-def metric(server: TritonServer, name: str, labels: str = "") -> float:
-    """One sample of the server's Prometheus text (e.g. `metric(s, "mtasr_active_sessions")`)."""
-    text = urllib.request.urlopen(server.metrics_url, timeout=5).read().decode()  # noqa: S310 - loopback
-    pattern = re.compile(rf"^{re.escape(name)}{re.escape(labels)}(?:\{{[^}}]*\}})? (\S+)$", re.M) if not labels \
-        else re.compile(rf"^{re.escape(name)}{re.escape(labels)} (\S+)$", re.M)
-    found = pattern.findall(text)
-    if not found:
-        raise CaseFailure(f"metric {name}{labels} is not on {server.metrics_url}")
-    return float(found[0])
 
 
 def wait_until(predicate, timeout: float, period: float = 0.05) -> float | None:

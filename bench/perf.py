@@ -39,7 +39,7 @@ from mtasr.spec import (
 )
 
 ROOT = Path(__file__).resolve().parents[1]
-PERF_ANALYZER = ROOT / ".triton" / "bin" / "perf_analyzer"
+PERF_ANALYZER = Path(os.environ.get("MTASR_PERF_ANALYZER", ROOT / ".triton" / "bin" / "perf_analyzer"))
 
 
 def step_samples(graphs: Path, preset: str = "70_13") -> int:

@@ -1,11 +1,12 @@
 """Build a Triton model repository from an exported graphs folder, or regenerate the committed reference configs.
 
-    python -m model_repository.build --graphs DIR --target cpu|gpu --out DIR [--preset 70_13]
+    python -m model_repository.build --graphs DIR --target cpu|gpu|tensorrt --out DIR [--preset 70_13]
                                      [--speaker-mode kernel|masked] [--copy]
     python -m model_repository.build --write-committed
 
 Models: `diarizer`, `encoder` (the chosen latency preset's graph), `decoder_joint` (fp16 graphs on gpu when
-exported) and `multitalker` (config; `1/` holds `manifest.json`, the feature files and model.py, copied from
+exported; on tensorrt the fp32 graphs plus `build_plans.sh`, which builds their plans in the container) and
+`multitalker` (config; `1/` holds `manifest.json`, the feature files and model.py, copied from
 `model_repository/multitalker/model.py` when that exists). Graph files are symlinked into `<model>/1/`
 (`--copy` copies them); on cpu each graph model gets `onnx_model.py` as its `1/model.py`.
 """
@@ -52,6 +53,7 @@ def graph_folders(manifest: dict, target: str, preset: str) -> dict[str, str]:
     for model, folder in chosen.items():
         if graphs.get(folder) != model:
             raise BuildError(f"manifest lists no {model} graph {folder!r} (graphs: {graphs})")
+        # ONNX Runtime on gpu serves the fp16 copy; TensorRT builds its fp16 plan from the fp32 graph
         if target == "gpu" and graphs.get(folder + "_fp16") == model:
             chosen[model] = folder + "_fp16"
     return chosen
@@ -128,6 +130,10 @@ def build(graphs: Path, target: str, out: Path, preset: str | None = None, speak
     else:
         log.warning("%s does not exist yet: %s/1/model.py not written, Triton cannot load %s",
                     ORCHESTRATOR_PY, ORCHESTRATOR, ORCHESTRATOR)
+    if target == "tensorrt":
+        from model_repository.tensorrt import SCRIPT, build_script
+
+        (work / SCRIPT).write_text(build_script(work))
     (work / MARKER).write_text(json.dumps({"graphs": str(graphs.resolve()), "target": target, "preset": preset,
                                            "speaker_mode": speaker_mode, "models": folders,
                                            "in_process": list(in_process)}, indent=2))

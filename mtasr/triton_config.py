@@ -1,7 +1,9 @@
 """Triton `config.pbtxt` for every served model, built from `mtasr.spec` through Triton's ModelConfig protobuf.
 
 Targets: "gpu" serves the graphs with Triton's ONNX Runtime backend (`platform: onnxruntime_onnx`, KIND_GPU);
-"cpu" serves them with the Python backend running ONNX Runtime (`model_repository/onnx_model.py`, KIND_CPU).
+"tensorrt" with Triton's TensorRT backend (`platform: tensorrt_plan`, plans built in the container from the ONNX
+graphs, `model_repository.tensorrt`); "cpu" with the Python backend running ONNX Runtime
+(`model_repository/onnx_model.py`, KIND_CPU).
 The `multitalker` orchestrator is a Python-backend model under the sequence batcher (oldest strategy). Its
 control inputs START / END / READY are TYPE_BOOL (false/true) and CORRID is TYPE_UINT64, each shaped
 [batch, 1] in the requests the model receives.
@@ -25,14 +27,16 @@ from mtasr.spec import (
     orchestrator_spec,
 )
 
-TARGETS = ("cpu", "gpu")
+TARGETS = ("cpu", "gpu", "tensorrt")
+GPU_TARGETS = ("gpu", "tensorrt")
 GRAPH_MODELS = GRAPH_ROLES  # model names in the repository (= graph kinds)
 # Graphs the orchestrator runs in its own ONNX Runtime session instead of through BLS, by target. The RNNT greedy
 # loop calls decoder_joint once per emitted symbol and frame (about 50 calls per step for 2 speakers): through BLS
 # each call is a round trip between processes (~3 ms), in process ~0.07 ms on the tiny models. On the CPU a BLS
 # graph model is one more Python-backend process with its own thread pool on the same cores, so the cpu target
 # runs every graph in process; on gpu the diarizer and encoder stay Triton models (ONNX Runtime / TensorRT).
-IN_PROCESS_DEFAULT = {"cpu": GRAPH_MODELS, "gpu": ("decoder_joint",)}
+IN_PROCESS_DEFAULT = {"cpu": GRAPH_MODELS, "gpu": ("decoder_joint",), "tensorrt": ("decoder_joint",)}
+PLAN_FILE = "model.plan"  # a TensorRT graph model's engine, next to the model.onnx it is built from
 ORCHESTRATOR_MAX_BATCH = 32
 # One orchestrator execute sends every active speaker of every sequence in one encoder call: up to 4 rows each.
 GRAPH_MAX_BATCH = ORCHESTRATOR_MAX_BATCH * NUM_SPEAKERS
@@ -93,13 +97,17 @@ def _param(cfg: mc.ModelConfig, key: str, value: str) -> None:
 
 def graph_config(spec: GraphSpec, target: str, name: str | None = None,
                  max_batch_size: int = GRAPH_MAX_BATCH) -> mc.ModelConfig:
-    """A stateless graph model with dynamic batching: ONNX Runtime backend on GPU, Python backend on CPU."""
+    """A stateless graph model with dynamic batching: ONNX Runtime or TensorRT on GPU, Python backend on CPU."""
     if target not in TARGETS:
         raise ValueError(f"unknown target {target!r}; use one of {TARGETS}")
     cfg = mc.ModelConfig(name=name or spec.name, max_batch_size=max_batch_size)
     if target == "gpu":
         cfg.platform = "onnxruntime_onnx"
         cfg.default_model_filename = "model.onnx"
+        kind = mc.ModelInstanceGroup.KIND_GPU
+    elif target == "tensorrt":
+        cfg.platform = "tensorrt_plan"
+        cfg.default_model_filename = PLAN_FILE
         kind = mc.ModelInstanceGroup.KIND_GPU
     else:
         cfg.backend = "python"

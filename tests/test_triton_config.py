@@ -90,6 +90,9 @@ def test_graph_configs_follow_the_spec(target, dims):
         if target == "gpu":
             assert cfg.platform == "onnxruntime_onnx" and not cfg.backend
             assert group.kind == mc.ModelInstanceGroup.KIND_GPU and cfg.default_model_filename == "model.onnx"
+        elif target == "tensorrt":
+            assert cfg.platform == "tensorrt_plan" and not cfg.backend
+            assert group.kind == mc.ModelInstanceGroup.KIND_GPU and cfg.default_model_filename == "model.plan"
         else:
             assert cfg.backend == "python" and not cfg.platform
             assert group.kind == mc.ModelInstanceGroup.KIND_CPU
@@ -184,7 +187,7 @@ def _fake_graphs(root: Path, fp16: bool) -> Path:
     return root
 
 
-@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("target", ["cpu", "gpu"])  # tensorrt: tests/test_tensorrt.py, on real tiny graphs
 @pytest.mark.parametrize("in_process", [None, ()])
 def test_build_layout(tmp_path, target, in_process):
     graphs = _fake_graphs(tmp_path / "graphs", fp16=True)

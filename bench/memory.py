@@ -133,7 +133,7 @@ def measure_rss(url: str, pid: int, counts: tuple[int, ...] = (1, 8, 32), pieces
     """Server tree RSS: cold, at baseline (after one warm-up sequence), with `counts` sequences open (START +
     pieces, no END), after END, and again for a second round of the largest count (growth there = a leak)."""
     from client.stream import connect
-    from export.audio import synth_conversation
+    from mtasr.audio import synth_conversation
 
     client = connect(url)
     n = int(piece_s * SAMPLE_RATE)

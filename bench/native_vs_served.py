@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from export.audio import synth_conversation
+from mtasr.audio import synth_conversation
 from mtasr.spec import SAMPLE_RATE
 
 

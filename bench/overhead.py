@@ -48,7 +48,7 @@ class TimedRunner:
 def run(graphs: Path, preset: str = "70_13", sessions: int = 8, seconds: float = 10.0,
         chunk_ms: float = 160.0) -> dict:
     """`sessions` streams sent in lockstep, one `chunk_ms` piece each per batch (as the sequence batcher would)."""
-    from export.audio import synth_conversation
+    from mtasr.audio import synth_conversation
 
     single_threaded_blas()  # as the multitalker model does
     cfg = PipelineConfig.from_folder(graphs, preset=preset)

@@ -53,7 +53,7 @@ def step_samples(graphs: Path, preset: str = "70_13") -> int:
 
 def input_data(step: int, seconds: float, streams: int = 4, seed: int = 0) -> dict:
     """perf_analyzer `--input-data` JSON: `streams` sequences of whole-step audio requests (base64 raw tensors)."""
-    from export.audio import synth_conversation
+    from mtasr.audio import synth_conversation
 
     audio = orchestrator_spec().inputs[0]
     steps = max(1, int(seconds * SAMPLE_RATE) // step)

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from client.audio import read_audio
 from client.server import ROOT
 from client.stream import stream_audio
+from mtasr.audio import read_audio
 from mtasr.spec import SAMPLE_RATE, TIMINGS
 
 SAMPLES = ("two_speakers_overlap", "three_speakers", "long_three_speakers")

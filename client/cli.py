@@ -20,7 +20,6 @@ from pathlib import Path
 
 import numpy as np
 
-from client.audio import AudioError, audio_rate, read_audio
 from client.stream import (
     ClientError,
     Connection,
@@ -31,6 +30,7 @@ from client.stream import (
     stream_audio,
     validate_stream_options,
 )
+from mtasr.audio import AudioError, audio_rate, read_audio
 from mtasr.spec import SAMPLE_RATE
 
 COLORS = ["\033[91m", "\033[92m", "\033[94m", "\033[93m", "\033[95m", "\033[96m", "\033[31m", "\033[32m"]

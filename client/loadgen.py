@@ -28,11 +28,11 @@ def make_audios(seconds: float, chunk_ms: float, audio: Path | str | None = None
                 variants: int = 8) -> list[np.ndarray]:
     """Session audio: a file (read_audio) or `variants` synthetic conversations, cut to whole `chunk_ms` pieces."""
     if audio is not None:
-        from client.audio import read_audio
+        from mtasr.audio import read_audio
 
         clips = [read_audio(audio)[: int(seconds * SAMPLE_RATE)]]
     else:
-        from export.audio import synth_conversation
+        from mtasr.audio import synth_conversation
 
         clips = [synth_conversation(seconds, n_speakers=2 + i % 2, seed=i) for i in range(variants)]
     piece = int(round(chunk_ms * SAMPLE_RATE / 1000))

@@ -31,8 +31,8 @@ import numpy as np
 from client.server import ROOT, TritonServer, _die_with_parent, free_ports
 from client.stream import Connection, StreamError, stream_audio
 from edge.render import EdgeSettings, render, upstream_lines
-from export.audio import synth_conversation
 from model_repository.build import build
+from mtasr.audio import synth_conversation
 
 STARTED = "mtasr_sessions_started_total"
 ACTIVE = "mtasr_active_sessions"

@@ -26,11 +26,11 @@ import onnxruntime as ort
 import torch
 
 from export import builders
-from export.audio import synth_conversation
 from export.exporter import configure_diarizer_streaming, export_all, load_manifest, set_preset
 from export.loading import load_asr, load_diarizer
 from export.wrappers import DecoderJointStep
 from mtasr import greedy, spkcache
+from mtasr.audio import synth_conversation
 from mtasr.features import FeatureParams, StreamingLogMel, logmel
 from mtasr.masking import mask_features
 from mtasr.spec import ATT_CONTEXT_SIZES, graph_specs, preset_name

@@ -146,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from client.audio import AudioError, read_audio
+    from mtasr.audio import AudioError, read_audio
 
     args = build_parser().parse_args(argv)
     try:

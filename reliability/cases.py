@@ -31,7 +31,7 @@ from client.stream import (
     stream_audio,
 )
 from edge.cluster import tls_pair
-from export.audio import synth_conversation
+from mtasr.audio import synth_conversation
 from mtasr.pipeline.metrics import METRICS, SESSIONS_EXPIRED
 from mtasr.spec import ADMIN_KEY_HEADER, ORCHESTRATOR, SAMPLE_RATE, SESSION_KEY_HEADER
 from reliability.harness import (

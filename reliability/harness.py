@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 
 from bench.memory import tree_rss
-from client.audio import read_audio
 from client.server import ROOT, TritonServer
 from client.stream import Connection, stream_audio
 from model_repository.build import build
+from mtasr.audio import read_audio
 
 DATA = ROOT / "tests" / "data"
 SAMPLES = ("two_speakers_overlap", "three_speakers")

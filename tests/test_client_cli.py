@@ -19,8 +19,7 @@ def test_unreadable_file(tmp_path):
 
 
 def test_server_down(tmp_path):
-    from client.audio import write_wav
-    from export.audio import synth_conversation
+    from mtasr.audio import synth_conversation, write_wav
 
     wav = tmp_path / "a.wav"
     write_wav(wav, synth_conversation(1.0, 2))
@@ -32,10 +31,9 @@ def test_server_down(tmp_path):
 
 def test_model_not_ready(tmp_path, tiny_parity):
     """A server whose repository lacks `multitalker`: the client says the model is not ready."""
-    from client.audio import write_wav
     from client.server import TritonServer
-    from export.audio import synth_conversation
     from model_repository.build import build
+    from mtasr.audio import synth_conversation, write_wav
 
     repo = build(tiny_parity["work"] / "graphs", "cpu", tmp_path / "repo", in_process=())  # graphs as models
     wav = tmp_path / "a.wav"
@@ -62,8 +60,7 @@ def test_serve_and_reference_defaults_follow_the_demo():
 
 
 def test_output_formats_and_low_rate_warning(tmp_path):
-    from client.audio import write_wav
-    from export.audio import synth_conversation
+    from mtasr.audio import synth_conversation, write_wav
 
     wav = tmp_path / "a.wav"
     write_wav(wav, synth_conversation(1.0, 2))

@@ -11,11 +11,10 @@ import numpy as np
 import pytest
 from conftest import assert_same_seglst
 
-from client.audio import read_audio
 from client.server import TritonServer
 from client.stream import new_session_key, stream_audio
-from export.audio import synth_conversation
 from model_repository.build import build
+from mtasr.audio import read_audio, synth_conversation
 from mtasr.spec import SESSION_KEY_HEADER
 
 DATA = Path(__file__).resolve().parent / "data"

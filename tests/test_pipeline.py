@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from conftest import assert_same_seglst
 
-from export.audio import synth_conversation
+from mtasr.audio import synth_conversation
 from mtasr.features import FeatureParams
 from mtasr.pipeline import Engine, OrtRunner, PipelineConfig
 

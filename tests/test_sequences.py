@@ -7,7 +7,7 @@ import time
 import numpy as np
 import pytest
 
-from export.audio import synth_conversation
+from mtasr.audio import synth_conversation
 from mtasr.features import FeatureParams
 from mtasr.pipeline import Engine, OrtRunner, PipelineConfig
 from mtasr.pipeline.metrics import (

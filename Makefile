@@ -39,7 +39,7 @@ export: setup
 	$(PY) -m export --nemo $(DIAR_NEMO) $(ASR_NEMO) --out $(OUT) --presets $(PRESETS) --fp16
 
 lint: setup
-	.venv/bin/ruff check mtasr export tests demo_models client bench model_repository reliability
+	.venv/bin/ruff check mtasr export tests demo_models client bench model_repository reliability edge
 
 # Synthetic speech for the demo models (Debian package).
 espeak:

@@ -19,10 +19,10 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 
 from bench.batching import encoder_feeds, median_ms
 from mtasr.pipeline import PipelineConfig
+from mtasr.pipeline.runner import ort_session
 from mtasr.spec import N_MELS, ModelDims, diarizer_spec, encoder_spec
 
 MATMUL_OPS = {"MatMul", "Gemm", "FusedMatMul", "FusedGemm"}
@@ -31,7 +31,6 @@ CONV_OPS = {"Conv", "FusedConv"}
 
 def matmul_peak(n: int = 2048, repeats: int = 10, threads: int = 0) -> dict:
     """GFLOP/s of an n x n x n fp32 GEMM: ONNX Runtime (a one-node graph) and numpy; the best is the peak."""
-    import onnx
     from onnx import TensorProto, helper
 
     a = helper.make_tensor_value_info("a", TensorProto.FLOAT, [n, n])
@@ -39,10 +38,7 @@ def matmul_peak(n: int = 2048, repeats: int = 10, threads: int = 0) -> dict:
     c = helper.make_tensor_value_info("c", TensorProto.FLOAT, [n, n])
     model = helper.make_model(helper.make_graph([helper.make_node("MatMul", ["a", "b"], ["c"])], "mm", [a, b], [c]),
                               opset_imports=[helper.make_opsetid("", 17)])
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    sess = ort.InferenceSession(onnx._serialize(model) if hasattr(onnx, "_serialize") else model.SerializeToString(),
-                                opts, providers=["CPUExecutionProvider"])
+    sess = ort_session(model.SerializeToString(), threads)
     x = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)
     flops = 2.0 * n**3
     ort_gflops = flops / median_ms(lambda: sess.run(None, {"a": x, "b": x}), repeats) / 1e6
@@ -72,12 +68,7 @@ def _weight_shapes(path: Path) -> dict[str, list[int]]:
 def profile_flops(path: Path, feeds: dict[str, np.ndarray]) -> dict:
     """GFLOPs of one run of the graph at `path` on `feeds`, from an unoptimised ONNX Runtime profile."""
     with tempfile.TemporaryDirectory() as tmp:
-        opts = ort.SessionOptions()
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-        opts.enable_profiling = True
-        opts.profile_file_prefix = str(Path(tmp) / "prof")
-        opts.log_severity_level = 3
-        sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        sess = ort_session(path, optimize=False, profile_prefix=str(Path(tmp) / "prof"))
         sess.run(None, feeds)
         events = json.loads(Path(sess.end_profiling()).read_text())
     weights = _weight_shapes(path)
@@ -125,10 +116,7 @@ def run(graphs: Path, preset: str = "70_13", rows: int = 2, repeats: int = 10, t
     for name, (graph, feeds) in steps.items():
         path = graphs / graph / "model.onnx"
         counted = profile_flops(path, feeds)
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        opts.log_severity_level = 3
-        sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        sess = ort_session(path, threads)
         outputs = (diarizer_spec if name == "diarizer" else encoder_spec)(ModelDims(**cfg.dims)).output_names
         seconds = median_ms(lambda s=sess, f=feeds, o=outputs: s.run(o, f), repeats) / 1000
         gflops_s = counted["gflops"] / seconds

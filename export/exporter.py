@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,6 +12,7 @@ import torch
 from export.features_export import feature_params_from_nemo
 from export.onnx_export import export_graph, folder_bytes, to_fp16
 from export.wrappers import DecoderJointStep, DiarizerStep, EncoderStep
+from mtasr.files import atomic_folder
 from mtasr.spec import DEFAULT_ATT_CONTEXT, ModelDims, graph_specs, preset_name
 
 MANIFEST = "manifest.json"
@@ -129,17 +129,9 @@ def export_all(diar, asr, out_dir: Path, presets: list[tuple[int, int]] | None =
     for p in presets:
         preset_name(p)
     out_dir = Path(out_dir)
-    work = out_dir.with_name(out_dir.name + ".partial")
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
     result = ExportResult(out_dir)
-    try:
+    with atomic_folder(out_dir) as work:
         _export_into(diar, asr, work, presets, fp16, sources or {}, result)
-        shutil.rmtree(out_dir, ignore_errors=True)
-        work.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
     return result
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import onnx
 import torch
 
+from mtasr.files import atomic_folder
 from mtasr.spec import GraphSpec
 
 OPSET = 17
@@ -22,13 +23,10 @@ def export_graph(module: torch.nn.Module, spec: GraphSpec, example: tuple, out_d
     """Export `module` called on `example` into `out_dir/model.onnx` with the spec's names and dynamic axes.
 
     Graphs over 2 GB keep their weights in one external file `model.onnx.data` beside it.
-    Writes into a temporary sibling folder first, so a failure leaves nothing half-written.
+    Written through `atomic_folder`, so a failure leaves nothing half-written.
     """
     out_dir = Path(out_dir)
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
+    with atomic_folder(out_dir) as tmp:
         path = tmp / MODEL_FILE
         dynamic_axes = {t.name: t.dynamic_axes for t in spec.inputs + spec.outputs if t.dynamic_axes}
         with torch.no_grad(), warnings.catch_warnings():
@@ -45,11 +43,6 @@ def export_graph(module: torch.nn.Module, spec: GraphSpec, example: tuple, out_d
                 dynamo=False,
             )
         _consolidate(path)
-        shutil.rmtree(out_dir, ignore_errors=True)
-        tmp.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir / MODEL_FILE
 
 

@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnxruntime as ort
 import torch
 
 from export import builders
@@ -33,6 +32,7 @@ from mtasr import greedy, spkcache
 from mtasr.audio import synth_conversation
 from mtasr.features import FeatureParams, StreamingLogMel, logmel
 from mtasr.masking import mask_features
+from mtasr.pipeline.runner import ort_session
 from mtasr.spec import ATT_CONTEXT_SIZES, graph_specs, preset_name
 from mtasr.spec import ModelDims as Dims
 
@@ -70,10 +70,8 @@ class Figures:
         return worst <= TOLERANCE and tokens_ok and not self.failures
 
 
-def _session(path: Path) -> ort.InferenceSession:
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+def _session(path: Path):
+    return ort_session(path)
 
 
 def _np(x: torch.Tensor) -> np.ndarray:

@@ -21,6 +21,7 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
+from mtasr.files import atomic_folder
 from mtasr.pipeline.params import DEFAULT_IDLE_TIMEOUT_S, DEFAULT_MAX_SESSIONS, SPEAKER_MODES
 from mtasr.spec import ORCHESTRATOR, PUBLIC_CHECKPOINT_DIMS, TIMINGS, ModelDims, parse_preset, preset_name
 from mtasr.triton_config import GRAPH_MODELS, IN_PROCESS_DEFAULT, TARGETS, repository_configs, to_pbtxt
@@ -97,8 +98,6 @@ def build(graphs: Path, target: str, out: Path, preset: str | None = None, speak
     if out.exists() and any(out.iterdir()) and not (out / MARKER).exists():
         raise BuildError(f"{out} is not empty and not a repository built here; refusing to replace it")
 
-    work = out.with_name(out.name + ".partial")
-    shutil.rmtree(work, ignore_errors=True)
     in_process = IN_PROCESS_DEFAULT.get(target, ()) if in_process is None else tuple(in_process)
     if not set(in_process) <= set(GRAPH_MODELS):
         raise BuildError(f"--in-process takes models among {GRAPH_MODELS}, got {','.join(in_process)}")
@@ -109,36 +108,35 @@ def build(graphs: Path, target: str, out: Path, preset: str | None = None, speak
         raise BuildError(f"unknown timing {timing!r}; use one of {TIMINGS}")
     configs = repository_configs(manifest_dims(manifest), target, preset, speaker_mode, in_process, max_sessions,
                                  idle_timeout_s, timing)
-    write_configs(configs, work)
-    orchestrator = work / ORCHESTRATOR / "1"
-    orchestrator.mkdir(parents=True)
-    for model, folder in folders.items():
-        version = orchestrator / "graphs" / model if model in in_process else work / model / "1"
-        version.mkdir(parents=True)
-        for f in sorted((graphs / folder).iterdir()):
-            _place(f, version / f.name, copy)
-        if target == "cpu" and model not in in_process:
-            shutil.copy2(ONNX_MODEL_PY, version / "model.py")
-    for name in manifest.get("features", {}).values():
-        shutil.copy2(graphs / name, orchestrator / name)
-    # The orchestrator's manifest also records how this repository serves (read by mtasr-reference).
-    serving = {"target": target, "preset": preset, "speaker_mode": speaker_mode, "in_process": list(in_process),
-               "timing": timing}
-    (orchestrator / "manifest.json").write_text(json.dumps({**manifest, "serving": serving}, indent=2))
-    if ORCHESTRATOR_PY.is_file():
-        shutil.copy2(ORCHESTRATOR_PY, orchestrator / "model.py")
-    else:
-        log.warning("%s does not exist yet: %s/1/model.py not written, Triton cannot load %s",
-                    ORCHESTRATOR_PY, ORCHESTRATOR, ORCHESTRATOR)
-    if target == "tensorrt":
-        from model_repository.tensorrt import SCRIPT, build_script
+    with atomic_folder(out) as work:
+        write_configs(configs, work)
+        orchestrator = work / ORCHESTRATOR / "1"
+        orchestrator.mkdir(parents=True)
+        for model, folder in folders.items():
+            version = orchestrator / "graphs" / model if model in in_process else work / model / "1"
+            version.mkdir(parents=True)
+            for f in sorted((graphs / folder).iterdir()):
+                _place(f, version / f.name, copy)
+            if target == "cpu" and model not in in_process:
+                shutil.copy2(ONNX_MODEL_PY, version / "model.py")
+        for name in manifest.get("features", {}).values():
+            shutil.copy2(graphs / name, orchestrator / name)
+        # The orchestrator's manifest also records how this repository serves (read by mtasr-reference).
+        serving = {"target": target, "preset": preset, "speaker_mode": speaker_mode, "in_process": list(in_process),
+                   "timing": timing}
+        (orchestrator / "manifest.json").write_text(json.dumps({**manifest, "serving": serving}, indent=2))
+        if ORCHESTRATOR_PY.is_file():
+            shutil.copy2(ORCHESTRATOR_PY, orchestrator / "model.py")
+        else:
+            log.warning("%s does not exist yet: %s/1/model.py not written, Triton cannot load %s",
+                        ORCHESTRATOR_PY, ORCHESTRATOR, ORCHESTRATOR)
+        if target == "tensorrt":
+            from model_repository.tensorrt import SCRIPT, build_script
 
-        (work / SCRIPT).write_text(build_script(work))
-    (work / MARKER).write_text(json.dumps({"graphs": str(graphs.resolve()), "target": target, "preset": preset,
-                                           "speaker_mode": speaker_mode, "models": folders,
-                                           "in_process": list(in_process)}, indent=2))
-    shutil.rmtree(out, ignore_errors=True)
-    work.rename(out)
+            (work / SCRIPT).write_text(build_script(work))
+        (work / MARKER).write_text(json.dumps({"graphs": str(graphs.resolve()), "target": target, "preset": preset,
+                                               "speaker_mode": speaker_mode, "models": folders,
+                                               "in_process": list(in_process)}, indent=2))
     return out
 
 

@@ -14,10 +14,9 @@ import os
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 import triton_python_backend_utils as pb_utils
 
-from mtasr.pipeline.runner import array_friendly_malloc
+from mtasr.pipeline.runner import array_friendly_malloc, ort_session
 
 
 class TritonPythonModel:
@@ -29,10 +28,8 @@ class TritonPythonModel:
         path = version_dir / params.get("onnx_model", "model.onnx")
         if not path.is_file():
             raise pb_utils.TritonModelException(f"{config['name']}: no ONNX graph at {path}")
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3  # run errors go back to the client as TritonError
-        opts.intra_op_num_threads = int(params.get("intra_op_threads", os.environ.get("MTASR_ORT_THREADS", "0")))
-        self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        # run errors go back to the client as TritonError
+        self.session = ort_session(path, int(params.get("intra_op_threads", os.environ.get("MTASR_ORT_THREADS", "0"))))
         self.name = config["name"]
         self.inputs = {t["name"]: pb_utils.triton_string_to_numpy(t["data_type"]) for t in config["input"]}
         self.outputs = {t["name"]: pb_utils.triton_string_to_numpy(t["data_type"]) for t in config["output"]}

@@ -53,6 +53,26 @@ def array_friendly_malloc(threshold: int = 32 * 2**20) -> None:
         pass
 
 
+def ort_session(model: str | Path | bytes, threads: int = 0, providers: list[str] | None = None,
+                optimize: bool = True, profile_prefix: str | None = None):
+    """The one way ONNX Runtime sessions are made here: warnings off (run errors reach the caller anyway), CPU
+    unless `providers`, `threads` intra-op threads (0: ONNX Runtime's choice), graph optimisation off when
+    `optimize` is False, a profile written under `profile_prefix` when given."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    if threads:
+        opts.intra_op_num_threads = threads
+    if not optimize:
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    if profile_prefix:
+        opts.enable_profiling = True
+        opts.profile_file_prefix = profile_prefix
+    source = model if isinstance(model, bytes) else str(model)
+    return ort.InferenceSession(source, opts, providers=providers or ["CPUExecutionProvider"])
+
+
 class GraphRunner(Protocol):
     def __call__(self, graph: str, feeds: dict[str, np.ndarray], outputs: list[str]) -> list[np.ndarray]:
         """Run `graph` on `feeds`, returning `outputs` in that order."""
@@ -74,15 +94,9 @@ class OrtRunner:
         self._sessions: dict = {}
 
     def session(self, graph: str):
-        import onnxruntime as ort
-
         if graph not in self._sessions:
-            opts = ort.SessionOptions()
-            opts.log_severity_level = 3
-            if self.threads:
-                opts.intra_op_num_threads = self.threads
             path = self.folder / graph / self.subdir / "model.onnx"
-            self._sessions[graph] = ort.InferenceSession(str(path), opts, providers=self.providers)
+            self._sessions[graph] = ort_session(path, self.threads, self.providers)
         return self._sessions[graph]
 
     def __call__(self, graph: str, feeds: dict[str, np.ndarray], outputs: list[str]) -> list[np.ndarray]:

@@ -48,7 +48,7 @@ def run(graphs: Path, seconds: float, preset: str, mode: str, speakers: int = 2)
         engine = Engine(cfg, FeatureParams.load(graphs / "features_asr.npz"), OrtRunner(graphs))
 
         def in_process(x):
-            s = engine.new_session("s")
+            s = engine.new_session("s", timing="nemo")
             engine.push_audio(s, x, last=True)
             while s.pending:
                 engine.step([s])

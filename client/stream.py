@@ -22,6 +22,7 @@ import numpy as np
 
 from mtasr.spec import (
     API_KEY_HEADER,
+    BYTES,
     FRAME_SEC,
     MAX_CHUNK_SECONDS,
     NUM_SPEAKERS,
@@ -149,8 +150,8 @@ def infer_piece(client, samples: np.ndarray, sequence_id: int, session_key: str 
 OnReply = Callable[[list[dict], np.ndarray, list[dict]], None]  # (final segments, activity, interim tails)
 
 
-def _json(result, name: str) -> list:
-    return json.loads(result.as_numpy(name).reshape(-1)[0])
+# segments, interim, transcript: the orchestrator's JSON outputs, named by the spec
+JSON_OUTPUTS = tuple(t.name for t in orchestrator_spec().outputs if t.dtype is BYTES)
 
 
 def _message(error) -> str:
@@ -211,12 +212,11 @@ def stream_audio(conn: Connection | str, samples: np.ndarray, sequence_id: int |
                 rid = res.get_response().id
                 result.latencies_ms.append((t - sent_at.get(rid, t)) * 1000)
                 # the server names sessions by sequence id; the client's name (file stem) is the SegLST session_id
-                segs, tails, transcript = ([{**seg, "session_id": session_id} for seg in _json(res, name)]
-                                           for name in ("segments", "interim", "transcript"))
+                raw = [res.as_numpy(name).reshape(-1)[0] for name in JSON_OUTPUTS]
+                result.reply_bytes.append(sum(len(r) for r in raw))
+                segs, tails, transcript = ([{**seg, "session_id": session_id} for seg in json.loads(r)] for r in raw)
                 act = res.as_numpy("speaker_activity")[0]
                 activity.append(act)
-                result.reply_bytes.append(sum(len(res.as_numpy(n).reshape(-1)[0]) for n in
-                                              ("segments", "interim", "transcript")))
                 finals.extend(segs)
                 interim[:] = tails
                 if on_reply:

@@ -318,10 +318,14 @@ def start_flood_spares_live_sessions(h: Harness) -> dict:
             "realtime_with_flood": together["realtime"]}
 
 
-def _anon_mb(pid: int) -> float:
-    for line in open(f"/proc/{pid}/status"):
-        if line.startswith("RssAnon:"):
-            return int(line.split()[1]) / 1024
+def _status_mb(pid: int, field: str) -> float:
+    """A `/proc/<pid>/status` memory field (e.g. RssAnon, RssShmem) in MB; 0 when the process is gone."""
+    try:
+        for line in open(f"/proc/{pid}/status"):
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return 0.0
 
 
@@ -332,7 +336,7 @@ def oversized_request(h: Harness) -> dict:
     c = connect(s.grpc_url)
     infer_piece(c, h.audio(SAMPLES[0])[:SAMPLE_RATE], new_sequence_id(), new_session_key(), start=True, end=True)
     time.sleep(1)
-    before = _anon_mb(s.pid)
+    before = _status_mb(s.pid, "RssAnon")
     times = []
     for _ in range(3):  # pooled request buffers would keep ~1.35x the message each time (measured: 270 MB / 200 MB)
         t0 = time.perf_counter()
@@ -341,23 +345,13 @@ def oversized_request(h: Harness) -> dict:
         times.append(time.perf_counter() - t0)
         check(_status(exc) == "INVALID_ARGUMENT" and "over 2 s" in exc.message(), f"{mb} MB: {exc.message()[:200]}")
     time.sleep(2)
-    growth = _anon_mb(s.pid) - before
+    growth = _status_mb(s.pid, "RssAnon") - before
     stubs = [p for p in descendants(s.pid) if p != s.pid]
-    shm = sum(_shm_mb(p) for p in stubs)
+    shm = sum(_status_mb(p, "RssShmem") for p in stubs)
     c.close()
     check(growth < mb / 8, f"tritonserver kept {growth:.0f} MB after three refused {mb} MB requests")
     return {"request_mb": mb, "refused_after_s": round(max(times), 2), "server_anon_growth_mb": round(growth, 1),
             "python_backend_shm_mb": round(shm, 1)}
-
-
-def _shm_mb(pid: int) -> float:
-    try:
-        for line in open(f"/proc/{pid}/status"):
-            if line.startswith("RssShmem:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return 0.0
 
 
 # --------------------------------------------------------------------------------------------------- bad input

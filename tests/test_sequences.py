@@ -13,14 +13,39 @@ from mtasr.pipeline import Engine, OrtRunner, PipelineConfig
 from mtasr.pipeline.metrics import (
     ACTIVE_SESSIONS,
     REASON_LABEL,
+    REQUESTS_REFUSED,
     SESSIONS_EXPIRED,
-    SESSIONS_REFUSED,
     SESSIONS_STARTED,
-    DictSink,
+    MetricDef,
+    MetricKind,
     ServingMetrics,
 )
 from mtasr.pipeline.sequences import AudioRequest, SequenceManager
 from mtasr.pipeline.sessions import ErrorCode, SessionPolicy
+
+
+class DictSink:
+    """An in-memory sink: `values[(name, labels)]` (histograms keep their observations in a list)."""
+
+    def __init__(self) -> None:
+        self.values: dict[tuple[str, tuple], float | list[float]] = {}
+
+    @staticmethod
+    def _key(metric: MetricDef, labels: dict[str, str] | None) -> tuple[str, tuple]:
+        return metric.name, tuple(sorted((labels or {}).items()))
+
+    def set(self, metric: MetricDef, value: float, labels: dict[str, str] | None = None) -> None:
+        self.values[self._key(metric, labels)] = value
+
+    def increment(self, metric: MetricDef, value: float = 1.0, labels: dict[str, str] | None = None) -> None:
+        key = self._key(metric, labels)
+        self.values[key] = self.values.get(key, 0.0) + value
+
+    def observe(self, metric: MetricDef, value: float) -> None:
+        self.values.setdefault(self._key(metric, None), []).append(value)
+
+    def declare(self, metric: MetricDef) -> None:
+        self.values.setdefault(self._key(metric, None), [] if metric.kind is MetricKind.HISTOGRAM else 0.0)
 
 
 class Clock:
@@ -118,7 +143,7 @@ def test_idle_timeout_frees_state(engine):
     r = m.handle([_req(11, np.zeros((1, 160), np.float32))])[0]
     assert "not open" in r.error and r.error_code is ErrorCode.NOT_FOUND
     assert sink.values[(SESSIONS_EXPIRED.name, ())] == 1
-    assert sink.values[(SESSIONS_REFUSED.name, ((REASON_LABEL, "not_owner"),))] == 1
+    assert sink.values[(REQUESTS_REFUSED.name, ((REASON_LABEL, "not_owner"),))] == 1
     clock.now = 6.0 + 4.9  # a session whose request is in the batch is never expired by that batch
     assert m.handle([_req(12, np.zeros((1, 160), np.float32))])[0].error is None
 
@@ -154,8 +179,8 @@ def test_admission_cap_and_ownership(engine):
     assert stolen.error_code is ErrorCode.NOT_FOUND and 2 in m.live  # another client's END does not end it
     assert m.handle([_req(2, piece, end=True)])[0].final and 2 not in m.live
     assert m.handle([_req(3, piece, start=True)])[0].error is None  # a slot was freed by END
-    assert sink.values[(SESSIONS_REFUSED.name, ((REASON_LABEL, "full"),))] == 1
-    assert sink.values[(SESSIONS_REFUSED.name, ((REASON_LABEL, "duplicate_start"),))] == 1
+    assert sink.values[(REQUESTS_REFUSED.name, ((REASON_LABEL, "full"),))] == 1
+    assert sink.values[(REQUESTS_REFUSED.name, ((REASON_LABEL, "duplicate_start"),))] == 1
     assert sink.values[(SESSIONS_STARTED.name, ())] == 3
 
 

@@ -19,7 +19,7 @@ from mtasr.pipeline.config import PipelineConfig
 from mtasr.pipeline.runner import GraphRunner
 from mtasr.pipeline.transcript import Transcript
 from mtasr.pipeline.words import LiveTranscript
-from mtasr.spec import SAMPLE_RATE, decoder_joint_spec, diarizer_spec, encoder_spec
+from mtasr.spec import SAMPLE_RATE, TIMINGS, decoder_joint_spec, diarizer_spec, encoder_spec
 from mtasr.spec import ModelDims as Dims
 
 
@@ -43,8 +43,9 @@ class Session:
     chunker: FeatureChunker
     diar: spkcache.SyncSpeakerCacheState
     total_preds: np.ndarray  # (frames, n_spk) latest diarizer probabilities (the cache-gating window)
-    transcript: Transcript  # NeMo's arithmetic (timing "nemo")
-    words: LiveTranscript  # audio-time words and utterances (timing "audio")
+    transcript: Transcript  # NeMo's arithmetic, kept when timing is "nemo"
+    words: LiveTranscript  # audio-time words and utterances, kept when timing is "audio"
+    timing: str = TIMINGS[0]
     speakers: dict[int, SpeakerState] = field(default_factory=dict)
     offset: float = 0.0  # start time of the next chunk as NeMo counts it
     steps: int = 0
@@ -80,7 +81,10 @@ class Engine:
         self._dj = decoder_joint_spec(self.dims)
 
     # ------------------------------------------------------------------------------------------ sessions
-    def new_session(self, session_id: str) -> Session:
+    def new_session(self, session_id: str, timing: str = TIMINGS[0]) -> Session:
+        """A fresh session; `timing` picks the transcript it keeps ("audio" or NeMo's "nemo" arithmetic)."""
+        if timing not in TIMINGS:
+            raise ValueError(f"unknown timing {timing!r}; use one of {TIMINGS}")
         return Session(
             session_id=session_id,
             chunker=FeatureChunker(self.features, self.cfg.geometry),
@@ -89,6 +93,7 @@ class Engine:
             transcript=Transcript(self.cfg.frame_len_sec, self.cfg.sent_break_sec),
             words=LiveTranscript(self.cfg.vocabulary, self.cfg.frame_len_sec, self.cfg.nframes_per_chunk,
                                  self.cfg.pause_sec),
+            timing=timing,
         )
 
     def _new_speaker(self) -> SpeakerState:
@@ -142,18 +147,21 @@ class Engine:
             self._transcribe(work, [r for r in rows if work[r[2]][1][1] == length])
         for (session, _), out in zip(work, outputs, strict=True):
             session.steps += 1
-            if out.active_speakers:  # NeMo returns before updating transcripts and offset when nobody is active
+            if session.timing == "audio":
+                self._update_words(session)
+            elif out.active_speakers:  # NeMo returns before updating transcripts and offset when nobody is active
                 hyps = {spk: (greedy.tokens_to_text(st.decoder.tokens[0], self.cfg.vocabulary),
                               st.decoder.frame_indices[0])
                         for spk, st in sorted(session.speakers.items()) if st.started}
                 out.changed_speakers = session.transcript.update(hyps, session.offset)
                 session.offset += self.cfg.nframes_per_chunk * self.cfg.frame_len_sec
-            self._update_words(session)
         return outputs
 
     def finish(self, session: Session) -> None:
-        """After the last step of an ended session: every utterance becomes final."""
-        self._update_words(session, last=True)
+        """After the last step of an ended session: every utterance becomes final (NeMo's transcript has no
+        such step)."""
+        if session.timing == "audio":
+            self._update_words(session, last=True)
 
     def _update_words(self, session: Session, last: bool = False) -> None:
         decoded = min(session.steps * self.cfg.nframes_per_chunk * self.cfg.frame_len_sec, session.audio_seconds)

@@ -1,7 +1,7 @@
 """The orchestrator's custom metrics, defined once: Triton exposes them on its metrics port (Prometheus text).
 
 `ServingMetrics` turns `SessionEvents` into metric updates through a `MetricSink`; the Triton glue gives it a
-sink backed by `pb_utils.MetricFamily`, tests a dictionary.
+sink backed by `pb_utils.MetricFamily` (tests: a dictionary).
 """
 
 from __future__ import annotations
@@ -31,14 +31,14 @@ ACTIVE_SESSIONS = MetricDef("mtasr_active_sessions", MetricKind.GAUGE, "Live str
 ACTIVE_SPEAKERS = MetricDef("mtasr_active_speakers", MetricKind.GAUGE,
                             "Speaker instances (encoder + decoder state) over all live sessions")
 SESSIONS_STARTED = MetricDef("mtasr_sessions_started_total", MetricKind.COUNTER, "Sessions admitted")
-SESSIONS_REFUSED = MetricDef("mtasr_requests_refused_total", MetricKind.COUNTER,
+REQUESTS_REFUSED = MetricDef("mtasr_requests_refused_total", MetricKind.COUNTER,
                              "Requests refused, by reason (label `reason`)")
 SESSIONS_EXPIRED = MetricDef("mtasr_sessions_expired_total", MetricKind.COUNTER,
                              "Sessions freed after the idle timeout (client gone without END)")
 STEP_SECONDS = MetricDef("mtasr_step_seconds", MetricKind.HISTOGRAM,
                          "Orchestrator compute time of one execute batch (features, graphs, decoding)",
                          (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0))
-METRICS = (ACTIVE_SESSIONS, ACTIVE_SPEAKERS, SESSIONS_STARTED, SESSIONS_REFUSED, SESSIONS_EXPIRED, STEP_SECONDS)
+METRICS = (ACTIVE_SESSIONS, ACTIVE_SPEAKERS, SESSIONS_STARTED, REQUESTS_REFUSED, SESSIONS_EXPIRED, STEP_SECONDS)
 REASON_LABEL = "reason"
 
 
@@ -64,14 +64,14 @@ class ServingMetrics(SessionEvents):
         sink.increment(SESSIONS_STARTED, 0)
         sink.increment(SESSIONS_EXPIRED, 0)
         for reason in RefusalReason:
-            sink.increment(SESSIONS_REFUSED, 0, {REASON_LABEL: reason.value})
+            sink.increment(REQUESTS_REFUSED, 0, {REASON_LABEL: reason.value})
         sink.declare(STEP_SECONDS)
 
     def started(self) -> None:
         self.sink.increment(SESSIONS_STARTED)
 
     def refused(self, reason: RefusalReason) -> None:
-        self.sink.increment(SESSIONS_REFUSED, 1, {REASON_LABEL: reason.value})
+        self.sink.increment(REQUESTS_REFUSED, 1, {REASON_LABEL: reason.value})
 
     def expired(self, count: int) -> None:
         self.sink.increment(SESSIONS_EXPIRED, count)
@@ -82,27 +82,3 @@ class ServingMetrics(SessionEvents):
     def occupancy(self, sessions: int, speakers: int) -> None:
         self.sink.set(ACTIVE_SESSIONS, sessions)
         self.sink.set(ACTIVE_SPEAKERS, speakers)
-
-
-class DictSink:
-    """An in-memory sink: `values[(name, labels)]` (histograms keep their observations in a list)."""
-
-    def __init__(self) -> None:
-        self.values: dict[tuple[str, tuple], float | list[float]] = {}
-
-    @staticmethod
-    def _key(metric: MetricDef, labels: dict[str, str] | None) -> tuple[str, tuple]:
-        return metric.name, tuple(sorted((labels or {}).items()))
-
-    def set(self, metric: MetricDef, value: float, labels: dict[str, str] | None = None) -> None:
-        self.values[self._key(metric, labels)] = value
-
-    def increment(self, metric: MetricDef, value: float = 1.0, labels: dict[str, str] | None = None) -> None:
-        key = self._key(metric, labels)
-        self.values[key] = self.values.get(key, 0.0) + value
-
-    def observe(self, metric: MetricDef, value: float) -> None:
-        self.values.setdefault(self._key(metric, None), []).append(value)
-
-    def declare(self, metric: MetricDef) -> None:
-        self.values.setdefault(self._key(metric, None), [] if metric.kind is MetricKind.HISTOGRAM else 0.0)

@@ -75,7 +75,6 @@ class _Live:
     session: Session
     owner: bytes  # SHA-256 of the session key
     last_seen: float
-    timing: str = "audio"
     sent: dict[tuple, dict] = field(default_factory=dict)  # timing nemo: (speaker, start) -> segment last sent
 
 
@@ -185,7 +184,7 @@ class SequenceManager:
             timing = req.timing or self.timing
             if timing not in TIMINGS:
                 raise RequestError(f"unknown timing {timing!r}: use one of {', '.join(TIMINGS)}")
-            return _Live(self.engine.new_session(self.session_name(req.corrid)), owner, self.clock(), timing)
+            return _Live(self.engine.new_session(self.session_name(req.corrid), timing), owner, self.clock())
         if live is None or not same_owner(live.owner, req.session_key):
             # an unknown id and another client's id get the same answer: no oracle for live ids
             raise RequestError(f"sequence {req.corrid} is not open for this client: start it with START and send "
@@ -257,7 +256,7 @@ class SequenceManager:
     def _reply(self, live: _Live, activity: np.ndarray | None, final: bool) -> Reply:
         session = live.session
         act = (activity if activity is not None else np.zeros((0, NUM_SPEAKERS), np.float32)).astype(np.float32)
-        if live.timing == "audio":
+        if session.timing == "audio":
             words = session.words
             return Reply(segments=words.drain(), interim=words.interim_segments(),
                          transcript=words.seglst() if final else [], activity=act, final=final)

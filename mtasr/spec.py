@@ -7,13 +7,14 @@ module. Shapes use `-1` for a dynamic dimension; symbolic names for dynamic axes
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
+from typing import TypeVar
 
 import numpy as np
 
 SAMPLE_RATE = 16000
 N_MELS = 128
-NUM_SPEAKERS = 4
+NUM_SPEAKERS = 4  # the public diarizer's outputs; a model's own count is ModelDims.n_spk
 FRAME_SEC = 0.08  # one encoder / diarizer output frame (8 x 10 ms)
 SUBSAMPLING = 8
 
@@ -101,6 +102,12 @@ class ModelDims:
     pred_layers: int
     pred_hidden: int
     vocab_size: int  # without blank; blank id == vocab_size
+    n_spk: int = NUM_SPEAKERS  # diarizer outputs: 4 or 8 speakers
+
+    @property
+    def n_logits(self) -> int:
+        """Joint outputs: the vocabulary and blank."""
+        return self.vocab_size + 1
 
     def to_dict(self) -> dict[str, int]:
         return dict(self.__dict__)
@@ -108,69 +115,146 @@ class ModelDims:
 
 F32, I64, I32, I16 = np.float32, np.int64, np.int32, np.int16
 BYTES = np.object_  # Triton TYPE_STRING (UTF-8 JSON here)
+BATCH = "batch"
+
+
+@dataclass(frozen=True)
+class ModelDim:
+    """A fixed dim whose size is a `ModelDims` field, filled in when a graph spec is made for a model."""
+
+    field: str
+
+
+def tensor(dtype: type, *dims: int | str | ModelDim, doc: str = "", optional: bool = False):
+    """A `TensorRecord` field: the field's name is the tensor's name; dtype, dims and doc ride in its metadata."""
+    meta = {"tensor": (dtype, dims, doc)}
+    return field(default=None, metadata=meta) if optional else field(metadata=meta)
+
+
+_R = TypeVar("_R", bound="TensorRecord")
+
+
+class TensorRecord:
+    """Base of the typed records that carry a graph's inputs or outputs (dataclasses declared with `tensor`).
+
+    The field names *are* the tensor names, so code builds feeds and reads results by attribute, and the
+    `GraphSpec` of a graph is generated from its two records.
+    """
+
+    @classmethod
+    def specs(cls, dims: ModelDims | None = None) -> tuple[TensorSpec, ...]:
+        out = []
+        for f in fields(cls):  # type: ignore[arg-type]
+            dtype, shape, doc = f.metadata["tensor"]
+            if any(isinstance(d, ModelDim) for d in shape) and dims is None:
+                raise ValueError(f"{cls.__name__}.{f.name} needs the model's dims")
+            out.append(TensorSpec(f.name, dtype, tuple(getattr(dims, d.field) if isinstance(d, ModelDim) else d
+                                                       for d in shape), doc))
+        return tuple(out)
+
+    @classmethod
+    def names(cls) -> list[str]:
+        return [f.name for f in fields(cls)]  # type: ignore[arg-type]
+
+    def feeds(self) -> dict[str, np.ndarray]:
+        """name -> array for the tensors that are set (optional ones left as None are absent)."""
+        return {n: v for n in self.names() if (v := getattr(self, n)) is not None}
+
+    @classmethod
+    def from_arrays(cls: type[_R], arrays) -> _R:
+        """The record of a graph's outputs, given in `names()` order."""
+        return cls(*arrays)
+
+
+@dataclass
+class DiarizerInputs(TensorRecord):
+    """One Sortformer streaming step: this step's features, the speaker cache and the FIFO."""
+
+    chunk: np.ndarray = tensor(F32, BATCH, "chunk_frames", N_MELS, doc="log-mel frames of this step, time major")
+    chunk_lengths: np.ndarray = tensor(I64, BATCH, doc="valid mel frames per row")
+    spkcache: np.ndarray = tensor(F32, BATCH, "spkcache_frames", ModelDim("diar_emb_dim"),
+                                  doc="speaker cache embeddings")
+    spkcache_lengths: np.ndarray = tensor(I64, BATCH, doc="valid speaker-cache frames")
+    fifo: np.ndarray = tensor(F32, BATCH, "fifo_frames", ModelDim("diar_emb_dim"), doc="FIFO embeddings")
+    fifo_lengths: np.ndarray = tensor(I64, BATCH, doc="valid FIFO frames")
+
+
+@dataclass
+class DiarizerOutputs(TensorRecord):
+    spkcache_fifo_chunk_preds: np.ndarray = tensor(F32, BATCH, "out_frames", ModelDim("n_spk"),
+                                                   doc="speaker sigmoids")
+    chunk_pre_encode_embs: np.ndarray = tensor(F32, BATCH, "chunk_out_frames", ModelDim("diar_emb_dim"),
+                                               doc="chunk embs")
+    chunk_pre_encode_lengths: np.ndarray = tensor(I64, BATCH, doc="valid chunk embedding frames")
+
+
+_CHANNEL = (BATCH, ModelDim("enc_layers"), ModelDim("enc_last_channel"), ModelDim("enc_d_model"))
+_TIME = (BATCH, ModelDim("enc_layers"), ModelDim("enc_d_model"), ModelDim("enc_last_time"))
+
+
+@dataclass
+class EncoderInputs(TensorRecord):
+    """One cache-aware multitalker FastConformer step, one row per speaker instance."""
+
+    audio_signal: np.ndarray = tensor(F32, BATCH, N_MELS, "chunk_frames", doc="log-mel incl. pre-encode cache")
+    length: np.ndarray = tensor(I64, BATCH, doc="valid mel frames per row")
+    cache_last_channel: np.ndarray = tensor(F32, *_CHANNEL)
+    cache_last_time: np.ndarray = tensor(F32, *_TIME)
+    cache_last_channel_len: np.ndarray = tensor(I64, BATCH)
+    spk_targets: np.ndarray = tensor(F32, BATCH, "enc_frames", doc="target speaker activity per output frame")
+    bg_spk_targets: np.ndarray = tensor(F32, BATCH, "enc_frames", doc="other speakers' activity per output frame")
+
+
+@dataclass
+class EncoderOutputs(TensorRecord):
+    encoded: np.ndarray = tensor(F32, BATCH, "enc_out_frames", ModelDim("enc_d_model"),
+                                 doc="encoder output, time major")
+    encoded_len: np.ndarray = tensor(I64, BATCH)
+    cache_last_channel_next: np.ndarray = tensor(F32, *_CHANNEL)
+    cache_last_time_next: np.ndarray = tensor(F32, *_TIME)
+    cache_last_channel_len_next: np.ndarray = tensor(I64, BATCH)
+
+
+_LSTM = (BATCH, ModelDim("pred_layers"), ModelDim("pred_hidden"))
+
+
+@dataclass
+class DecoderJointInputs(TensorRecord):
+    """RNNT prediction network + joint for one (frame, last token) pair per row, LSTM state in and out."""
+
+    encoder_frame: np.ndarray = tensor(F32, BATCH, ModelDim("enc_d_model"), doc="one encoder output frame")
+    targets: np.ndarray = tensor(I64, BATCH, doc="last emitted token (blank at start)")
+    h_in: np.ndarray = tensor(F32, *_LSTM, doc="LSTM hidden state")
+    c_in: np.ndarray = tensor(F32, *_LSTM, doc="LSTM cell state")
+
+
+@dataclass
+class DecoderJointOutputs(TensorRecord):
+    logits: np.ndarray = tensor(F32, BATCH, ModelDim("n_logits"), doc="joint logits; blank is the last index")
+    h_out: np.ndarray = tensor(F32, *_LSTM, doc="state after consuming `targets`")
+    c_out: np.ndarray = tensor(F32, *_LSTM)
+
+
+def _graph(name: str, inputs: type[TensorRecord], outputs: type[TensorRecord], d: ModelDims | None,
+           doc: str = "") -> GraphSpec:
+    return GraphSpec(name, inputs.specs(d), outputs.specs(d), doc)
 
 
 def diarizer_spec(d: ModelDims) -> GraphSpec:
     """One Sortformer streaming step (pre-encode, concat with cache + FIFO, encoders, sigmoid head)."""
-    return GraphSpec(
-        "diarizer",
-        inputs=(
-            TensorSpec("chunk", F32, ("batch", "chunk_frames", N_MELS), "log-mel frames of this step, time major"),
-            TensorSpec("chunk_lengths", I64, ("batch",), "valid mel frames per row"),
-            TensorSpec("spkcache", F32, ("batch", "spkcache_frames", d.diar_emb_dim), "speaker cache embeddings"),
-            TensorSpec("spkcache_lengths", I64, ("batch",), "valid speaker-cache frames"),
-            TensorSpec("fifo", F32, ("batch", "fifo_frames", d.diar_emb_dim), "FIFO embeddings"),
-            TensorSpec("fifo_lengths", I64, ("batch",), "valid FIFO frames"),
-        ),
-        outputs=(
-            TensorSpec("spkcache_fifo_chunk_preds", F32, ("batch", "out_frames", NUM_SPEAKERS), "speaker sigmoids"),
-            TensorSpec("chunk_pre_encode_embs", F32, ("batch", "chunk_out_frames", d.diar_emb_dim), "chunk embs"),
-            TensorSpec("chunk_pre_encode_lengths", I64, ("batch",), "valid chunk embedding frames"),
-        ),
-        doc="Speaker-cache update (FIFO roll, compression, silence mean) runs in numpy: mtasr.spkcache.",
-    )
+    return _graph("diarizer", DiarizerInputs, DiarizerOutputs, d,
+                  "Speaker-cache update (FIFO roll, compression, silence mean) runs in numpy: mtasr.spkcache.")
 
 
 def encoder_spec(d: ModelDims) -> GraphSpec:
     """One cache-aware multitalker FastConformer step with speaker targets as inputs; batch first."""
-    return GraphSpec(
-        "encoder",
-        inputs=(
-            TensorSpec("audio_signal", F32, ("batch", N_MELS, "chunk_frames"), "log-mel incl. pre-encode cache"),
-            TensorSpec("length", I64, ("batch",), "valid mel frames per row"),
-            TensorSpec("cache_last_channel", F32, ("batch", d.enc_layers, d.enc_last_channel, d.enc_d_model)),
-            TensorSpec("cache_last_time", F32, ("batch", d.enc_layers, d.enc_d_model, d.enc_last_time)),
-            TensorSpec("cache_last_channel_len", I64, ("batch",)),
-            TensorSpec("spk_targets", F32, ("batch", "enc_frames"), "target speaker activity per output frame"),
-            TensorSpec("bg_spk_targets", F32, ("batch", "enc_frames"), "other speakers' activity per output frame"),
-        ),
-        outputs=(
-            TensorSpec("encoded", F32, ("batch", "enc_out_frames", d.enc_d_model), "encoder output, time major"),
-            TensorSpec("encoded_len", I64, ("batch",)),
-            TensorSpec("cache_last_channel_next", F32, ("batch", d.enc_layers, d.enc_last_channel, d.enc_d_model)),
-            TensorSpec("cache_last_time_next", F32, ("batch", d.enc_layers, d.enc_d_model, d.enc_last_time)),
-            TensorSpec("cache_last_channel_len_next", I64, ("batch",)),
-        ),
-        doc="Masked mode (NeMo masked_asr): spk_targets = 1, bg_spk_targets = 0 and features masked in numpy.",
-    )
+    return _graph("encoder", EncoderInputs, EncoderOutputs, d,
+                  "Masked mode (NeMo masked_asr): spk_targets = 1, bg_spk_targets = 0 and features masked in numpy.")
 
 
 def decoder_joint_spec(d: ModelDims) -> GraphSpec:
     """RNNT prediction network + joint for one (frame, last token) pair per row, LSTM state in/out."""
-    return GraphSpec(
-        "decoder_joint",
-        inputs=(
-            TensorSpec("encoder_frame", F32, ("batch", d.enc_d_model), "one encoder output frame"),
-            TensorSpec("targets", I64, ("batch",), "last emitted token (blank at start)"),
-            TensorSpec("h_in", F32, ("batch", d.pred_layers, d.pred_hidden), "LSTM hidden state"),
-            TensorSpec("c_in", F32, ("batch", d.pred_layers, d.pred_hidden), "LSTM cell state"),
-        ),
-        outputs=(
-            TensorSpec("logits", F32, ("batch", d.vocab_size + 1), "joint logits; blank is the last index"),
-            TensorSpec("h_out", F32, ("batch", d.pred_layers, d.pred_hidden), "state after consuming `targets`"),
-            TensorSpec("c_out", F32, ("batch", d.pred_layers, d.pred_hidden)),
-        ),
-    )
+    return _graph("decoder_joint", DecoderJointInputs, DecoderJointOutputs, d)
 
 
 ORCHESTRATOR = "multitalker"
@@ -191,30 +275,39 @@ def grpc_restricted_header(key: str) -> str:
     return f"triton-grpc-protocol-{key}"
 
 
+@dataclass
+class OrchestratorInputs(TensorRecord):
+    """One audio piece of a stream (Triton sequence batching): exactly one of `audio` / `audio_int16`."""
+
+    audio: np.ndarray | None = tensor(F32, BATCH, "samples", doc="16 kHz mono float32 samples", optional=True)
+    audio_int16: np.ndarray | None = tensor(I16, BATCH, "samples", doc="16 kHz mono int16 samples", optional=True)
+
+
+@dataclass
+class OrchestratorOutputs(TensorRecord):
+    """One reply; the JSON outputs are UTF-8 strings in a (batch, 1) bytes tensor."""
+
+    segments: np.ndarray = tensor(BYTES, BATCH, 1, doc="JSON SegLST segments that became final with this request, "
+                                  "each sent once (timing nemo: segments changed since the last response)")
+    interim: np.ndarray = tensor(BYTES, BATCH, 1, doc="JSON list: each speaker's current unstable utterance "
+                                 "(timing nemo: always [])")
+    transcript: np.ndarray = tensor(BYTES, BATCH, 1, doc="JSON SegLST of the whole session at END, else [] "
+                                    "(timing nemo: in every response)")
+    speaker_activity: np.ndarray = tensor(F32, BATCH, "frames", "speakers",
+                                          doc="diarizer probabilities of the 80 ms frames decided by this request")
+
+    @classmethod
+    def json_names(cls) -> list[str]:
+        return [t.name for t in cls.specs() if t.dtype is BYTES]
+
+
 def orchestrator_spec() -> GraphSpec:
     """The streaming model clients talk to (Triton sequence batching; one request per audio piece).
 
-    Exactly one of `audio` / `audio_int16` per request: 16 kHz mono samples (float32 in [-1, 1] or int16).
-    Sequence controls (START, END, READY, CORRID) are the sequence batcher's, not listed here.
+    Sequence controls (START, END, READY, CORRID) are the sequence batcher's, not listed here. The speaker
+    axis of `speaker_activity` is the diarizer's output count (4 or 8).
     """
-    return GraphSpec(
-        ORCHESTRATOR,
-        inputs=(
-            TensorSpec("audio", F32, ("batch", "samples"), "16 kHz mono float32 samples"),
-            TensorSpec("audio_int16", I16, ("batch", "samples"), "16 kHz mono int16 samples"),
-        ),
-        outputs=(
-            TensorSpec("segments", BYTES, ("batch", 1),
-                       "JSON SegLST segments that became final with this request, each sent once (timing nemo: "
-                       "segments changed since the last response)"),
-            TensorSpec("interim", BYTES, ("batch", 1),
-                       "JSON list: each speaker's current unstable utterance (timing nemo: always [])"),
-            TensorSpec("transcript", BYTES, ("batch", 1),
-                       "JSON SegLST of the whole session at END, else [] (timing nemo: in every response)"),
-            TensorSpec("speaker_activity", F32, ("batch", "frames", NUM_SPEAKERS),
-                       "diarizer probabilities of the 80 ms frames decided by this request"),
-        ),
-    )
+    return _graph(ORCHESTRATOR, OrchestratorInputs, OrchestratorOutputs, None)
 
 
 def graph_specs(d: ModelDims) -> dict[str, GraphSpec]:

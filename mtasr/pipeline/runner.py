@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import numpy as np
+
+from mtasr.spec import TensorRecord
 
 
 def single_threaded_blas() -> None:
@@ -112,3 +114,11 @@ class RoutedRunner:
 
     def __call__(self, graph: str, feeds: dict[str, np.ndarray], outputs: list[str]) -> list[np.ndarray]:
         return self.routes.get(graph, self.default)(graph, feeds, outputs)
+
+
+R = TypeVar("R", bound=TensorRecord)
+
+
+def run_graph(runner: GraphRunner, graph: str, inputs: TensorRecord, outputs: type[R]) -> R:
+    """Run `graph` with a typed inputs record and return its typed outputs record."""
+    return outputs.from_arrays(runner(graph, inputs.feeds(), outputs.names()))

@@ -189,7 +189,8 @@ def _run_diarizer_chain(fig: Figures, diar, sess, params, chunks, drop: int, che
     nemo_state = sm.init_streaming_state(batch_size=1, async_streaming=not sync, device=torch.device("cpu"))
     total = torch.zeros((1, 0, sm.n_spk))
     dim = int(sm.fc_d_model)
-    ours = spkcache.init_sync_state(params, 1, dim) if sync else spkcache.init_state(params, 1, dim)
+    init = spkcache.init_streaming_state if sync else spkcache.init_streaming_state_async
+    ours = init(params, 1, dim)
     compressions = 0
     steps = 0
     for feats, lengths, left, right in chunks:
@@ -207,10 +208,10 @@ def _run_diarizer_chain(fig: Figures, diar, sess, params, chunks, drop: int, che
             "chunk": _np(feats), "chunk_lengths": _np(lengths).astype(np.int64),
             "spkcache": ours.spkcache, "spkcache_lengths": cache_len, "fifo": ours.fifo, "fifo_lengths": fifo_len})
         if sync:
-            ours, chunk_preds = spkcache.streaming_update_sync(params, ours, embs[:, : int(emb_lengths[0])], preds,
+            ours, chunk_preds = spkcache.streaming_update(params, ours, embs[:, : int(emb_lengths[0])], preds,
                                                                lc=lc, rc=rc)
         else:
-            ours, chunk_preds = spkcache.streaming_update(params, ours, embs, emb_lengths, preds, lc=lc, rc=rc)
+            ours, chunk_preds = spkcache.streaming_update_async(params, ours, embs, emb_lengths, preds, lc=lc, rc=rc)
         compressions += int(int(cache_len[0]) == params.spkcache_len)
         ref = _np(total[:, -chunk_preds.shape[1]:]) if chunk_preds.shape[1] else np.zeros_like(chunk_preds)
         fig.bump("diarizer", _maxabs(chunk_preds, ref), check)

@@ -21,17 +21,17 @@ import pytest
 import torch
 from nemo.collections.asr.modules.sortformer_modules import SortformerModules
 
-import mtasr.spkcache as sc
+import mtasr.spkcache.common as sc
 from mtasr.spkcache import (
+    AsyncStreamingState,
     SpeakerCacheParams,
-    SpeakerCacheState,
-    SyncSpeakerCacheState,
+    StreamingState,
     apply_mask_to_preds,
     concat_and_pad,
-    init_state,
-    init_sync_state,
+    init_streaming_state,
+    init_streaming_state_async,
     streaming_update,
-    streaming_update_sync,
+    streaming_update_async,
     torch_topk_indices,
 )
 
@@ -212,7 +212,7 @@ SCENARIOS = [
 ]
 
 
-def _assert_state_equal(nemo_state: Any, state: SpeakerCacheState, where: str, maxdiff: dict[str, float]) -> None:
+def _assert_state_equal(nemo_state: Any, state: AsyncStreamingState, where: str, maxdiff: dict[str, float]) -> None:
     assert nemo_state.spk_perm is None, where
     for name in STATE_FLOAT_FIELDS:
         ref, got = getattr(nemo_state, name), getattr(state, name)
@@ -251,7 +251,7 @@ def compare_with_nemo(scn: Scenario, seed: int) -> dict[str, Any]:
     ]
     batch = len(embs)
     nemo_state = mod.init_streaming_state(batch_size=batch, async_streaming=True)
-    state = init_state(params, batch, EMB_DIM)
+    state = init_streaming_state_async(params, batch, EMB_DIM)
     maxdiff: dict[str, float] = {}
     _assert_state_equal(nemo_state, state, f"{scn.name} init", maxdiff)
 
@@ -279,7 +279,7 @@ def compare_with_nemo(scn: Scenario, seed: int) -> dict[str, Any]:
         nemo_state, t_chunk_preds = mod.streaming_update_async(
             streaming_state=nemo_state, chunk=_t(chunk), chunk_lengths=_t(lengths), preds=t_preds, lc=lc, rc=rc
         )
-        new_state, chunk_preds = streaming_update(params, state, chunk, lengths, m_preds, lc=lc, rc=rc)
+        new_state, chunk_preds = streaming_update_async(params, state, chunk, lengths, m_preds, lc=lc, rc=rc)
 
         # The input state must be left untouched.
         for f in (*STATE_FLOAT_FIELDS, *STATE_INT_FIELDS):
@@ -349,7 +349,7 @@ SYNC_SCENARIOS = [
 ]
 
 
-def _assert_sync_state_equal(nemo_state: Any, state: SyncSpeakerCacheState, where: str, maxdiff: dict) -> None:
+def _assert_sync_state_equal(nemo_state: Any, state: StreamingState, where: str, maxdiff: dict) -> None:
     assert nemo_state.spk_perm is None and nemo_state.spkcache_lengths is None, where
     assert nemo_state.fifo_lengths is None, where
     for name in STATE_FLOAT_FIELDS:
@@ -366,7 +366,7 @@ def _assert_sync_state_equal(nemo_state: Any, state: SyncSpeakerCacheState, wher
 
 
 def compare_sync_with_nemo(scn: Scenario, batch: int, seed: int) -> dict[str, Any]:
-    """Drive NeMo's ``streaming_update`` (eval) and :func:`streaming_update_sync` side by side; assert every step."""
+    """Drive NeMo's ``streaming_update`` (eval) and :func:`streaming_update` side by side; assert every step."""
     rng = np.random.default_rng(seed)
     cfg = scn.cfg()
     mod = _nemo_module(cfg)
@@ -382,7 +382,7 @@ def compare_sync_with_nemo(scn: Scenario, batch: int, seed: int) -> dict[str, An
     mod._compress_spkcache = counting_compress
     embs = [_stream_embs(rng, _activity(rng, scn.frames[b], scn.n_spk, scn.talkers[b]), EMB_DIM) for b in range(batch)]
     nemo_state = mod.init_streaming_state(batch_size=batch, async_streaming=False)
-    state = init_sync_state(params, batch, EMB_DIM)
+    state = init_streaming_state(params, batch, EMB_DIM)
     maxdiff: dict[str, float] = {}
     _assert_sync_state_equal(nemo_state, state, f"{scn.name} init", maxdiff)
 
@@ -405,8 +405,8 @@ def compare_sync_with_nemo(scn: Scenario, batch: int, seed: int) -> dict[str, An
         nemo_state, t_chunk_preds = mod.streaming_update(
             streaming_state=nemo_state, chunk=_t(chunk), preds=t_preds, lc=lc, rc=rc
         )
-        new_state, chunk_preds = streaming_update_sync(params, state, chunk, m_preds, lc=lc, rc=rc)
-        for f in fields(SyncSpeakerCacheState):  # the input state must be left untouched
+        new_state, chunk_preds = streaming_update(params, state, chunk, m_preds, lc=lc, rc=rc)
+        for f in fields(StreamingState):  # the input state must be left untouched
             old, cur = getattr(before, f.name), getattr(state, f.name)
             assert (old is None and cur is None) or np.array_equal(old, cur), f"{where}: input {f.name} mutated"
 
@@ -477,15 +477,16 @@ def test_sync_and_async_updates_differ() -> None:
     params = SpeakerCacheParams.from_config(scn.cfg())
     rng = np.random.default_rng(7)
     embs = [_stream_embs(rng, _activity(rng, 1000, scn.n_spk, 4), EMB_DIM)]
-    a_state, s_state = init_state(params, 1, EMB_DIM), init_sync_state(params, 1, EMB_DIM)
+    a_state, s_state = init_streaming_state_async(params, 1, EMB_DIM), init_streaming_state(params, 1, EMB_DIM)
     first, diverged_out = None, []
     for step, (chunk, lengths, lc, rc) in enumerate(_chunks(rng, embs, scn.chunk, 0, 0)):
         a_in, a_len = concat_and_pad(
             [a_state.spkcache, a_state.fifo, chunk], [a_state.spkcache_lengths, a_state.fifo_lengths, lengths]
         )
         s_in, s_len = concat_and_pad([s_state.spkcache, s_state.fifo, chunk], [*s_state.lengths(), lengths])
-        a_state, a_out = streaming_update(params, a_state, chunk, lengths, _context_graph(a_in, a_len, 4), lc, rc)
-        s_state, s_out = streaming_update_sync(params, s_state, chunk, _context_graph(s_in, s_len, 4), lc, rc)
+        a_graph = _context_graph(a_in, a_len, 4)
+        a_state, a_out = streaming_update_async(params, a_state, chunk, lengths, a_graph, lc, rc)
+        s_state, s_out = streaming_update(params, s_state, chunk, _context_graph(s_in, s_len, 4), lc, rc)
         if first is None:
             np.testing.assert_array_equal(s_in, a_in)  # identical graph inputs until the first compression
             np.testing.assert_array_equal(s_out, a_out)
@@ -510,22 +511,22 @@ def test_sync_and_async_updates_differ() -> None:
 
 def test_sync_state_basics() -> None:
     params = SpeakerCacheParams(spkcache_len=40, fifo_len=20, spkcache_update_period=12)
-    state = init_sync_state(params, 2, 8)
+    state = init_streaming_state(params, 2, 8)
     assert state.spkcache.shape == (2, 0, 8) and state.fifo.shape == (2, 0, 8)
     assert state.spkcache_preds is None and state.fifo_preds is None
     for lengths in state.lengths():
         assert lengths.dtype == np.int64 and lengths.tolist() == [0, 0]
-    state = SyncSpeakerCacheState(**{**vars(state), "fifo": np.ones((2, 5, 8), np.float32)})
+    state = StreamingState(**{**vars(state), "fifo": np.ones((2, 5, 8), np.float32)})
     with pytest.raises(ValueError, match="frames"):
-        streaming_update_sync(params, state, np.zeros((2, 14, 8), np.float32), np.zeros((2, 4, 4), np.float32))
-    new_state, chunk_preds = streaming_update_sync(  # a chunk tail missing from preds counts as masked
+        streaming_update(params, state, np.zeros((2, 14, 8), np.float32), np.zeros((2, 4, 4), np.float32))
+    new_state, chunk_preds = streaming_update(  # a chunk tail missing from preds counts as masked
         params, state, np.ones((2, 14, 8), np.float32), np.ones((2, 12, 4), np.float32)
     )
     np.testing.assert_array_equal(chunk_preds[:, :7], 1)
     np.testing.assert_array_equal(chunk_preds[:, 7:], 0)
     assert new_state.fifo.shape == (2, 19, 8) and new_state.fifo_preds.shape == (2, 19, 4)
     with pytest.raises(ValueError, match="n_spk"):
-        streaming_update_sync(params, state, np.zeros((2, 14, 8), np.float32), np.zeros((2, 14, 3), np.float32))
+        streaming_update(params, state, np.zeros((2, 14, 8), np.float32), np.zeros((2, 14, 3), np.float32))
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -617,7 +618,7 @@ def test_compression_pieces_match_nemo(binary: bool) -> None:
             # Whole compression, end to end.
             t_emb, t_pr, _ = mod._compress_spkcache(_t(embs), _t(preds), _t(sil), permute_spk=False)
             for b in range(3):
-                got_emb, got_pr = sc._compress_spkcache(params, embs[b], preds[b], sil[b])
+                got_emb, got_pr = sc.compress_spkcache(params, embs[b], preds[b], sil[b])
                 np.testing.assert_array_equal(got_emb, t_emb[b].numpy())
                 np.testing.assert_array_equal(got_pr, t_pr[b].numpy())
 
@@ -626,11 +627,11 @@ def test_compression_pieces_match_nemo(binary: bool) -> None:
             sil_preds = preds * np.float32(0.1)
             sil_preds[1] += np.float32(0.3)  # row 1 has no silent frame: NeMo still recomputes it (batch-wide)
             t_mean, t_n = mod._get_silence_profile(_t(sil), _t(n_sil), _t(embs), _t(sil_preds))
-            mean, n = sc._silence_profile(params, sil, n_sil, embs, sil_preds)
+            mean, n = sc.silence_profile(params, sil, n_sil, embs, sil_preds)
             np.testing.assert_array_equal(mean, t_mean.numpy())
             np.testing.assert_array_equal(n, t_n.numpy())
             for b in range(3):  # one row at a time, as the asynchronous update calls it
-                mean, n = sc._silence_profile(
+                mean, n = sc.silence_profile(
                     params, sil[b : b + 1], n_sil[b : b + 1], embs[b : b + 1], sil_preds[b : b + 1]
                 )
                 t_mean, t_n = mod._get_silence_profile(
@@ -647,7 +648,7 @@ def test_init_mask_concat_and_params() -> None:
     assert params.n_spk == 4 and params.max_index == 99999 and params.sil_threshold == 0.2
     assert SpeakerCacheParams.from_config(params.to_dict()) == params
     ref = mod.init_streaming_state(batch_size=3, async_streaming=True)
-    got = init_state(params, 3, 32)
+    got = init_streaming_state_async(params, 3, 32)
     _assert_state_equal(ref, got, "init", {})
     assert ref.fifo_preds is None and got.fifo_preds is None
 

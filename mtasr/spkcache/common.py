@@ -1,18 +1,5 @@
-"""Numpy port of NeMo Streaming Sortformer's arrival-order speaker-cache update (asynchronous and synchronous).
-
-Mirrors ``SortformerModules.init_streaming_state(async_streaming=True)``, ``streaming_update_async`` and
-everything they call (``_compress_spkcache``, ``_get_silence_profile``, ``_get_log_pred_scores``,
-``_disable_low_scores``, ``_boost_topk_scores``, ``_get_topk_indices``, ``_gather_spkcache_and_preds``),
-plus ``apply_mask_to_preds`` and ``concat_and_pad`` that ``forward_streaming_step`` wraps around the graph.
-Only eval-mode behaviour is reproduced (no ``scores_add_rnd`` noise, no speaker permutation: the asynchronous
-path never permutes, so NeMo's ``spk_perm`` stays ``None`` and is not kept here).
-
-The synchronous flavour (:func:`init_sync_state`, :func:`streaming_update_sync`) mirrors
-``init_streaming_state(async_streaming=False)`` and ``streaming_update``, which NeMo's multitalker flow
-(``SpeakerTaggedASR``) uses: cache and FIFO are variable-length arrays that start empty, the whole chunk is
-appended (no per-stream lengths), and the cache predictions only exist from the first compression on, where
-they are taken from the *current* graph predictions of the cache frames (the asynchronous flavour keeps the
-predictions the frames had when they left the FIFO). The two flavours therefore give different results.
+"""Shared parts of the speaker-cache update: parameters, graph-output masking, the silence profile and the
+cache compression (NeMo ``_compress_spkcache`` and what it calls), bit-exact against NeMo on CPU.
 
 Bit-exactness notes (reference: NeMo on CPU PyTorch):
 
@@ -36,21 +23,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = [
-    "SpeakerCacheParams",
-    "SpeakerCacheState",
-    "SyncSpeakerCacheState",
-    "apply_mask_to_preds",
-    "concat_and_pad",
-    "init_state",
-    "init_sync_state",
-    "streaming_update",
-    "streaming_update_sync",
-    "torch_topk_indices",
-]
-
-_F32 = np.float32
-_NEG_INF = _F32(-np.inf)
+F32 = np.float32
+_NEG_INF = F32(-np.inf)
 # float32 lanes of the SIMD vector ATen's CPU sum kernel is compiled for (AVX2 width, also on AVX-512 machines);
 # it only decides the summation order (see _sum_frames / _sum_last_axis).
 _ATEN_FLOAT_VEC_WIDTH = 8
@@ -97,89 +71,12 @@ class SpeakerCacheParams:
         return asdict(self)
 
 
-@dataclass
-class SpeakerCacheState:
-    """Streaming state of a batch of streams, as NeMo's async ``StreamingSortformerState``.
-
-    ``fifo_preds`` is ``None`` until the first update, exactly like NeMo (it is rewritten from the fresh
-    graph predictions on every update, so its previous value is never read).
-    """
-
-    spkcache: np.ndarray  # (B, spkcache_len, D) float32
-    spkcache_lengths: np.ndarray  # (B,) int64
-    spkcache_preds: np.ndarray  # (B, spkcache_len, n_spk) float32, zeros initially (as NeMo)
-    fifo: np.ndarray  # (B, fifo_len, D) float32
-    fifo_lengths: np.ndarray  # (B,) int64
-    fifo_preds: np.ndarray | None  # (B, fifo_len, n_spk) float32, None initially (as NeMo)
-    mean_sil_emb: np.ndarray  # (B, D) float32
-    n_sil_frames: np.ndarray  # (B,) int64
-
-    def copy(self) -> SpeakerCacheState:
-        """Deep copy (all arrays copied)."""
-        return _deep_copy(self)
+def deep_copy(state: Any) -> Any:
+    return replace(state, **{f.name: copy_or_none(getattr(state, f.name)) for f in fields(state)})
 
 
-@dataclass
-class SyncSpeakerCacheState:
-    """Streaming state of NeMo's synchronous update (``async_streaming=False``) for equal-length streams.
-
-    Cache and FIFO grow from 0 frames; ``spkcache_preds`` stays ``None`` until the first compression and
-    ``fifo_preds`` until the first update, exactly like NeMo. Feed the graph ``spkcache_lengths = n_cache`` and
-    ``fifo_lengths = n_fifo`` (see :meth:`lengths`).
-    """
-
-    spkcache: np.ndarray  # (B, n_cache, D) float32, n_cache in 0..spkcache_len
-    spkcache_preds: np.ndarray | None  # (B, n_cache, n_spk) float32, None until the first compression
-    fifo: np.ndarray  # (B, n_fifo, D) float32
-    fifo_preds: np.ndarray | None  # (B, n_fifo, n_spk) float32, None until the first update
-    mean_sil_emb: np.ndarray  # (B, D) float32
-    n_sil_frames: np.ndarray  # (B,) int64
-
-    def lengths(self) -> tuple[np.ndarray, np.ndarray]:
-        """(B,) int64 ``spkcache_lengths`` and ``fifo_lengths`` to feed the diarizer graph."""
-        batch_size = self.spkcache.shape[0]
-        return (
-            np.full((batch_size,), self.spkcache.shape[1], dtype=np.int64),
-            np.full((batch_size,), self.fifo.shape[1], dtype=np.int64),
-        )
-
-    def copy(self) -> SyncSpeakerCacheState:
-        """Deep copy (all arrays copied)."""
-        return _deep_copy(self)
-
-
-def _deep_copy(state: Any) -> Any:
-    return replace(state, **{f.name: _copy_or_none(getattr(state, f.name)) for f in fields(state)})
-
-
-def _copy_or_none(value: np.ndarray | None) -> np.ndarray | None:
+def copy_or_none(value: np.ndarray | None) -> np.ndarray | None:
     return None if value is None else value.copy()
-
-
-def init_state(params: SpeakerCacheParams, batch_size: int, emb_dim: int) -> SpeakerCacheState:
-    """Zero state as ``init_streaming_state(async_streaming=True)`` (emb_dim = NeMo's ``fc_d_model``)."""
-    return SpeakerCacheState(
-        spkcache=np.zeros((batch_size, params.spkcache_len, emb_dim), dtype=_F32),
-        spkcache_lengths=np.zeros((batch_size,), dtype=np.int64),
-        spkcache_preds=np.zeros((batch_size, params.spkcache_len, params.n_spk), dtype=_F32),
-        fifo=np.zeros((batch_size, params.fifo_len, emb_dim), dtype=_F32),
-        fifo_lengths=np.zeros((batch_size,), dtype=np.int64),
-        fifo_preds=None,
-        mean_sil_emb=np.zeros((batch_size, emb_dim), dtype=_F32),
-        n_sil_frames=np.zeros((batch_size,), dtype=np.int64),
-    )
-
-
-def init_sync_state(params: SpeakerCacheParams, batch_size: int, emb_dim: int) -> SyncSpeakerCacheState:
-    """Empty state as ``init_streaming_state(async_streaming=False)`` (emb_dim = NeMo's ``fc_d_model``)."""
-    return SyncSpeakerCacheState(
-        spkcache=np.zeros((batch_size, 0, emb_dim), dtype=_F32),
-        spkcache_preds=None,
-        fifo=np.zeros((batch_size, 0, emb_dim), dtype=_F32),
-        fifo_preds=None,
-        mean_sil_emb=np.zeros((batch_size, emb_dim), dtype=_F32),
-        n_sil_frames=np.zeros((batch_size,), dtype=np.int64),
-    )
 
 
 def apply_mask_to_preds(preds: np.ndarray, lengths: np.ndarray) -> np.ndarray:
@@ -211,194 +108,11 @@ def concat_and_pad(embs: Sequence[np.ndarray], lengths: Sequence[np.ndarray]) ->
     return out, total
 
 
-def streaming_update(
-    params: SpeakerCacheParams,
-    state: SpeakerCacheState,
-    chunk_embs: np.ndarray,
-    chunk_lengths: np.ndarray,
-    preds: np.ndarray,
-    lc: int = 0,
-    rc: int = 0,
-) -> tuple[SpeakerCacheState, np.ndarray]:
-    """One ``streaming_update_async`` step; returns a new state (inputs untouched) and the chunk predictions.
-
-    Args:
-        params: cache parameters.
-        state: previous state.
-        chunk_embs: (B, lc + chunk + rc, D) pre-encoded chunk embeddings (after ``drop_extra_pre_encoded``).
-        chunk_lengths: (B,) valid frames in ``chunk_embs`` (including the ``lc`` left-context frames).
-        preds: (B, T, n_spk) graph sigmoid outputs for ``concat_and_pad([spkcache, fifo, chunk])``,
-            masked with :func:`apply_mask_to_preds`.
-        lc: left-context frames at the start of the chunk; rc: right-context frames at its end.
-
-    Returns:
-        The new state and chunk predictions of shape (B, T_chunk - lc - rc, n_spk).
-    """
-    chunk_embs = np.asarray(chunk_embs, dtype=_F32)
-    preds = np.asarray(preds, dtype=_F32)
-    chunk_lengths = np.asarray(chunk_lengths, dtype=np.int64)
-    batch_size, _, emb_dim = chunk_embs.shape
-    n_spk = preds.shape[2]
-    if n_spk != params.n_spk:
-        raise ValueError(f"preds have {n_spk} speakers, params.n_spk is {params.n_spk}")
-
-    max_spkcache_len, max_fifo_len = state.spkcache.shape[1], state.fifo.shape[1]
-    max_chunk_len = chunk_embs.shape[1] - lc - rc
-    max_pop_out_len = min(max(params.spkcache_update_period, max_chunk_len), max_chunk_len + max_fifo_len)
-
-    fresh_fifo_preds = np.zeros((batch_size, max_fifo_len, n_spk), dtype=_F32)
-    chunk_preds = np.zeros((batch_size, max_chunk_len, n_spk), dtype=_F32)
-    chunk_lens = np.clip(chunk_lengths - lc, 0, max_chunk_len)
-    fifo = np.zeros((batch_size, max_fifo_len + max_chunk_len, emb_dim), dtype=_F32)
-    fifo_preds = np.zeros((batch_size, max_fifo_len + max_chunk_len, n_spk), dtype=_F32)
-    spkcache = np.zeros((batch_size, max_spkcache_len + max_pop_out_len, emb_dim), dtype=_F32)
-    spkcache_preds = np.zeros((batch_size, max_spkcache_len + max_pop_out_len, n_spk), dtype=_F32)
-    spkcache_lengths = state.spkcache_lengths.astype(np.int64, copy=True)
-    fifo_lengths = state.fifo_lengths.astype(np.int64, copy=True)
-    mean_sil_emb = state.mean_sil_emb.astype(_F32, copy=True)
-    n_sil_frames = state.n_sil_frames.astype(np.int64, copy=True)
-
-    for b in range(batch_size):
-        sc_len, f_len, c_len = int(spkcache_lengths[b]), int(fifo_lengths[b]), int(chunk_lens[b])
-        # FIFO predictions are refreshed from this step's graph output; the chunk's are sliced after them.
-        fresh_fifo_preds[b, :f_len] = preds[b, sc_len : sc_len + f_len]
-        chunk_start = sc_len + f_len + lc
-        chunk_preds[b, :c_len] = preds[b, chunk_start : chunk_start + c_len]
-        spkcache[b, :sc_len] = state.spkcache[b, :sc_len]
-        spkcache_preds[b, :sc_len] = state.spkcache_preds[b, :sc_len]
-        fifo[b, :f_len] = state.fifo[b, :f_len]
-        fifo_preds[b, :f_len] = fresh_fifo_preds[b, :f_len]
-
-        # Append the chunk (without its left/right context) to the FIFO.
-        fifo_lengths[b] += c_len
-        fifo[b, f_len : f_len + c_len] = chunk_embs[b, lc : lc + c_len]
-        fifo_preds[b, f_len : f_len + c_len] = chunk_preds[b, :c_len]
-        if f_len + c_len <= max_fifo_len:
-            continue
-
-        # FIFO overflow: move its oldest pop_out_len frames to the speaker cache.
-        pop_out_len = max(params.spkcache_update_period, max_chunk_len - max_fifo_len + f_len)
-        pop_out_len = min(pop_out_len, f_len + c_len)
-        spkcache_lengths[b] += pop_out_len
-        pop_out_embs = fifo[b, :pop_out_len]
-        pop_out_preds = fifo_preds[b, :pop_out_len]
-        mean_sil_emb[b : b + 1], n_sil_frames[b : b + 1] = _silence_profile(
-            params, mean_sil_emb[b : b + 1], n_sil_frames[b : b + 1], pop_out_embs[None], pop_out_preds[None]
-        )
-        spkcache[b, sc_len : sc_len + pop_out_len] = pop_out_embs
-        # NeMo's "already compressed once" test; cache preds are never negative, so it always holds in practice.
-        if spkcache_preds[b, 0, 0] >= 0:
-            spkcache_preds[b, sc_len : sc_len + pop_out_len] = pop_out_preds
-        elif sc_len + pop_out_len > params.spkcache_len:
-            spkcache_preds[b, :sc_len] = preds[b, :sc_len]
-            spkcache_preds[b, sc_len : sc_len + pop_out_len] = pop_out_preds
-        fifo_lengths[b] -= pop_out_len
-        new_f_len = int(fifo_lengths[b])
-        fifo[b, :new_f_len] = fifo[b, pop_out_len : pop_out_len + new_f_len].copy()
-        fifo_preds[b, :new_f_len] = fifo_preds[b, pop_out_len : pop_out_len + new_f_len].copy()
-        fifo[b, new_f_len:] = 0
-        fifo_preds[b, new_f_len:] = 0
-
-    new_spkcache = spkcache[:, : params.spkcache_len].copy()
-    new_spkcache_preds = spkcache_preds[:, : params.spkcache_len].copy()
-    for b in np.flatnonzero(spkcache_lengths > params.spkcache_len):
-        new_spkcache[b], new_spkcache_preds[b] = _compress_spkcache(
-            params, spkcache[b], spkcache_preds[b], mean_sil_emb[b]
-        )
-        spkcache_lengths[b] = params.spkcache_len
-
-    new_state = SpeakerCacheState(
-        spkcache=new_spkcache,
-        spkcache_lengths=spkcache_lengths,
-        spkcache_preds=new_spkcache_preds,
-        fifo=fifo[:, :max_fifo_len].copy(),
-        fifo_lengths=fifo_lengths,
-        fifo_preds=fifo_preds[:, :max_fifo_len].copy(),
-        mean_sil_emb=mean_sil_emb,
-        n_sil_frames=n_sil_frames,
-    )
-    return new_state, chunk_preds
-
-
-def streaming_update_sync(
-    params: SpeakerCacheParams,
-    state: SyncSpeakerCacheState,
-    chunk_embs: np.ndarray,
-    preds: np.ndarray,
-    lc: int = 0,
-    rc: int = 0,
-) -> tuple[SyncSpeakerCacheState, np.ndarray]:
-    """One synchronous ``streaming_update`` step (eval mode); returns a new state (inputs untouched) and chunk preds.
-
-    Args:
-        params: cache parameters.
-        state: previous state.
-        chunk_embs: (B, lc + chunk + rc, D) pre-encoded chunk embeddings; all ``chunk`` frames are appended to
-            the FIFO whatever their validity, as NeMo does.
-        preds: (B, T, n_spk) graph sigmoid outputs for ``[spkcache, fifo, chunk_embs]``, masked beyond the valid
-            frames with :func:`apply_mask_to_preds`. T >= n_cache + n_fifo; frames missing up to
-            n_cache + n_fifo + lc + chunk (a graph that drops the chunk's invalid tail) count as masked (0), later
-            ones are unused.
-        lc: left-context frames at the start of the chunk; rc: right-context frames at its end.
-
-    Returns:
-        The new state and chunk predictions of shape (B, T_chunk - lc - rc, n_spk).
-    """
-    chunk_embs = np.asarray(chunk_embs, dtype=_F32)
-    preds = np.asarray(preds, dtype=_F32)
-    batch_size, n_in, emb_dim = chunk_embs.shape
-    n_cache, n_fifo = state.spkcache.shape[1], state.fifo.shape[1]
-    chunk_len = n_in - lc - rc
-    chunk_start = n_cache + n_fifo + lc
-    if preds.ndim != 3 or preds.shape[0] != batch_size or preds.shape[2] != params.n_spk:
-        raise ValueError(f"preds shape {preds.shape} does not fit batch {batch_size} and n_spk {params.n_spk}")
-    if chunk_len < 0 or preds.shape[1] < n_cache + n_fifo:
-        raise ValueError(f"preds have {preds.shape[1]} frames, need {n_cache + n_fifo} + chunk (lc={lc}, rc={rc})")
-    if preds.shape[1] < chunk_start + chunk_len:  # what NeMo's apply_mask_to_preds would have zeroed
-        pad = np.zeros((batch_size, chunk_start + chunk_len - preds.shape[1], params.n_spk), dtype=_F32)
-        preds = np.concatenate([preds, pad], axis=1)
-
-    chunk_preds = preds[:, chunk_start : chunk_start + chunk_len].copy()
-    fifo = np.concatenate([state.fifo, chunk_embs[:, lc : lc + chunk_len]], axis=1)
-    fifo_preds = np.concatenate([preds[:, n_cache : n_cache + n_fifo], chunk_preds], axis=1)
-    spkcache, spkcache_preds = state.spkcache.copy(), _copy_or_none(state.spkcache_preds)
-    mean_sil_emb, n_sil_frames = state.mean_sil_emb.astype(_F32), state.n_sil_frames.astype(np.int64)
-
-    if n_fifo + chunk_len > params.fifo_len:  # FIFO overflow: move its oldest frames to the speaker cache
-        pop_out_len = max(params.spkcache_update_period, chunk_len - params.fifo_len + n_fifo)
-        pop_out_len = min(pop_out_len, n_fifo + chunk_len)
-        pop_out_embs, pop_out_preds = fifo[:, :pop_out_len], fifo_preds[:, :pop_out_len]
-        mean_sil_emb, n_sil_frames = _silence_profile(params, mean_sil_emb, n_sil_frames, pop_out_embs, pop_out_preds)
-        fifo, fifo_preds = fifo[:, pop_out_len:], fifo_preds[:, pop_out_len:]
-        spkcache = np.concatenate([spkcache, pop_out_embs], axis=1)
-        if spkcache_preds is not None:  # cache already compressed at least once
-            spkcache_preds = np.concatenate([spkcache_preds, pop_out_preds], axis=1)
-        if spkcache.shape[1] > params.spkcache_len:
-            if spkcache_preds is None:  # first compression: the cache frames' current predictions
-                spkcache_preds = np.concatenate([preds[:, :n_cache], pop_out_preds], axis=1)
-            compressed = [
-                _compress_spkcache(params, spkcache[b], spkcache_preds[b], mean_sil_emb[b]) for b in range(batch_size)
-            ]
-            spkcache = np.stack([embs for embs, _ in compressed]).reshape(batch_size, -1, emb_dim)
-            spkcache_preds = np.stack([p for _, p in compressed]).reshape(batch_size, -1, params.n_spk)
-
-    new_state = SyncSpeakerCacheState(
-        spkcache=np.ascontiguousarray(spkcache),
-        spkcache_preds=None if spkcache_preds is None else np.ascontiguousarray(spkcache_preds),
-        fifo=np.ascontiguousarray(fifo),
-        fifo_preds=np.ascontiguousarray(fifo_preds),
-        mean_sil_emb=mean_sil_emb,
-        n_sil_frames=n_sil_frames,
-    )
-    return new_state, chunk_preds
-
-
-# ----------------------------------------------------------------------------------------------------------------
 # Speaker-cache compression (single stream: every NeMo op here is independent per batch row).
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def _compress_spkcache(
+def compress_spkcache(
     params: SpeakerCacheParams, emb_seq: np.ndarray, preds: np.ndarray, mean_sil_emb: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
     """Keep the ``spkcache_len`` most important frames of (n_frames, D) ``emb_seq`` (NeMo ``_compress_spkcache``)."""
@@ -411,17 +125,17 @@ def _compress_spkcache(
     scores = _log_pred_scores(params, preds)
     scores = _disable_low_scores(preds, scores, min_pos_scores_per_spk)
     if params.scores_boost_latest > 0:  # boost the frames just moved in from the FIFO
-        scores[params.spkcache_len :] += _F32(params.scores_boost_latest)
+        scores[params.spkcache_len :] += F32(params.scores_boost_latest)
     scores = _boost_topk_scores(scores, strong_boost_per_spk, scale_factor=2.0)  # >= K frames per speaker
     scores = _boost_topk_scores(scores, weak_boost_per_spk, scale_factor=1.0)  # no speaker dominates
     if params.spkcache_sil_frames_per_spk > 0:  # room for silence frames at the end of each speaker block
-        pad = np.full((params.spkcache_sil_frames_per_spk, n_spk), np.inf, dtype=_F32)
+        pad = np.full((params.spkcache_sil_frames_per_spk, n_spk), np.inf, dtype=F32)
         scores = np.concatenate([scores, pad], axis=0)
 
     frame_idx, is_disabled = _topk_frame_indices(params, scores)
     gathered_embs = np.where(is_disabled[:, None], mean_sil_emb[None, :], emb_seq[frame_idx])
-    gathered_preds = np.where(is_disabled[:, None], _F32(0.0), preds[frame_idx])
-    return gathered_embs.astype(_F32, copy=False), gathered_preds.astype(_F32, copy=False)
+    gathered_preds = np.where(is_disabled[:, None], F32(0.0), preds[frame_idx])
+    return gathered_embs.astype(F32, copy=False), gathered_preds.astype(F32, copy=False)
 
 
 def _ceil_log2(x: int) -> int:
@@ -492,7 +206,7 @@ def _sum_frames(x: np.ndarray) -> np.ndarray:
     return np.concatenate([_cascade_sum(x[:, :split]), _ilp_row_sum(x[:, split:])])
 
 
-def _silence_profile(
+def silence_profile(
     params: SpeakerCacheParams, mean_sil_emb: np.ndarray, n_sil_frames: np.ndarray, embs: np.ndarray, preds: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
     """Running mean of frames whose summed activity is below ``sil_threshold`` (NeMo ``_get_silence_profile``).
@@ -500,28 +214,28 @@ def _silence_profile(
     Batched like NeMo: (B, D) mean, (B,) counts, (B, n, D) embs, (B, n, n_spk) preds. The inputs are returned
     unchanged only when no row has a silent frame; otherwise every row is recomputed (``mean * n / n``).
     """
-    is_sil = _sum_last_axis(preds) < _F32(params.sil_threshold)
+    is_sil = _sum_last_axis(preds) < F32(params.sil_threshold)
     sil_count = is_sil.sum(axis=1, dtype=np.int64)
     if not (sil_count > 0).any():
         return mean_sil_emb, n_sil_frames
-    sil_emb_sum = np.stack([_sum_frames(e * s[:, None].astype(_F32)) for e, s in zip(embs, is_sil, strict=True)])
+    sil_emb_sum = np.stack([_sum_frames(e * s[:, None].astype(F32)) for e, s in zip(embs, is_sil, strict=True)])
     upd_n_sil_frames = n_sil_frames + sil_count
-    total = mean_sil_emb * n_sil_frames[:, None].astype(_F32) + sil_emb_sum
-    return (total / np.maximum(upd_n_sil_frames, 1)[:, None].astype(_F32)).astype(_F32), upd_n_sil_frames
+    total = mean_sil_emb * n_sil_frames[:, None].astype(F32) + sil_emb_sum
+    return (total / np.maximum(upd_n_sil_frames, 1)[:, None].astype(F32)).astype(F32), upd_n_sil_frames
 
 
 def _log_pred_scores(params: SpeakerCacheParams, preds: np.ndarray) -> np.ndarray:
     """Per-frame speaker scores, high for confident non-overlapped speech (NeMo ``_get_log_pred_scores``)."""
-    threshold = _F32(params.pred_score_threshold)
+    threshold = F32(params.pred_score_threshold)
     log_probs = _log_f32(np.maximum(preds, threshold))
-    log_1_probs = _log_f32(np.maximum(_F32(1.0) - preds, threshold))
+    log_1_probs = _log_f32(np.maximum(F32(1.0) - preds, threshold))
     log_1_probs_sum = _sum_last_axis(log_1_probs)[:, None]
-    return ((log_probs - log_1_probs) + log_1_probs_sum) - _F32(math.log(0.5))
+    return ((log_probs - log_1_probs) + log_1_probs_sum) - F32(math.log(0.5))
 
 
 def _log_f32(x: np.ndarray) -> np.ndarray:
     with np.errstate(divide="ignore", invalid="ignore"):
-        return np.log(x.astype(np.float64)).astype(_F32)
+        return np.log(x.astype(np.float64)).astype(F32)
 
 
 def _disable_low_scores(preds: np.ndarray, scores: np.ndarray, min_pos_scores_per_spk: int) -> np.ndarray:
@@ -530,7 +244,7 @@ def _disable_low_scores(preds: np.ndarray, scores: np.ndarray, min_pos_scores_pe
     scores = np.where(is_speech, scores, _NEG_INF)
     is_pos = scores > 0
     enough_pos = is_pos.sum(axis=0, keepdims=True) >= min_pos_scores_per_spk
-    return np.where(~is_pos & is_speech & enough_pos, _NEG_INF, scores).astype(_F32, copy=False)
+    return np.where(~is_pos & is_speech & enough_pos, _NEG_INF, scores).astype(F32, copy=False)
 
 
 def _boost_topk_scores(
@@ -540,7 +254,7 @@ def _boost_topk_scores(
     if n_boost_per_spk < 0:
         raise ValueError(f"n_boost_per_spk must be >= 0, got {n_boost_per_spk}")
     scores = scores.copy()
-    delta = _F32(scale_factor * math.log(offset))
+    delta = F32(scale_factor * math.log(offset))
     for spk in range(scores.shape[1]):
         rows = torch_topk_indices(scores[:, spk], n_boost_per_spk)
         scores[rows, spk] = scores[rows, spk] - delta

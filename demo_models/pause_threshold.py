@@ -34,8 +34,8 @@ def speaker_words(engine: Engine, audio: np.ndarray) -> dict[int, list]:
     out = {}
     for spk, st in s.speakers.items():
         if st.started:
-            frames = session_frames(st.decoder.frame_indices[0], st.runs, cfg.nframes_per_chunk)
-            out[spk] = timed_words(st.decoder.tokens[0], frames, cfg.vocabulary, cfg.frame_len_sec, s.audio_seconds)
+            frames = session_frames(st.frame_indices, st.runs, cfg.nframes_per_chunk)
+            out[spk] = timed_words(st.tokens, frames, cfg.vocabulary, cfg.frame_len_sec, s.audio_seconds)
     return out
 
 

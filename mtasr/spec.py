@@ -235,6 +235,15 @@ class DecoderJointOutputs(TensorRecord):
     c_out: np.ndarray = tensor(F32, *_LSTM)
 
 
+NEXT_SUFFIX = "_next"  # a state input `x` comes back from the graph as output `x_next`
+
+
+def carried_state(inputs: type[TensorRecord], outputs: type[TensorRecord]) -> list[str]:
+    """Names of a graph's inputs that are streaming state: those with a `<name>_next` output."""
+    out_names = set(outputs.names())
+    return [name for name in inputs.names() if name + NEXT_SUFFIX in out_names]
+
+
 def _graph(name: str, inputs: type[TensorRecord], outputs: type[TensorRecord], d: ModelDims | None,
            doc: str = "") -> GraphSpec:
     return GraphSpec(name, inputs.specs(d), outputs.specs(d), doc)

@@ -190,24 +190,37 @@ def test_batcher_filler_requests_are_ignored(engine):
     assert r.error is None and not m.live
 
 
-def test_failing_graph_call_drops_only_its_sequences(engine):
+class FailingRunner:
+    """ONNX Runtime, or an error on every call while `failing` is set."""
+
+    def __init__(self, runner) -> None:
+        self.runner, self.failing = runner, False
+
+    def __call__(self, graph, feeds, outputs):
+        if self.failing:
+            raise RuntimeError("encoder: batch too large")
+        return self.runner(graph, feeds, outputs)
+
+
+def test_failing_graph_call_drops_only_its_sequences(tiny_parity):
     """A graph error (e.g. an overloaded server) answers the batch with errors and frees those sequences,
     instead of raising out of the Triton model."""
+    graphs = tiny_parity["work"] / "graphs"
+    runner = FailingRunner(OrtRunner(graphs))
+    engine = Engine(PipelineConfig.from_folder(graphs, preset="70_13"),
+                    FeatureParams.load(graphs / "features_asr.npz"), runner)
     m = SequenceManager(engine)
     m.handle([_req(21, np.zeros((1, 1600), np.float32), start=True)])
-    healthy = engine.run
-
-    def broken(graph, feeds, outputs):
-        raise RuntimeError("encoder: batch too large")
-
-    engine.run = broken
+    runner.failing = True
     try:
         r = m.handle([_req(22, np.zeros((1, 32000), np.float32), start=True)])[0]
     finally:
-        engine.run = healthy
+        runner.failing = False
     assert "internal error, sequence 22 dropped: RuntimeError: encoder: batch too large" == r.error
     assert 22 not in m.live and 21 in m.live
+    assert engine.diarizer.pool.in_use == 1, "the dropped sequence's slots are freed"
     assert m.handle([_req(21, np.zeros((1, 1600), np.float32), end=True)])[0].error is None
+    assert engine.diarizer.pool.in_use == 0 and engine.asr.pool.in_use == 0
 
 
 def _reply_bytes(engine, timing: str, audio: np.ndarray, piece: int = 2560) -> list[int]:

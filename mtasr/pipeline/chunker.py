@@ -3,10 +3,21 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from mtasr.features import FeatureParams, StreamingLogMel
 from mtasr.pipeline.config import ChunkGeometry
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """Stage 1's output: one step's log-mel features (n_mels, frames) incl. the pre-encode cache, and how many of
+    those frames are valid."""
+
+    features: np.ndarray
+    length: int
 
 
 class FeatureChunker:
@@ -30,7 +41,7 @@ class FeatureChunker:
         if feats.shape[1]:
             self._frames = np.concatenate([self._frames, feats.astype(np.float32, copy=False)], axis=1)
 
-    def _cut(self, final: bool) -> list[tuple[np.ndarray, int]]:
+    def _cut(self, final: bool) -> list[Chunk]:
         g = self.geometry
         out = []
         end = self._start + self._frames.shape[1]
@@ -45,21 +56,21 @@ class FeatureChunker:
                 cache = self._frames[:, lo - self._start : self._next - self._start]
                 cache = np.pad(cache, ((0, 0), (g.pre_encode_cache - cache.shape[1], 0)))
             chunk = np.concatenate([cache, new], axis=1)
-            out.append((chunk, chunk.shape[1]))
+            out.append(Chunk(chunk, chunk.shape[1]))
             self._next += g.shift_frames
         keep_from = max(self._start, self._next - g.pre_encode_cache, 0)
         self._frames = self._frames[:, keep_from - self._start :]
         self._start = keep_from
         return out
 
-    def push(self, samples: np.ndarray) -> list[tuple[np.ndarray, int]]:
+    def push(self, samples: np.ndarray) -> list[Chunk]:
         """Feed samples; returns the chunks (n_mels, frames) and their valid lengths that became complete."""
         if self.finished:
             raise RuntimeError("stream already finished")
         self._append(self.mel.push(samples))
         return self._cut(final=False)
 
-    def finish(self) -> list[tuple[np.ndarray, int]]:
+    def finish(self) -> list[Chunk]:
         """End of stream: the remaining chunks, the last one possibly short."""
         if self.finished:
             return []

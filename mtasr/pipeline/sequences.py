@@ -152,7 +152,7 @@ class SequenceManager:
         now = self.clock()
         gone = [c for c, s in self.live.items() if c not in keep and now - s.last_seen > self.policy.idle_timeout_s]
         for c in gone:
-            del self.live[c]
+            self.engine.close(self.live.pop(c).session)
         if gone:
             log.warning("expired %d idle session(s) after %.1f s without a request; %d live",
                         len(gone), self.policy.idle_timeout_s, len(self.live))
@@ -219,7 +219,8 @@ class SequenceManager:
         try:
             activity = self._run([live.session for _, live in touched])
         except Exception as exc:  # a failed graph call: these sequences' state is unreliable now, drop them
-            for i, _ in touched:
+            for i, live in touched:
+                self.engine.close(live.session)
                 self.live.pop(requests[i].corrid, None)
                 self.events.refused(RefusalReason.INTERNAL)
                 replies[i] = Reply(error=f"internal error, sequence {requests[i].corrid} dropped: "
@@ -235,6 +236,7 @@ class SequenceManager:
                 self.engine.finish(live.session)
             replies[i] = self._reply(live, activity.get(live.session.session_id), final=req.end)
             if req.end:
+                self.engine.close(live.session)
                 del self.live[req.corrid]
         self._report_occupancy()
         if any(requests[i].end for i, _ in touched):

@@ -39,7 +39,8 @@ def sequence_manager(folder: Path, model_config: dict, bls: GraphRunner,
     big = OrtRunner(folder / "graphs", threads=params.intra_op_threads)
     small = OrtRunner(folder / "graphs", threads=1)
     local = {params.graphs[r]: small if r == "decoder_joint" else big for r in params.in_process_models}
-    engine = Engine(cfg, FeatureParams.load(folder / FEATURES), RoutedRunner(bls, local))
+    engine = Engine(cfg, FeatureParams.load(folder / FEATURES), RoutedRunner(bls, local),
+                    capacity=params.max_sessions)
     idle_us = int(model_config["sequence_batching"]["max_sequence_idle_microseconds"])
     policy = SessionPolicy(max_sessions=params.max_sessions, idle_timeout_s=idle_us / 1e6)
     return SequenceManager(engine, policy, events=events, timing=params.timing)

@@ -4,7 +4,8 @@
 
 Drives the same `SequenceManager` + `Engine` that the `multitalker` model runs (request validation, features,
 speaker-cache update, greedy decoding loop, transcript and reply JSON), with ONNX Runtime in process, as the
-cpu repository serves it. Every graph call is timed; overhead = wall time - graph time. Not included: the
+cpu repository serves it. Every graph call is timed; overhead = wall time - graph time. State bytes copied: what
+the state pools gathered (when not a view) and scattered back, per session and step. Not included: the
 Triton glue in model.py (tensor <-> numpy, a few lines) and gRPC.
 """
 
@@ -69,10 +70,13 @@ def run(graphs: Path, preset: str = "70_13", sessions: int = 8, seconds: float =
             assert not any(r.error for r in replies), [r.error for r in replies]
         return time.perf_counter() - t0, n_pieces * sessions
 
+    pools = [engine.diarizer.pool, engine.asr.pool]
     stream(1000)  # warm-up: sessions and allocations
     runner.seconds.clear()
     runner.calls.clear()
+    copied = sum(p.copied_bytes for p in pools)
     wall, requests = stream(2000)
+    copied = sum(p.copied_bytes for p in pools) - copied
     graph_s = sum(runner.seconds.values())
     steps = runner.calls[cfg.graphs["diarizer"]]  # one diarizer call per executed step (all sessions batched)
     step_sessions = steps * sessions
@@ -80,7 +84,8 @@ def run(graphs: Path, preset: str = "70_13", sessions: int = 8, seconds: float =
             "model_steps": steps, "wall_s": round(wall, 3), "graph_s": round(graph_s, 3),
             "graph_calls": dict(runner.calls), "graph_s_by_graph": {k: round(v, 3) for k, v in runner.seconds.items()},
             "overhead_ms_per_request": round((wall - graph_s) / requests * 1000, 3),
-            "overhead_ms_per_session_step": round((wall - graph_s) / step_sessions * 1000, 3)}
+            "overhead_ms_per_session_step": round((wall - graph_s) / step_sessions * 1000, 3),
+            "state_bytes_copied_per_session_step": round(copied / step_sessions)}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -22,7 +22,6 @@ import numpy as np
 
 from mtasr.spec import (
     API_KEY_HEADER,
-    BYTES,
     FRAME_SEC,
     MAX_CHUNK_SECONDS,
     NUM_SPEAKERS,
@@ -31,8 +30,10 @@ from mtasr.spec import (
     SESSION_KEY_HEADER,
     TIMING_PARAMETER,
     TIMINGS,
+    OrchestratorInputs,
+    OrchestratorOutputs,
+    TensorRecord,
     grpc_restricted_header,
-    orchestrator_spec,
 )
 
 MAX_SEQUENCE_ID = 2**64 - 1  # CORRID is UINT64; 0 means "no sequence" to Triton
@@ -130,13 +131,21 @@ def connect(conn: Connection | str, model: str = ORCHESTRATOR, timeout: float = 
     return client
 
 
-def _inputs(piece: np.ndarray):
+def infer_inputs(record: TensorRecord) -> list:
+    """A record's tensors as gRPC `InferInput`s."""
     import tritonclient.grpc as grpcclient
+    from tritonclient.utils import np_to_triton_dtype
 
-    spec = orchestrator_spec().tensor("audio")
-    x = grpcclient.InferInput(spec.name, [1, piece.shape[0]], "FP32")
-    x.set_data_from_numpy(np.ascontiguousarray(piece[None], dtype=np.float32))
-    return [x]
+    out = []
+    for name, array in record.feeds().items():
+        x = grpcclient.InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
+        x.set_data_from_numpy(np.ascontiguousarray(array))
+        out.append(x)
+    return out
+
+
+def _inputs(piece: np.ndarray) -> list:
+    return infer_inputs(OrchestratorInputs(audio=np.asarray(piece, dtype=np.float32)[None]))
 
 
 def infer_piece(client, samples: np.ndarray, sequence_id: int, session_key: str | None, start: bool = False,
@@ -150,8 +159,9 @@ def infer_piece(client, samples: np.ndarray, sequence_id: int, session_key: str 
 OnReply = Callable[[list[dict], np.ndarray, list[dict]], None]  # (final segments, activity, interim tails)
 
 
-# segments, interim, transcript: the orchestrator's JSON outputs, named by the spec
-JSON_OUTPUTS = tuple(t.name for t in orchestrator_spec().outputs if t.dtype is BYTES)
+def _segments(output: np.ndarray, session_id: str) -> list[dict]:
+    """A JSON output of one reply as segments named by the client's session id (the server uses sequence ids)."""
+    return [{**seg, "session_id": session_id} for seg in json.loads(output.reshape(-1)[0])]
 
 
 def _message(error) -> str:
@@ -212,10 +222,12 @@ def stream_audio(conn: Connection | str, samples: np.ndarray, sequence_id: int |
                 rid = res.get_response().id
                 result.latencies_ms.append((t - sent_at.get(rid, t)) * 1000)
                 # the server names sessions by sequence id; the client's name (file stem) is the SegLST session_id
-                raw = [res.as_numpy(name).reshape(-1)[0] for name in JSON_OUTPUTS]
-                result.reply_bytes.append(sum(len(r) for r in raw))
-                segs, tails, transcript = ([{**seg, "session_id": session_id} for seg in json.loads(r)] for r in raw)
-                act = res.as_numpy("speaker_activity")[0]
+                out = OrchestratorOutputs.from_lookup(res.as_numpy)
+                result.reply_bytes.append(sum(len(getattr(out, n).reshape(-1)[0])
+                                              for n in OrchestratorOutputs.json_names()))
+                segs, tails, transcript = (_segments(x, session_id) for x in (out.segments, out.interim,
+                                                                               out.transcript))
+                act = out.speaker_activity[0]
                 activity.append(act)
                 finals.extend(segs)
                 interim[:] = tails

@@ -8,6 +8,7 @@ module. Shapes use `-1` for a dynamic dimension; symbolic names for dynamic axes
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
+from types import SimpleNamespace
 from typing import TypeVar
 
 import numpy as np
@@ -164,6 +165,16 @@ class TensorRecord:
     def from_arrays(cls: type[_R], arrays) -> _R:
         """The record of a graph's outputs, given in `names()` order."""
         return cls(*arrays)
+
+    @classmethod
+    def from_lookup(cls: type[_R], get) -> _R:
+        """The record filled by `get(name)` for each tensor (e.g. a Triton result's `as_numpy`)."""
+        return cls(*(get(n) for n in cls.names()))
+
+    @classmethod
+    def tensor_names(cls) -> SimpleNamespace:
+        """`Record.tensor_names().audio == "audio"`: a tensor's name where code needs the string itself."""
+        return SimpleNamespace(**{n: n for n in cls.names()})
 
 
 @dataclass

@@ -33,7 +33,14 @@ from client.stream import (
 from edge.cluster import tls_pair
 from mtasr.audio import synth_conversation
 from mtasr.pipeline.metrics import METRICS, SESSIONS_EXPIRED
-from mtasr.spec import ADMIN_KEY_HEADER, ORCHESTRATOR, SAMPLE_RATE, SESSION_KEY_HEADER
+from mtasr.spec import (
+    ADMIN_KEY_HEADER,
+    ORCHESTRATOR,
+    SAMPLE_RATE,
+    SESSION_KEY_HEADER,
+    OrchestratorInputs,
+    OrchestratorOutputs,
+)
 from reliability.harness import (
     DATA,
     SAMPLES,
@@ -50,6 +57,8 @@ from reliability.harness import (
 )
 
 ACTIVE = "mtasr_active_sessions"
+
+IN, OUT = OrchestratorInputs.tensor_names(), OrchestratorOutputs.tensor_names()
 
 
 @dataclass(frozen=True)
@@ -191,7 +200,7 @@ def hijack_refused(h: Harness) -> dict:
     for i, p in enumerate(pieces[1:], 1):
         last = infer_piece(c, p, sid, key, end=i == len(pieces) - 1)
     c.close()
-    transcript = json.loads(last.as_numpy("transcript").reshape(-1)[0])
+    transcript = json.loads(last.as_numpy(OUT.transcript).reshape(-1)[0])
     check(_bare(transcript) == _bare(h.solo(name)), "the owner's transcript changed under attack")
     h.figures["hijack_refused"] = "yes"
     return {"refused": seen}
@@ -249,7 +258,7 @@ def flood_cannot_starve(h: Harness) -> dict:
         done: list = []
         c.start_stream(callback=lambda result, error: done.append(error),
                        headers={SESSION_KEY_HEADER: new_session_key()})
-        sid, x = new_sequence_id(), InferInput("audio", [1, 1], "FP32")
+        sid, x = new_sequence_id(), InferInput(IN.audio, [1, 1], "FP32")
         x.set_data_from_numpy(np.zeros((1, 1), np.float32))
         t0 = time.monotonic()
         while not stop.is_set() and time.monotonic() - t0 < 20 and sent[0] < 20000:  # bounded in count and time
@@ -373,24 +382,24 @@ def bad_input(h: Harness) -> dict:
     ended_key = new_session_key()
     infer_piece(c, ok[0], ended, ended_key, start=True, end=True)
     bad = {  # name -> (inputs, start, sequence id or None for a fresh one, key, expected status, message)
-        "wrong dtype": ([_tensor("audio", np.zeros((1, 160), np.int32), "INT32")], True, None, "INVALID_ARGUMENT",
+        "wrong dtype": ([_tensor(IN.audio, np.zeros((1, 160), np.int32), "INT32")], True, None, "INVALID_ARGUMENT",
                         "data-type"),
-        "wrong rank": ([_tensor("audio", np.zeros((1, 1, 160), np.float32), "FP32")], True, None, "INVALID_ARGUMENT",
+        "wrong rank": ([_tensor(IN.audio, np.zeros((1, 1, 160), np.float32), "FP32")], True, None, "INVALID_ARGUMENT",
                        "shape"),
-        "empty piece": ([_tensor("audio", np.zeros((1, 0), np.float32), "FP32")], True, None, "INVALID_ARGUMENT",
+        "empty piece": ([_tensor(IN.audio, np.zeros((1, 0), np.float32), "FP32")], True, None, "INVALID_ARGUMENT",
                         "empty audio piece"),
-        "NaN": ([_tensor("audio", np.full((1, 160), np.nan, np.float32), "FP32")], True, None, "INVALID_ARGUMENT",
+        "NaN": ([_tensor(IN.audio, np.full((1, 160), np.nan, np.float32), "FP32")], True, None, "INVALID_ARGUMENT",
                 "NaN or Inf"),
-        "Inf": ([_tensor("audio", np.full((1, 160), np.inf, np.float32), "FP32")], True, None, "INVALID_ARGUMENT",
+        "Inf": ([_tensor(IN.audio, np.full((1, 160), np.inf, np.float32), "FP32")], True, None, "INVALID_ARGUMENT",
                 "NaN or Inf"),
-        "over 2 s": ([_tensor("audio", np.zeros((1, 40000), np.float32), "FP32")], True, None, "INVALID_ARGUMENT",
+        "over 2 s": ([_tensor(IN.audio, np.zeros((1, 40000), np.float32), "FP32")], True, None, "INVALID_ARGUMENT",
                      "over 2 s"),
         "neither tensor": ([], True, None, "INVALID_ARGUMENT", "exactly one of"),
-        "both tensors": ([_tensor("audio", ok, "FP32"), _tensor("audio_int16", np.zeros((1, 1600), np.int16),
+        "both tensors": ([_tensor(IN.audio, ok, "FP32"), _tensor(IN.audio_int16, np.zeros((1, 1600), np.int16),
                                                                "INT16")], True, None, "INVALID_ARGUMENT",
                          "exactly one of"),
-        "before START": ([_tensor("audio", ok, "FP32")], False, None, "INVALID_ARGUMENT", "START"),
-        "after END": ([_tensor("audio", ok, "FP32")], False, ended, "INVALID_ARGUMENT", "START"),
+        "before START": ([_tensor(IN.audio, ok, "FP32")], False, None, "INVALID_ARGUMENT", "START"),
+        "after END": ([_tensor(IN.audio, ok, "FP32")], False, ended, "INVALID_ARGUMENT", "START"),
     }
     sid, key = new_sequence_id(), new_session_key()
     piece = SAMPLE_RATE
@@ -413,7 +422,7 @@ def bad_input(h: Harness) -> dict:
     for i, p in enumerate(pieces[1:], 1):
         last = infer_piece(c, p, sid, key, end=i == len(pieces) - 1)
     c.close()
-    check(_bare(json.loads(last.as_numpy("transcript").reshape(-1)[0])) == _bare(h.solo(name)),
+    check(_bare(json.loads(last.as_numpy(OUT.transcript).reshape(-1)[0])) == _bare(h.solo(name)),
           "a live session changed while bad requests arrived")
     return {"statuses": statuses, "refusals_counted": int(counted)}
 
@@ -580,7 +589,7 @@ def many_short_sequences_flat_rss(h: Harness) -> dict:
         h.sequence_ids.append(sid)
         try:
             r = infer_piece(c, audio, sid, new_session_key(), start=True, end=True)
-            lost += r.as_numpy("transcript") is None
+            lost += r.as_numpy(OUT.transcript) is None
         except InferenceServerException:
             lost += 1
         if i + 1 == warm:

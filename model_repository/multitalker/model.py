@@ -15,9 +15,8 @@ from mtasr.pipeline.metrics import METRICS, MetricDef, MetricKind, ServingMetric
 from mtasr.pipeline.sequences import AudioRequest, Reply
 from mtasr.pipeline.service import sequence_manager, tensor_ranks
 from mtasr.pipeline.sessions import ErrorCode
-from mtasr.spec import SESSION_KEY_HEADER, TIMING_PARAMETER, orchestrator_spec
+from mtasr.spec import SESSION_KEY_HEADER, TIMING_PARAMETER, OrchestratorInputs, OrchestratorOutputs
 
-SPEC = orchestrator_spec()
 # pb_utils' error codes and metric kinds exist only once the stub has started (not at import for auto-complete).
 # Triton 2.51's Python backend has no UNAUTHENTICATED: a missing session key is an invalid argument.
 ERROR_CODE_NAMES = {ErrorCode.INVALID_ARGUMENT: "INVALID_ARG", ErrorCode.UNAUTHENTICATED: "INVALID_ARG",
@@ -85,25 +84,26 @@ def _optional(request, name: str) -> np.ndarray | None:
 def _audio_request(request) -> AudioRequest:
     params = json.loads(request.parameters() or "{}")
     key, timing = params.get(SESSION_KEY_HEADER), params.get(TIMING_PARAMETER)
+    inputs = OrchestratorInputs.from_lookup(lambda name: _optional(request, name))
     return AudioRequest(corrid=int(_scalar(request, "CORRID")), start=bool(_scalar(request, "START")),
                         end=bool(_scalar(request, "END")), ready=bool(_scalar(request, "READY", 1)),
-                        audio=_optional(request, SPEC.inputs[0].name), audio_int16=_optional(request,
-                                                                                            SPEC.inputs[1].name),
+                        audio=inputs.audio, audio_int16=inputs.audio_int16,
                         session_key=key if isinstance(key, str) else None,
                         timing=str(timing) if timing is not None else None)
+
+
+def _json(text: str) -> np.ndarray:
+    return np.array([[text]], dtype=np.object_)
 
 
 def _response(reply: Reply):
     if reply.error:
         code = getattr(pb_utils.TritonError, ERROR_CODE_NAMES[reply.error_code])
         return pb_utils.InferenceResponse(error=pb_utils.TritonError(reply.error, code))
-    segments, interim, transcript, activity = SPEC.outputs
-    return pb_utils.InferenceResponse(output_tensors=[
-        pb_utils.Tensor(segments.name, np.array([[reply.segments_json()]], dtype=np.object_)),
-        pb_utils.Tensor(interim.name, np.array([[reply.interim_json()]], dtype=np.object_)),
-        pb_utils.Tensor(transcript.name, np.array([[reply.transcript_json()]], dtype=np.object_)),
-        pb_utils.Tensor(activity.name, reply.activity[None].astype(np.float32)),
-    ])
+    out = OrchestratorOutputs(segments=_json(reply.segments_json()), interim=_json(reply.interim_json()),
+                              transcript=_json(reply.transcript_json()),
+                              speaker_activity=reply.activity[None].astype(np.float32))
+    return pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(n, v) for n, v in out.feeds().items()])
 
 
 class TritonPythonModel:

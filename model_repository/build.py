@@ -21,10 +21,10 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
+from model_repository.triton_config import GRAPH_MODELS, IN_PROCESS_DEFAULT, TARGETS, repository_configs, to_pbtxt
 from mtasr.files import atomic_folder
 from mtasr.pipeline.params import DEFAULT_IDLE_TIMEOUT_S, DEFAULT_MAX_SESSIONS, SPEAKER_MODES
 from mtasr.spec import ORCHESTRATOR, PUBLIC_CHECKPOINT_DIMS, TIMINGS, ModelDims, parse_preset, preset_name
-from mtasr.triton_config import GRAPH_MODELS, IN_PROCESS_DEFAULT, TARGETS, repository_configs, to_pbtxt
 
 log = logging.getLogger("model_repository.build")
 HERE = Path(__file__).resolve().parent

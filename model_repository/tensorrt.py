@@ -21,9 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
+from model_repository.triton_config import GRAPH_MAX_BATCH, PLAN_FILE
 from mtasr.pipeline.config import PipelineConfig
 from mtasr.spec import GraphSpec, ModelDims, graph_specs
-from mtasr.triton_config import GRAPH_MAX_BATCH, PLAN_FILE
 
 TRTEXEC = "/usr/src/tensorrt/bin/trtexec"  # where NVIDIA's Triton container has it
 OPT_BATCH = 8

@@ -8,9 +8,9 @@ import re
 
 from model_repository.build import build
 from model_repository.tensorrt import SCRIPT, axis_ranges, profile_shapes, trtexec_command
+from model_repository.triton_config import GRAPH_MAX_BATCH, PLAN_FILE, parse_pbtxt
 from mtasr.pipeline import PipelineConfig
 from mtasr.spec import ModelDims, graph_specs
-from mtasr.triton_config import GRAPH_MAX_BATCH, PLAN_FILE, parse_pbtxt
 
 
 def test_repository_and_plan_script(tiny_parity, tmp_path):

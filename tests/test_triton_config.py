@@ -15,6 +15,15 @@ from tritonclient.grpc import model_config_pb2 as mc
 from tritonclient.utils import np_to_triton_dtype
 
 from model_repository import build as builder
+from model_repository.triton_config import (
+    GRAPH_MODELS,
+    IN_PROCESS_DEFAULT,
+    NUMPY_TO_TRITON,
+    TARGETS,
+    parse_pbtxt,
+    repository_configs,
+    triton_dtype,
+)
 from mtasr.pipeline.params import DEFAULT_IDLE_TIMEOUT_S, DEFAULT_MAX_SESSIONS, OrchestratorParams
 from mtasr.spec import (
     NUM_SPEAKERS,
@@ -25,15 +34,6 @@ from mtasr.spec import (
     TensorSpec,
     graph_specs,
     orchestrator_spec,
-)
-from mtasr.triton_config import (
-    GRAPH_MODELS,
-    IN_PROCESS_DEFAULT,
-    NUMPY_TO_TRITON,
-    TARGETS,
-    parse_pbtxt,
-    repository_configs,
-    triton_dtype,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -161,7 +161,7 @@ def test_dtype_table_agrees_with_tritonclient():
 
 
 def test_serving_modules_do_not_import_torch():
-    code = "import sys, mtasr, mtasr.spec, mtasr.triton_config; print('torch' in sys.modules)"
+    code = "import sys, mtasr, mtasr.spec, model_repository.triton_config; print('torch' in sys.modules)"
     assert subprocess.check_output([sys.executable, "-c", code], cwd=ROOT, text=True).strip() == "False"
 
 

@@ -178,7 +178,7 @@ def test_backend_groups_requests(tiny_graphs, tmp_path, monkeypatch):
     alone with a TritonError, outputs equal ONNX Runtime's."""
     from google.protobuf.json_format import MessageToDict
 
-    from mtasr.triton_config import graph_config
+    from model_repository.triton_config import graph_config
 
     fake = types.SimpleNamespace(
         Tensor=_FakeTensor, InferenceResponse=_FakeResponse, TritonError=str, TritonModelException=RuntimeError,

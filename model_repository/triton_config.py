@@ -15,7 +15,8 @@ import numpy as np
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from mtasr.pipeline.params import DEFAULT_IDLE_TIMEOUT_S, GRAPH_ROLES, OrchestratorParams
+from mtasr.manifest import GRAPH_ROLES
+from mtasr.pipeline.params import DEFAULT_IDLE_TIMEOUT_S, OrchestratorParams
 from mtasr.spec import (
     BYTES,
     NUM_SPEAKERS,

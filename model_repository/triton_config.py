@@ -29,7 +29,6 @@ from mtasr.spec import (
 )
 
 TARGETS = ("cpu", "gpu", "tensorrt")
-GPU_TARGETS = ("gpu", "tensorrt")
 GRAPH_MODELS = GRAPH_ROLES  # model names in the repository (= graph kinds)
 # Graphs the orchestrator runs in its own ONNX Runtime session instead of through BLS, by target. The RNNT greedy
 # loop calls decoder_joint once per emitted symbol and frame (about 50 calls per step for 2 speakers): through BLS
@@ -166,7 +165,3 @@ def repository_configs(dims: ModelDims, target: str, preset: str, speaker_mode: 
 
 def to_pbtxt(cfg: mc.ModelConfig) -> str:
     return text_format.MessageToString(cfg)
-
-
-def parse_pbtxt(text: str) -> mc.ModelConfig:
-    return text_format.Parse(text, mc.ModelConfig())

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import re
 
+from conftest import parse_pbtxt
+
 from model_repository.build import build
 from model_repository.tensorrt import SCRIPT, axis_ranges, profile_shapes, trtexec_command
-from model_repository.triton_config import GRAPH_MAX_BATCH, PLAN_FILE, parse_pbtxt
+from model_repository.triton_config import GRAPH_MAX_BATCH, PLAN_FILE
 from mtasr.manifest import Manifest
 from mtasr.pipeline import PipelineConfig
 from mtasr.spec import graph_specs

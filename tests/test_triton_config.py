@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import parse_pbtxt
 from tritonclient.grpc import model_config_pb2 as mc
 from tritonclient.utils import np_to_triton_dtype
 
@@ -18,7 +19,6 @@ from model_repository.triton_config import (
     IN_PROCESS_DEFAULT,
     NUMPY_TO_TRITON,
     TARGETS,
-    parse_pbtxt,
     repository_configs,
     triton_dtype,
 )

@@ -102,14 +102,17 @@ def _example(spec: GraphSpec, sizes: dict[str, int], ints: dict[str, list[int] |
 
 @dataclass
 class ExportResult:
+    """What `export_all` wrote: the folder, each graph folder's kind and its export time."""
+
     out_dir: Path
     graphs: dict[str, str] = field(default_factory=dict)  # folder name -> graph kind
     seconds: dict[str, float] = field(default_factory=dict)
 
 
 def export_all(diar, asr, out_dir: Path, presets: list[tuple[int, int]] | None = None, fp16: bool = False,
-               sources: dict | None = None) -> ExportResult:
-    """Write every graph (one folder each), `features_*.npz` and `manifest.json` into `out_dir`.
+               sources: dict[str, str] | None = None) -> ExportResult:
+    """Write every graph (one folder each), `features_*.npz` and `manifest.json` into `out_dir`; `sources` (keys
+    `diarizer`, `asr`: `.nemo` paths or pretrained names) is recorded in the manifest.
 
     Everything goes into `<out_dir>.partial` first and is renamed at the end: a failure leaves no
     half-written output folder.
@@ -131,7 +134,8 @@ def _timed(result: ExportResult, name: str, kind: str, fn) -> None:
     result.seconds[name] = round(time.perf_counter() - t0, 2)
 
 
-def _export_into(diar, asr, work: Path, presets, fp16: bool, sources: dict, result: ExportResult) -> None:
+def _export_into(diar, asr, work: Path, presets: list[tuple[int, int]], fp16: bool, sources: dict[str, str],
+                 result: ExportResult) -> None:
     diar.freeze()
     asr.freeze()
     configure_diarizer_streaming(diar)

@@ -53,10 +53,9 @@ class _Reader:
         return ManifestError(f"{self.where}: {path!r} {problem}")
 
     def value(self, obj: Mapping[str, Any], path: str, key: str, default: Any = _REQUIRED) -> Any:
-        full = f"{path}.{key}" if path else key
         if key not in obj:
             if default is _REQUIRED:
-                raise ManifestError(f"{self.where}: missing key {full!r}")
+                raise ManifestError(f"{self.where}: missing key {_join(path, key)!r}")
             return default
         return obj[key]
 

@@ -14,29 +14,24 @@ from pathlib import Path
 
 import numpy as np
 
+from mtasr.examples import example_feed
+from mtasr.manifest import dims_from_dict
 from mtasr.pipeline import OrtRunner, PipelineConfig
-from mtasr.spec import N_MELS, ModelDims, encoder_spec
+from mtasr.spec import encoder_spec
 
 
 def encoder_feeds(cfg: PipelineConfig, batch: int, seed: int = 0) -> dict[str, np.ndarray]:
     """Inputs of one full streaming step for `batch` speaker rows, caches half full (as the served pipeline)."""
-    rng = np.random.default_rng(seed)
-    d, g = ModelDims(**cfg.dims), cfg.geometry
+    d, g = dims_from_dict(cfg.dims), cfg.geometry
     frames = g.step_frames
     n_enc = max(int(g.encoder_frames(np.array([frames]))[0]), 1)
-    spec = encoder_spec(d)
     half = d.enc_last_channel // 2
-    channel = np.zeros(spec.tensor("cache_last_channel").resolve(batch=batch), np.float32)
-    channel[:, :, -half:] = rng.standard_normal(channel[:, :, -half:].shape).astype(np.float32)
-    return {
-        "audio_signal": rng.standard_normal((batch, N_MELS, frames)).astype(np.float32),
-        "length": np.full((batch,), frames, np.int64),
-        "cache_last_channel": channel,
-        "cache_last_time": rng.standard_normal(spec.tensor("cache_last_time").resolve(batch=batch)).astype(np.float32),
-        "cache_last_channel_len": np.full((batch,), half, np.int64),
-        "spk_targets": (rng.random((batch, n_enc)) > 0.3).astype(np.float32),
-        "bg_spk_targets": (rng.random((batch, n_enc)) > 0.7).astype(np.float32),
-    }
+    feed = example_feed(encoder_spec(d), {"batch": batch, "chunk_frames": frames, "enc_frames": n_enc},
+                        {"length": frames, "cache_last_channel_len": half}, seed)
+    feed["cache_last_channel"][:, :, : d.enc_last_channel - half] = 0.0  # only the last `half` frames are cache
+    feed["spk_targets"] = (feed["spk_targets"] > 0.3).astype(np.float32)  # diarizer-like on/off activity
+    feed["bg_spk_targets"] = (feed["bg_spk_targets"] > 0.7).astype(np.float32)
+    return feed
 
 
 def median_ms(fn, repeats: int) -> float:
@@ -55,7 +50,7 @@ def run(graphs: Path | str, preset: str | None = None, speakers: tuple[int, ...]
     """Median ms of one batched encoder call vs as many single-row calls, for every (speakers, sessions)."""
     cfg = PipelineConfig.from_folder(graphs, preset=preset)
     runner = OrtRunner(graphs, threads=threads)
-    graph, outputs = cfg.graphs["encoder"], encoder_spec(ModelDims(**cfg.dims)).output_names
+    graph, outputs = cfg.graphs["encoder"], encoder_spec(dims_from_dict(cfg.dims)).output_names
     single = encoder_feeds(cfg, 1)
     rows = []
     for s in sessions:

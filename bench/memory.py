@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from client.stream import infer_piece, new_sequence_id, new_session_key
+from mtasr.manifest import Manifest
 from mtasr.spec import (
     N_MELS,
     NUM_SPEAKERS,
@@ -41,13 +42,13 @@ def _tensor_bytes(spec, name: str, **sizes: int) -> int:
     return _nbytes(t.resolve(batch=1, **sizes), t.dtype)
 
 
-def state_bytes(dims: ModelDims, streaming_cfg: dict, win_length: int = FULL_WIN_LENGTH,
+def state_bytes(dims: ModelDims, step_frames: int, win_length: int = FULL_WIN_LENGTH,
                 hop_length: int = FULL_HOP_LENGTH, n_spk: int = NUM_SPEAKERS) -> dict[str, int]:
     """Bytes of state one session holds at most, per part, with every one of `n_spk` speakers active.
 
     Tensor shapes and dtypes come from `mtasr.spec`; the diarizer's speaker cache and FIFO are at their max
     lengths with their per-frame predictions; the features tail is the streaming log-mel's sample buffer
-    (float64, < win + hop samples) plus the chunker's mel frames (pre-encode cache + one chunk).
+    (float64, < win + hop samples) plus the chunker's `step_frames` mel frames (pre-encode cache + one chunk).
     """
     enc, diar, dec = encoder_spec(dims), diarizer_spec(dims), decoder_joint_spec(dims)
     per_speaker_encoder = sum(_tensor_bytes(enc, n) for n in ("cache_last_channel", "cache_last_time",
@@ -59,10 +60,7 @@ def state_bytes(dims: ModelDims, streaming_cfg: dict, win_length: int = FULL_WIN
                 + _tensor_bytes(diar, "fifo", fifo_frames=dims.fifo_len)
                 + _nbytes((dims.fifo_len, n_spk), np.float32)  # fifo_preds
                 + _nbytes((dims.diar_emb_dim,), np.float32) + _nbytes((1,), np.int64))  # mean_sil_emb, n_sil
-    last = (lambda v: v[-1] if isinstance(v, list) else v)  # noqa: E731
-    chunk_frames, pre_cache = int(last(streaming_cfg["chunk_size"])), int(last(streaming_cfg["pre_encode_cache_size"]))
-    features = _nbytes((win_length + hop_length,), np.float64) + _nbytes((N_MELS, pre_cache + chunk_frames),
-                                                                          np.float32)
+    features = _nbytes((win_length + hop_length,), np.float64) + _nbytes((N_MELS, step_frames), np.float32)
     out = {"encoder_caches": n_spk * per_speaker_encoder, "decoder_state": n_spk * per_speaker_decoder,
            "diarizer_cache_fifo": diarizer, "features_tail": features}
     out["total"] = sum(out.values())
@@ -72,17 +70,16 @@ def state_bytes(dims: ModelDims, streaming_cfg: dict, win_length: int = FULL_WIN
 
 def spec_report(graphs: Path | None = None, preset: str | None = None) -> dict:
     """`state_bytes` for the graphs folder's dims (if given) and for the public checkpoints' dims."""
-    default_cfg = {"chunk_size": [105, 112], "pre_encode_cache_size": [0, 9]}  # [70,13] at subsampling 8
+    step_frames = 121  # [70,13] at subsampling 8: 112 new + 9 pre-encode cache frames
     report: dict = {}
     if graphs is not None:
-        manifest = json.loads((Path(graphs) / "manifest.json").read_text())
-        cfg = manifest["presets"][preset or manifest["default_preset"]]["streaming_cfg"]
+        manifest = Manifest.load(graphs)
+        step_frames = manifest.preset(preset).streaming_cfg.step_frames
         from mtasr.features import FeatureParams
 
-        fp = FeatureParams.load(Path(graphs) / manifest["features"]["asr"])
-        report["graphs"] = state_bytes(ModelDims(**manifest["dims"]), cfg, fp.win_length, fp.hop_length)
-        default_cfg = cfg
-    report["full"] = state_bytes(PUBLIC_CHECKPOINT_DIMS, default_cfg)
+        fp = FeatureParams.load(Path(graphs) / manifest.features.asr)
+        report["graphs"] = state_bytes(manifest.dims, step_frames, fp.win_length, fp.hop_length)
+    report["full"] = state_bytes(PUBLIC_CHECKPOINT_DIMS, step_frames)
     return report
 
 

@@ -28,24 +28,24 @@ def _timed(fn):
 def run(graphs: Path, seconds: float, preset: str, mode: str, speakers: int = 2) -> dict:
     from bench import serving
     from client.stream import stream_audio
-    from export.reference import Reference
+    from export.reference import from_manifest
     from mtasr.features import FeatureParams
+    from mtasr.manifest import Manifest
     from mtasr.pipeline import Engine, OrtRunner, PipelineConfig
 
-    manifest = json.loads((graphs / "manifest.json").read_text())
+    manifest = Manifest.load(graphs)
     audio = synth_conversation(seconds, n_speakers=speakers, seed=11)
     warm = audio[: 2 * SAMPLE_RATE]
-    ctx = tuple(manifest["presets"][preset]["att_context_size"])
     masked = mode == "masked"
 
     def native_run():  # the models go out of scope (memory) before the server starts
-        ref = Reference(manifest["sources"]["diarizer"], manifest["sources"]["asr"], ctx, masked)
+        ref = from_manifest(manifest, None, None, preset, masked)
         ref.transcribe(warm, "warm")
         return _timed(lambda: ref.transcribe(audio, "s"))
 
     def local_run():
         cfg = PipelineConfig.from_manifest(manifest, preset=preset, masked_asr=masked)
-        engine = Engine(cfg, FeatureParams.load(graphs / "features_asr.npz"), OrtRunner(graphs))
+        engine = Engine(cfg, FeatureParams.load(graphs / manifest.features.asr), OrtRunner(graphs))
 
         def in_process(x):
             s = engine.new_session("s", timing="nemo")

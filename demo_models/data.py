@@ -33,7 +33,6 @@ TEENS = "ten eleven twelve thirteen fourteen fifteen sixteen seventeen eighteen 
 TENS = "twenty thirty forty fifty sixty seventy eighty ninety".split()
 LETTERS = list("abcdefghijklmnopqrstuvwxyz")
 COMMANDS = "enter rubout stop go repeat help yes no".split()  # AN4 control words
-VOCABULARY = sorted(set(DIGITS + TEENS + TENS + LETTERS + COMMANDS + ["hundred", "thousand"]))
 
 # (espeak-ng voice, speed wpm, pitch 0-99). Held-out voices use accents and variants absent from training.
 TRAIN_VOICES = [

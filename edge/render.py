@@ -46,14 +46,14 @@ def upstream_lines(addresses: list[str], max_fails: int = 1, fail_timeout_s: int
 def render(settings: EdgeSettings, template: Path = TEMPLATE) -> str:
     """The template with every ${MTASR_EDGE_*} replaced (KeyError names one the settings lack)."""
     env = settings.env()
-    text = template.read_text()
-    missing = sorted(set(_PLACEHOLDER.findall(text)) - set(env))
+    missing = sorted(template_variables(template) - set(env))
     if missing:
         raise KeyError(f"the edge template uses variables EdgeSettings lacks: {missing}")
-    return _PLACEHOLDER.sub(lambda m: env[m.group(1)], text)
+    return _PLACEHOLDER.sub(lambda m: env[m.group(1)], template.read_text())
 
 
 def template_variables(template: Path = TEMPLATE) -> set[str]:
+    """The `${MTASR_EDGE_*}` names the template uses."""
     return set(_PLACEHOLDER.findall(template.read_text()))
 
 

@@ -2,20 +2,20 @@
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
+import numpy as np
 
 from export.features_export import feature_params_from_nemo
-from export.onnx_export import export_graph, folder_bytes, to_fp16
+from export.onnx_export import export_graph, to_fp16
 from export.wrappers import DecoderJointStep, DiarizerStep, EncoderStep
+from mtasr.examples import example_feed
 from mtasr.files import atomic_folder
-from mtasr.spec import DEFAULT_ATT_CONTEXT, ModelDims, graph_specs, preset_name
+from mtasr.manifest import AsrInfo, DiarizerInfo, FeatureFiles, Manifest, Preset, Sources, StreamingCfg
+from mtasr.spec import DEFAULT_ATT_CONTEXT, GraphSpec, ModelDims, graph_specs, preset_name
 
-MANIFEST = "manifest.json"
 # Graphs without an fp16 copy: ONNX Runtime 1.32 (CPU) segfaults loading the fp16 LSTM graph, with or without
 # the LSTM kept in fp32; the prediction net + joint is small (9 M params at full size), fp32 costs little.
 FP32_ONLY = ("decoder_joint",)
@@ -53,6 +53,7 @@ def set_preset(asr, att_context: tuple[int, int]) -> None:
 
 
 def model_dims(diar, asr) -> ModelDims:
+    """The sizes that fix the graphs' non-batch dims, read from the two models."""
     sm, enc = diar.sortformer_modules, asr.encoder
     return ModelDims(
         diar_emb_dim=int(sm.fc_d_model),
@@ -68,59 +69,50 @@ def model_dims(diar, asr) -> ModelDims:
     )
 
 
-def streaming_cfg_dict(asr) -> dict:
+def _sizes(value) -> tuple[int, ...]:
+    return tuple(int(v) for v in value) if isinstance(value, list | tuple) else (int(value),)
+
+
+def streaming_cfg(asr) -> StreamingCfg:
+    """The encoder's streaming sizes at its current preset."""
     cfg = asr.encoder.streaming_cfg
-    keys = ("chunk_size", "shift_size", "pre_encode_cache_size", "drop_extra_pre_encoded", "valid_out_len",
-            "last_channel_cache_size", "cache_drop_size")
-    return {k: getattr(cfg, k) for k in keys}
+    return StreamingCfg(_sizes(cfg.chunk_size), _sizes(cfg.shift_size), _sizes(cfg.pre_encode_cache_size),
+                        int(cfg.drop_extra_pre_encoded), int(cfg.valid_out_len))
 
 
-def spkcache_params_dict(diar) -> dict:
+def spkcache_params(diar) -> dict[str, int | float]:
+    """The Sortformer's speaker-cache settings (NeMo's `sortformer_modules` names) as plain numbers."""
     sm = diar.sortformer_modules
     keys = ("n_spk", "spkcache_len", "fifo_len", "chunk_len", "chunk_left_context", "chunk_right_context",
             "spkcache_update_period", "spkcache_sil_frames_per_spk", "pred_score_threshold", "max_index",
             "scores_boost_latest", "sil_threshold", "strong_boost_rate", "weak_boost_rate", "min_pos_scores_rate",
             "spkcache_refresh_rate")
-    return {k: getattr(sm, k) for k in keys if hasattr(sm, k)}
+    return {k: _number(getattr(sm, k)) for k in keys if hasattr(sm, k)}
 
 
-def _rand(*shape: int) -> torch.Tensor:
-    return torch.randn(*shape)
+def _number(value) -> int | float:
+    value = value.item() if hasattr(value, "item") else value
+    return value if isinstance(value, int) else float(value)
 
 
-def diarizer_example(dims: ModelDims, chunk_frames: int) -> tuple:
-    b = 2
-    return (_rand(b, chunk_frames, 128), torch.tensor([chunk_frames, chunk_frames - 8]),
-            _rand(b, dims.spkcache_len, dims.diar_emb_dim), torch.tensor([dims.spkcache_len, 3]),
-            _rand(b, dims.fifo_len, dims.diar_emb_dim), torch.tensor([5, dims.fifo_len]))
-
-
-def encoder_example(dims: ModelDims, asr) -> tuple:
-    b = 2
-    cfg = asr.encoder.streaming_cfg
-    frames = cfg.chunk_size[1] + cfg.pre_encode_cache_size[1]
-    return (_rand(b, 128, frames), torch.tensor([frames, frames]),
-            _rand(b, dims.enc_layers, dims.enc_last_channel, dims.enc_d_model),
-            _rand(b, dims.enc_layers, dims.enc_d_model, dims.enc_last_time), torch.tensor([dims.enc_last_channel, 3]),
-            torch.rand(b, cfg.valid_out_len), torch.rand(b, cfg.valid_out_len))
-
-
-def decoder_joint_example(dims: ModelDims) -> tuple:
-    b = 2
-    return (_rand(b, dims.enc_d_model), torch.tensor([dims.vocab_size, 1]),
-            _rand(b, dims.pred_layers, dims.pred_hidden), _rand(b, dims.pred_layers, dims.pred_hidden))
+def _example(spec: GraphSpec, sizes: dict[str, int], ints: dict[str, list[int] | int]) -> dict[str, np.ndarray]:
+    """Trace inputs: two rows with different lengths, so nothing about the batch or the lengths is baked in."""
+    return example_feed(spec, {"batch": 2, **sizes}, ints)
 
 
 @dataclass
 class ExportResult:
+    """What `export_all` wrote: the folder, each graph folder's kind and its export time."""
+
     out_dir: Path
     graphs: dict[str, str] = field(default_factory=dict)  # folder name -> graph kind
     seconds: dict[str, float] = field(default_factory=dict)
 
 
 def export_all(diar, asr, out_dir: Path, presets: list[tuple[int, int]] | None = None, fp16: bool = False,
-               sources: dict | None = None) -> ExportResult:
-    """Write every graph (one folder each), `features_*.npz` and `manifest.json` into `out_dir`.
+               sources: dict[str, str] | None = None) -> ExportResult:
+    """Write every graph (one folder each), `features_*.npz` and `manifest.json` into `out_dir`; `sources` (keys
+    `diarizer`, `asr`: `.nemo` paths or pretrained names) is recorded in the manifest.
 
     Everything goes into `<out_dir>.partial` first and is renamed at the end: a failure leaves no
     half-written output folder.
@@ -142,7 +134,8 @@ def _timed(result: ExportResult, name: str, kind: str, fn) -> None:
     result.seconds[name] = round(time.perf_counter() - t0, 2)
 
 
-def _export_into(diar, asr, work: Path, presets, fp16: bool, sources: dict, result: ExportResult) -> None:
+def _export_into(diar, asr, work: Path, presets: list[tuple[int, int]], fp16: bool, sources: dict[str, str],
+                 result: ExportResult) -> None:
     diar.freeze()
     asr.freeze()
     configure_diarizer_streaming(diar)
@@ -150,71 +143,55 @@ def _export_into(diar, asr, work: Path, presets, fp16: bool, sources: dict, resu
     dims = model_dims(diar, asr)
     specs = graph_specs(dims)
     drop = int(asr.encoder.streaming_cfg.drop_extra_pre_encoded)
-    frames = asr.encoder.streaming_cfg.chunk_size[1] + asr.encoder.streaming_cfg.pre_encode_cache_size[1]
-    manifest: dict = {
-        "dims": dims.to_dict(),
-        "presets": {},
-        "default_preset": preset_name(presets[0]),
-        "diarizer": {
-            "graph": "diarizer",
-            "drop_extra_pre_encoded": drop,
-            "update": "sync",
-            "standalone_graph": "diarizer_standalone",
-            "standalone_update": "async",
-            "spkcache": spkcache_params_dict(diar),
-            "subsampling_factor": int(diar.encoder.subsampling_factor),
-        },
-        "asr": {
-            "graph_prefix": "encoder_",
-            "decoder_joint": "decoder_joint",
-            "blank_id": int(asr.decoder.blank_idx),
-            "max_symbols": int(asr.cfg.decoding.greedy.get("max_symbols", 10) or 10),
-            "vocabulary": list(asr.tokenizer.vocab) if hasattr(asr.tokenizer, "vocab") else [],
-            "subsampling_factor": int(asr.encoder.subsampling_factor),
-        },
-        "features": {"asr": "features_asr.npz", "diarizer": "features_diarizer.npz"},
-        "sources": sources,
-        "fp16": fp16,
-    }
-    feature_params_from_nemo(asr.preprocessor).save(work / "features_asr.npz")
-    feature_params_from_nemo(diar.preprocessor).save(work / "features_diarizer.npz")
+    features = FeatureFiles()
+    feature_params_from_nemo(asr.preprocessor).save(work / features.asr)
+    feature_params_from_nemo(diar.preprocessor).save(work / features.diarizer)
 
+    def diarizer_example(frames: int) -> dict[str, np.ndarray]:
+        return _example(specs["diarizer"], {"chunk_frames": frames, "spkcache_frames": dims.spkcache_len,
+                                            "fifo_frames": dims.fifo_len},
+                        {"chunk_lengths": [frames, frames - 8], "spkcache_lengths": [dims.spkcache_len, 3],
+                         "fifo_lengths": [5, dims.fifo_len]})
+
+    step_frames = streaming_cfg(asr).step_frames
     _timed(result, "diarizer", "diarizer",
-           lambda: export_graph(DiarizerStep(diar, drop).eval(), specs["diarizer"],
-                                diarizer_example(dims, frames), work / "diarizer"))
+           lambda: export_graph(DiarizerStep(diar, drop).eval(), specs["diarizer"], diarizer_example(step_frames),
+                                work / "diarizer"))
     sm = diar.sortformer_modules
     standalone_frames = (sm.chunk_left_context + sm.chunk_len + sm.chunk_right_context) * 8
     _timed(result, "diarizer_standalone", "diarizer",
-           lambda: export_graph(DiarizerStep(diar, 0).eval(), specs["diarizer"],
-                                diarizer_example(dims, standalone_frames), work / "diarizer_standalone"))
+           lambda: export_graph(DiarizerStep(diar, 0).eval(), specs["diarizer"], diarizer_example(standalone_frames),
+                                work / "diarizer_standalone"))
+    exported: dict[str, Preset] = {}
     for ctx in presets:
         set_preset(asr, ctx)
+        cfg = streaming_cfg(asr)
         name = "encoder_" + preset_name(ctx)
-        manifest["presets"][preset_name(ctx)] = {"att_context_size": list(ctx), "graph": name,
-                                                 "streaming_cfg": streaming_cfg_dict(asr)}
+        exported[preset_name(ctx)] = Preset(ctx, name, cfg)
+        example = _example(specs["encoder"], {"chunk_frames": cfg.step_frames, "enc_frames": cfg.valid_out_len},
+                           {"length": cfg.step_frames, "cache_last_channel_len": [dims.enc_last_channel, 3]})
         _timed(result, name, "encoder",
-               lambda n=name: export_graph(EncoderStep(asr).eval(), specs["encoder"], encoder_example(dims, asr),
-                                           work / n))
+               lambda n=name, x=example: export_graph(EncoderStep(asr).eval(), specs["encoder"], x, work / n))
     set_preset(asr, presets[0])
+    example = _example(specs["decoder_joint"], {}, {"targets": [dims.vocab_size, 1]})
     _timed(result, "decoder_joint", "decoder_joint",
-           lambda: export_graph(DecoderJointStep(asr).eval(), specs["decoder_joint"], decoder_joint_example(dims),
-                                work / "decoder_joint"))
+           lambda: export_graph(DecoderJointStep(asr).eval(), specs["decoder_joint"], example, work / "decoder_joint"))
     if fp16:
         for name, kind in list(result.graphs.items()):
             if kind in FP32_ONLY:
                 continue
             _timed(result, name + "_fp16", kind, lambda n=name: to_fp16(work / n, work / (n + "_fp16")))
-    manifest["graphs"] = result.graphs
-    manifest["graph_bytes"] = {n: folder_bytes(work / n) for n in result.graphs}
-    manifest["export_seconds"] = result.seconds
-    (work / MANIFEST).write_text(json.dumps(manifest, indent=2, default=_jsonable))
-
-
-def _jsonable(obj):
-    if hasattr(obj, "tolist"):
-        return obj.tolist()
-    raise TypeError(f"not JSON serializable: {type(obj)}")
-
-
-def load_manifest(folder: Path) -> dict:
-    return json.loads((Path(folder) / MANIFEST).read_text())
+    Manifest(
+        dims=dims,
+        presets=exported,
+        default_preset=preset_name(presets[0]),
+        diarizer=DiarizerInfo(graph="diarizer", drop_extra_pre_encoded=drop, standalone_graph="diarizer_standalone",
+                              spkcache=spkcache_params(diar)),
+        asr=AsrInfo(decoder_joint="decoder_joint", blank_id=int(asr.decoder.blank_idx),
+                    max_symbols=int(asr.cfg.decoding.greedy.get("max_symbols", 10) or 10),
+                    vocabulary=tuple(asr.tokenizer.vocab) if hasattr(asr.tokenizer, "vocab") else (),
+                    subsampling_factor=int(asr.encoder.subsampling_factor)),
+        graphs=dict(result.graphs),
+        features=features,
+        sources=Sources(**sources),
+    ).save(work)

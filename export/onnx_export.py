@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-import os
+import inspect
 import shutil
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 
+import numpy as np
 import onnx
 import torch
 
@@ -19,12 +21,28 @@ MODEL_FILE = "model.onnx"
 DATA_FILE = "model.onnx.data"
 
 
-def export_graph(module: torch.nn.Module, spec: GraphSpec, example: tuple, out_dir: Path) -> Path:
-    """Export `module` called on `example` into `out_dir/model.onnx` with the spec's names and dynamic axes.
+def check_signature(module: torch.nn.Module, spec: GraphSpec) -> None:
+    """TypeError unless `module.forward`'s parameters are the spec's input names in the spec's order: ONNX input
+    names are given by position, so a wrapper with two inputs swapped would export a graph that reads each one
+    as the other."""
+    params = [p.name for p in inspect.signature(module.forward).parameters.values()]
+    if params != spec.input_names:
+        raise TypeError(f"{type(module).__name__}.forward({', '.join(params)}) does not take the {spec.name} spec's "
+                        f"inputs in order ({', '.join(spec.input_names)})")
+
+
+def export_graph(module: torch.nn.Module, spec: GraphSpec, example: Mapping[str, np.ndarray], out_dir: Path) -> Path:
+    """Export `module` called on `example` (input name -> array, `mtasr.examples.example_feed`) into
+    `out_dir/model.onnx` with the spec's names and dynamic axes; the module's forward must take the spec's inputs
+    in order (`check_signature`).
 
     Graphs over 2 GB keep their weights in one external file `model.onnx.data` beside it.
     Written through `atomic_folder`, so a failure leaves nothing half-written.
     """
+    check_signature(module, spec)
+    if set(example) != set(spec.input_names):
+        raise ValueError(f"{spec.name} example has inputs {sorted(example)}, the spec {spec.input_names}")
+    args = tuple(torch.from_numpy(np.ascontiguousarray(example[name])) for name in spec.input_names)
     out_dir = Path(out_dir)
     with atomic_folder(out_dir) as tmp:
         path = tmp / MODEL_FILE
@@ -33,7 +51,7 @@ def export_graph(module: torch.nn.Module, spec: GraphSpec, example: tuple, out_d
             warnings.simplefilter("ignore")
             torch.onnx.export(
                 module,
-                example,
+                args,
                 str(path),
                 input_names=spec.input_names,
                 output_names=spec.output_names,
@@ -83,6 +101,3 @@ def to_fp16(src_dir: Path, dst_dir: Path) -> Path:
         onnx.save_model(half, str(dst_dir / MODEL_FILE))
     return dst_dir / MODEL_FILE
 
-
-def folder_bytes(folder: Path) -> int:
-    return sum(os.path.getsize(p) for p in Path(folder).iterdir())

@@ -25,16 +25,17 @@ import numpy as np
 import torch
 
 from export import builders
-from export.exporter import configure_diarizer_streaming, export_all, load_manifest, set_preset
+from export.exporter import configure_diarizer_streaming, export_all, set_preset
 from export.loading import load_asr, load_diarizer
 from export.wrappers import DecoderJointStep
 from mtasr import greedy, spkcache
 from mtasr.audio import synth_conversation
+from mtasr.examples import example_feed
 from mtasr.features import FeatureParams, StreamingLogMel, logmel
+from mtasr.manifest import Manifest
 from mtasr.masking import mask_features
 from mtasr.pipeline.runner import ort_session
 from mtasr.spec import ATT_CONTEXT_SIZES, graph_specs, preset_name
-from mtasr.spec import ModelDims as Dims
 
 TOLERANCE = 1e-4
 STATE_FIELDS = ("spkcache", "spkcache_lengths", "spkcache_preds", "fifo", "fifo_lengths", "fifo_preds",
@@ -222,24 +223,24 @@ def _run_diarizer_chain(fig: Figures, diar, sess, params, chunks, drop: int, che
     return steps
 
 
-def check_diarizer_multitalker(fig: Figures, diar, asr, graphs: Path, manifest: dict, feats: torch.Tensor,
+def check_diarizer_multitalker(fig: Figures, diar, asr, graphs: Path, manifest: Manifest, feats: torch.Tensor,
                                feat_len: int) -> None:
     """The diarizer as SpeakerTaggedASR drives it: on the ASR's chunks, dropping the extra pre-encoded frames."""
     from nemo.collections.asr.parts.utils.streaming_utils import CacheAwareStreamingAudioBuffer
 
-    params = spkcache.SpeakerCacheParams.from_config(manifest["diarizer"]["spkcache"])
-    sess = _session(graphs / manifest["diarizer"]["graph"] / "model.onnx")
+    params = spkcache.SpeakerCacheParams.from_config(manifest.diarizer.spkcache)
+    sess = _session(graphs / manifest.diarizer.graph / "model.onnx")
     buf = CacheAwareStreamingAudioBuffer(model=asr, online_normalization=False, pad_and_drop_preencoded=True)
     buf.append_processed_signal(feats[:1, :, :feat_len])
     chunks = ((c.transpose(1, 2), n, 0, 0) for c, n in buf)
-    _run_diarizer_chain(fig, diar, sess, params, chunks, manifest["diarizer"]["drop_extra_pre_encoded"],
+    _run_diarizer_chain(fig, diar, sess, params, chunks, manifest.diarizer.drop_extra_pre_encoded,
                         "diarizer_multitalker_flow", sync=True)
 
 
-def check_diarizer_standalone(fig: Figures, diar, graphs: Path, manifest: dict, audio: np.ndarray) -> None:
+def check_diarizer_standalone(fig: Figures, diar, graphs: Path, manifest: Manifest, audio: np.ndarray) -> None:
     """The tutorial's Step 1: whole-file features, chunk_len 6, right context 7, FIFO 188, cache 188."""
-    params = spkcache.SpeakerCacheParams.from_config(manifest["diarizer"]["spkcache"])
-    sess = _session(graphs / manifest["diarizer"]["standalone_graph"] / "model.onnx")
+    params = spkcache.SpeakerCacheParams.from_config(manifest.diarizer.spkcache)
+    sess = _session(graphs / manifest.diarizer.standalone_graph / "model.onnx")
     diar.preprocessor.featurizer.dither = 0.0
     with torch.no_grad():
         feats, feat_len = diar.preprocessor(input_signal=torch.from_numpy(audio)[None],
@@ -281,7 +282,7 @@ def _speaker_activity(rng: np.random.Generator, rows: int, frames: int) -> np.nd
     return np.clip(soft, 0, 1).astype(np.float32)
 
 
-def check_encoder_and_tokens(fig: Figures, asr, graphs: Path, manifest: dict, feats: torch.Tensor, feat_len: int,
+def check_encoder_and_tokens(fig: Figures, asr, graphs: Path, manifest: Manifest, feats: torch.Tensor, feat_len: int,
                              ctx: tuple[int, int], masked: bool, min_steps: int) -> None:
     """Chain the encoder graph + numpy greedy (decoder_joint graph) against NeMo's conformer_stream_step."""
     from nemo.collections.asr.parts.utils.streaming_utils import CacheAwareStreamingAudioBuffer
@@ -290,12 +291,12 @@ def check_encoder_and_tokens(fig: Figures, asr, graphs: Path, manifest: dict, fe
     set_preset(asr, ctx)
     cfg = asr.encoder.streaming_cfg
     drop = int(cfg.drop_extra_pre_encoded)
-    dims = Dims(**manifest["dims"])
-    enc_sess = _session(graphs / manifest["presets"][preset_name(ctx)]["graph"] / "model.onnx")
-    dj_sess = _session(graphs / manifest["asr"]["decoder_joint"] / "model.onnx")
+    dims = manifest.dims
+    enc_sess = _session(graphs / manifest.preset(preset_name(ctx)).graph / "model.onnx")
+    dj_sess = _session(graphs / manifest.asr.decoder_joint / "model.onnx")
     dj_torch = DecoderJointStep(asr).eval()
-    blank = manifest["asr"]["blank_id"]
-    max_symbols = manifest["asr"]["max_symbols"]
+    blank = manifest.asr.blank_id
+    max_symbols = manifest.asr.max_symbols
 
     def step_fn(frame, targets, h, c):
         outs = dj_sess.run(None, {"encoder_frame": frame, "targets": targets, "h_in": h, "c_in": c})
@@ -404,7 +405,7 @@ def run(size: str, work: Path, presets: list[tuple[int, int]], seconds: dict[str
                      sources={"diarizer": str(diar_path), "asr": str(asr_path)})
     fig.details["export_seconds"] = round(time.perf_counter() - t0, 1)
     fig.details["graph_export_seconds"] = res.seconds
-    manifest = load_manifest(graphs)
+    manifest = Manifest.load(graphs)
     configure_diarizer_streaming(diar)
     t0 = time.perf_counter()
     long_audio = synth_conversation(seconds["long"], n_speakers=3, seed=0) if audio is None else audio
@@ -429,49 +430,38 @@ def run(size: str, work: Path, presets: list[tuple[int, int]], seconds: dict[str
     return fig
 
 
-def _random_feed(kind: str, manifest: dict, name: str) -> dict[str, np.ndarray]:
+def _random_feed(kind: str, manifest: Manifest, name: str) -> dict[str, np.ndarray]:
     """Inputs of the shapes the pipeline sends: batch 2, the preset's chunk, half-full caches."""
-    dims = Dims(**manifest["dims"])
-    preset = next((p for p in manifest["presets"].values() if p["graph"] == name.removesuffix("_fp16")),
-                  next(iter(manifest["presets"].values())))
-    cfg = preset["streaming_cfg"]
-    frames = cfg["chunk_size"][-1] + cfg["pre_encode_cache_size"][-1]
+    dims = manifest.dims
+    preset = next((p for p in manifest.presets.values() if p.graph == name.removesuffix("_fp16")),
+                  manifest.preset())
+    frames = preset.streaming_cfg.step_frames
     sizes = {"batch": 2, "chunk_frames": frames, "spkcache_frames": dims.spkcache_len,
-             "fifo_frames": dims.fifo_len, "enc_frames": cfg["valid_out_len"]}
-    rng = np.random.default_rng(0)
-    feed = {}
-    for t in graph_specs(dims)[kind].inputs:
-        shape = t.resolve(**sizes)
-        if t.dtype is np.int64:
-            full = {"chunk_lengths": frames, "length": frames, "spkcache_lengths": dims.spkcache_len // 2,
-                    "fifo_lengths": dims.fifo_len // 2, "cache_last_channel_len": dims.enc_last_channel // 2,
-                    "targets": 1}[t.name]
-            feed[t.name] = np.full(shape, full, dtype=np.int64)
-        elif t.name == "chunk" or t.name == "audio_signal":
-            feed[t.name] = (rng.standard_normal(shape) * 3 - 8).astype(np.float32)  # log-mel-like
-        elif "targets" in t.name:
-            feed[t.name] = rng.random(shape).astype(np.float32)
-        else:
-            feed[t.name] = rng.standard_normal(shape).astype(np.float32)
+             "fifo_frames": dims.fifo_len, "enc_frames": preset.streaming_cfg.valid_out_len}
+    ints = {"chunk_lengths": frames, "length": frames, "spkcache_lengths": dims.spkcache_len // 2,
+            "fifo_lengths": dims.fifo_len // 2, "cache_last_channel_len": dims.enc_last_channel // 2, "targets": 1}
+    feed = example_feed(graph_specs(dims)[kind], sizes, ints)
+    for mel in {"chunk", "audio_signal"} & set(feed):
+        feed[mel] = feed[mel] * 3 - 8  # log-mel-like
     return feed
 
 
-def _fp16_worker(graphs: str, name: str, kind: str, manifest: dict, out) -> None:
+def _fp16_worker(graphs: str, name: str, kind: str, manifest: Manifest, out) -> None:
     feed = _random_feed(kind, manifest, name)
     ref = _session(Path(graphs) / name / "model.onnx").run(None, feed)
     got = _session(Path(graphs) / f"{name}_fp16" / "model.onnx").run(None, feed)
     out.put(max(_maxabs(a, b) for a, b in zip(got, ref, strict=True)))
 
 
-def fp16_deviation(graphs: Path, manifest: dict) -> dict[str, float | str]:
+def fp16_deviation(graphs: Path, manifest: Manifest) -> dict[str, float | str]:
     """Max abs of each fp16 graph vs its fp32 twin (ONNX Runtime CPU), each in its own process: a crashing
     session is reported, not fatal."""
     import multiprocessing as mp
 
     ctx = mp.get_context("spawn")
     out: dict[str, float | str] = {}
-    for name, kind in manifest["graphs"].items():
-        if name.endswith("_fp16") or f"{name}_fp16" not in manifest["graphs"]:
+    for name, kind in manifest.graphs.items():
+        if name.endswith("_fp16") or f"{name}_fp16" not in manifest.graphs:
             continue
         queue = ctx.Queue()
         proc = ctx.Process(target=_fp16_worker, args=(str(graphs), name, kind, manifest, queue))

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from export.exporter import configure_diarizer_streaming, set_preset
+from mtasr.manifest import Manifest
 from mtasr.pipeline.words import DEFAULT_PAUSE_SEC, LiveTranscript
 from mtasr.spec import FRAME_SEC, SAMPLE_RATE, TIMINGS
 
@@ -114,16 +115,17 @@ class Reference:
         return out
 
 
-def from_manifest(folder: Path, diar_nemo: str | None, asr_nemo: str | None, preset: str | None,
+def from_manifest(manifest: Manifest, diar_nemo: str | None, asr_nemo: str | None, preset: str | None,
                   masked: bool | None) -> Reference:
-    manifest = json.loads((Path(folder) / "manifest.json").read_text())
-    serving = manifest.get("serving", {})
-    name = preset or serving.get("preset") or manifest["default_preset"]
-    ctx = tuple(manifest["presets"][name]["att_context_size"])
+    """The flow a manifest records: its `.nemo` files (unless given), the served (or default) preset and speaker
+    mode (unless given)."""
+    ctx = manifest.preset(preset or manifest.served_preset).att_context_size
     if masked is None:
-        masked = serving.get("speaker_mode", "kernel") == "masked"
-    return Reference(diar_nemo or manifest["sources"]["diarizer"], asr_nemo or manifest["sources"]["asr"], ctx,
-                     masked)
+        masked = manifest.serving is not None and manifest.serving.speaker_mode == "masked"
+    diar_nemo, asr_nemo = diar_nemo or manifest.sources.diarizer, asr_nemo or manifest.sources.asr
+    if not diar_nemo or not asr_nemo:
+        raise ValueError("the manifest records no .nemo files: give --diar-nemo and --asr-nemo")
+    return Reference(diar_nemo, asr_nemo, ctx, masked)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -151,10 +153,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         audios = [(p, read_audio(p)) for p in args.audio]
-        ref = from_manifest(args.models, args.diar_nemo, args.asr_nemo, args.preset, args.masked)
-        serving = json.loads((args.models / "manifest.json").read_text()).get("serving", {})
-        timing = args.timing or serving.get("timing", TIMINGS[0])
-    except (AudioError, FileNotFoundError, KeyError) as exc:
+        manifest = Manifest.load(args.models)
+        ref = from_manifest(manifest, args.diar_nemo, args.asr_nemo, args.preset, args.masked)
+        timing = args.timing or (manifest.serving.timing if manifest.serving else TIMINGS[0])
+    except (AudioError, FileNotFoundError, ValueError) as exc:
         print(f"mtasr-reference: error: {exc}", file=sys.stderr)
         return 2
     args.out.mkdir(parents=True, exist_ok=True)

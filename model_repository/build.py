@@ -14,17 +14,18 @@ exported; on tensorrt the fp32 graphs plus `build_plans.sh`, which builds their 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import shutil
 import sys
-from dataclasses import fields
 from pathlib import Path
 
+from model_repository.triton_config import GRAPH_MODELS, IN_PROCESS_DEFAULT, TARGETS, repository_configs, to_pbtxt
 from mtasr.files import atomic_folder
+from mtasr.manifest import MANIFEST_FILE, Manifest, Serving
 from mtasr.pipeline.params import DEFAULT_IDLE_TIMEOUT_S, DEFAULT_MAX_SESSIONS, SPEAKER_MODES
-from mtasr.spec import ORCHESTRATOR, PUBLIC_CHECKPOINT_DIMS, TIMINGS, ModelDims, parse_preset, preset_name
-from mtasr.triton_config import GRAPH_MODELS, IN_PROCESS_DEFAULT, TARGETS, repository_configs, to_pbtxt
+from mtasr.spec import ORCHESTRATOR, PUBLIC_CHECKPOINT_DIMS, TIMINGS, parse_preset, preset_name
 
 log = logging.getLogger("model_repository.build")
 HERE = Path(__file__).resolve().parent
@@ -39,24 +40,16 @@ class BuildError(Exception):
     """Bad graphs folder, preset or output folder."""
 
 
-def manifest_dims(manifest: dict) -> ModelDims:
-    return ModelDims(**{f.name: int(manifest["dims"][f.name]) for f in fields(ModelDims)})
-
-
-def graph_folders(manifest: dict, target: str, preset: str) -> dict[str, str]:
+def graph_folders(manifest: Manifest, target: str, preset: str) -> dict[str, str]:
     """Repository model name -> exported graph folder (the `_fp16` copy on gpu when there is one)."""
-    if preset not in manifest.get("presets", {}):
-        raise BuildError(f"preset {preset} was not exported; the graphs have {sorted(manifest.get('presets', {}))}")
-    chosen = {"diarizer": manifest.get("diarizer", {}).get("graph", "diarizer"),
-              "encoder": manifest["presets"][preset]["graph"],
-              "decoder_joint": manifest.get("asr", {}).get("decoder_joint", "decoder_joint")}
-    graphs = manifest.get("graphs", {})
-    for model, folder in chosen.items():
-        if graphs.get(folder) != model:
-            raise BuildError(f"manifest lists no {model} graph {folder!r} (graphs: {graphs})")
-        # ONNX Runtime on gpu serves the fp16 copy; TensorRT builds its fp16 plan from the fp32 graph
-        if target == "gpu" and graphs.get(folder + "_fp16") == model:
-            chosen[model] = folder + "_fp16"
+    try:
+        chosen = manifest.graph_names(preset)
+    except ValueError as exc:
+        raise BuildError(str(exc)) from None
+    # ONNX Runtime on gpu serves the fp16 copy; TensorRT builds its fp16 plan from the fp32 graph
+    if target == "gpu":
+        chosen = {model: folder + "_fp16" if manifest.graphs.get(folder + "_fp16") == model else folder
+                  for model, folder in chosen.items()}
     return chosen
 
 
@@ -84,11 +77,11 @@ def build(graphs: Path, target: str, out: Path, preset: str | None = None, speak
     graphs, out = Path(graphs), Path(out)
     if target not in TARGETS:
         raise BuildError(f"unknown target {target!r}; use one of {TARGETS}")
-    if not (graphs / "manifest.json").is_file():
-        raise BuildError(f"{graphs} has no manifest.json: not an exported graphs folder")
-    manifest = json.loads((graphs / "manifest.json").read_text())
+    if not (graphs / MANIFEST_FILE).is_file():
+        raise BuildError(f"{graphs} has no {MANIFEST_FILE}: not an exported graphs folder")
     try:
-        preset = preset_name(parse_preset(preset)) if preset else manifest.get("default_preset", COMMITTED_PRESET)
+        manifest = Manifest.load(graphs)
+        preset = preset_name(parse_preset(preset)) if preset else manifest.default_preset
     except ValueError as exc:
         raise BuildError(str(exc)) from None
     folders = graph_folders(manifest, target, preset)
@@ -106,7 +99,7 @@ def build(graphs: Path, target: str, out: Path, preset: str | None = None, speak
                          f"{idle_timeout_s})")
     if timing not in TIMINGS:
         raise BuildError(f"unknown timing {timing!r}; use one of {TIMINGS}")
-    configs = repository_configs(manifest_dims(manifest), target, preset, speaker_mode, in_process, max_sessions,
+    configs = repository_configs(manifest.dims, target, preset, speaker_mode, in_process, max_sessions,
                                  idle_timeout_s, timing)
     with atomic_folder(out) as work:
         write_configs(configs, work)
@@ -119,12 +112,10 @@ def build(graphs: Path, target: str, out: Path, preset: str | None = None, speak
                 _place(f, version / f.name, copy)
             if target == "cpu" and model not in in_process:
                 shutil.copy2(ONNX_MODEL_PY, version / "model.py")
-        for name in manifest.get("features", {}).values():
+        for name in (manifest.features.asr, manifest.features.diarizer):
             shutil.copy2(graphs / name, orchestrator / name)
-        # The orchestrator's manifest also records how this repository serves (read by mtasr-reference).
-        serving = {"target": target, "preset": preset, "speaker_mode": speaker_mode, "in_process": list(in_process),
-                   "timing": timing}
-        (orchestrator / "manifest.json").write_text(json.dumps({**manifest, "serving": serving}, indent=2))
+        # The orchestrator's manifest also records how this repository serves (read by mtasr-reference, tensorrt).
+        dataclasses.replace(manifest, serving=Serving(preset, speaker_mode, timing)).save(orchestrator)
         if ORCHESTRATOR_PY.is_file():
             shutil.copy2(ORCHESTRATOR_PY, orchestrator / "model.py")
         else:

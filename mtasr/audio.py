@@ -1,8 +1,8 @@
-"""Audio in and out: files -> 16 kHz mono float32 (the way both the client and the NeMo reference read them),
-16-bit WAV out, and deterministic synthetic multi-speaker audio for parity runs and load tests.
+"""Audio in: files -> 16 kHz mono float32 (the way both the client and the NeMo reference read them), and
+deterministic synthetic multi-speaker audio for parity runs and load tests.
 
 Shared by the client, the exporter/reference, the benches and the tests (so neither imports the other); soundfile
-and scipy are imported only when a file is read, written or resampled."""
+and scipy are imported only when a file is read or resampled."""
 
 from __future__ import annotations
 
@@ -51,14 +51,6 @@ def resample(x: np.ndarray, rate: int, target: int = SAMPLE_RATE) -> np.ndarray:
 
     g = gcd(int(rate), int(target))
     return resample_poly(x, target // g, int(rate) // g).astype(np.float32)
-
-
-def write_wav(path: str | Path, samples: np.ndarray, rate: int = SAMPLE_RATE) -> None:
-    """16-bit PCM WAV."""
-    import soundfile as sf
-
-    sf.write(str(path), np.clip(samples, -1, 1), rate, subtype="PCM_16")
-
 
 
 def synth_conversation(seconds: float, n_speakers: int = 3, seed: int = 0) -> np.ndarray:

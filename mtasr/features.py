@@ -10,8 +10,7 @@ NeMo's eval-mode pipeline, reproduced here (``FilterbankFeatures.forward``):
 5. optional per-feature / all-feature normalisation over the valid frames (unbiased std, ``+ 1e-5``);
 6. valid length ``(T + 2 * (n_fft // 2) - n_fft) // hop`` (``T // hop`` for even ``n_fft``): NeMo computes
    one more STFT frame, sets it and everything past the valid length to ``pad_value`` and then pads the time
-   axis to a multiple of ``pad_to``.  :func:`logmel` returns the valid frames only; :func:`pad_like_nemo`
-   rebuilds NeMo's padded tensor.
+   axis to a multiple of ``pad_to``.  :func:`logmel` returns the valid frames only.
 
 Energies are computed in float64 and the result is cast to float32: this is the exact value that NeMo's
 float32 computation approximates.
@@ -174,16 +173,6 @@ def logmel(params: FeatureParams, audio: np.ndarray) -> np.ndarray:
     return _normalize(params, feats).astype(np.float32)
 
 
-def pad_like_nemo(params: FeatureParams, feats: np.ndarray) -> np.ndarray:
-    """NeMo's full output for valid frames ``feats``: one extra STFT frame and ``pad_to`` padding, as ``pad_value``."""
-    total = feats.shape[1] + 1
-    if params.pad_to > 0:
-        total += -total % params.pad_to
-    out = np.full((feats.shape[0], total), params.pad_value, dtype=np.float32)
-    out[:, : feats.shape[1]] = feats
-    return out
-
-
 class StreamingLogMel:
     """Incremental log-mel for one stream; ``concat(push(...)..., flush())`` equals :func:`logmel` (no normalisation).
 
@@ -220,11 +209,6 @@ class StreamingLogMel:
     def samples_received(self) -> int:
         """Number of audio samples pushed since the last reset."""
         return self._n
-
-    @property
-    def frames_emitted(self) -> int:
-        """Number of feature frames returned since the last reset."""
-        return self._next
 
     def _emit(self, count: int) -> np.ndarray:
         """Compute frames ``_next .. _next + count - 1`` and drop the samples no longer needed."""

@@ -17,7 +17,7 @@ import numpy as np
 
 from bench.memory import tree_rss
 from client.server import ROOT, TritonServer
-from client.stream import Connection, stream_audio
+from client.stream import stream_audio
 from model_repository.build import build
 from mtasr.audio import read_audio
 
@@ -76,10 +76,6 @@ class Harness:
     def close(self) -> None:
         self._stack.close()
         self._servers.clear()
-
-
-def connection(server: TritonServer, **kwargs) -> Connection:
-    return Connection(server.grpc_url, **kwargs)
 
 
 def wait_until(predicate, timeout: float, period: float = 0.05) -> float | None:

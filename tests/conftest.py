@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2 as mc
 
 ROOT = Path(__file__).resolve().parents[1]
 PARITY_LINE = re.compile(
@@ -31,6 +33,11 @@ def tiny_parity(tmp_path_factory) -> dict:
     proc = run_cli("export.parity", "--size", "tiny", "--fp16", "--work", str(work))
     lines = [ln for ln in proc.stdout.splitlines() if ln.strip()]
     return {"proc": proc, "last": lines[-1] if lines else "", "work": work}
+
+
+def parse_pbtxt(text: str) -> mc.ModelConfig:
+    """A `config.pbtxt` parsed back into Triton's ModelConfig."""
+    return text_format.Parse(text, mc.ModelConfig())
 
 
 TIME_TOL = 0.08  # seconds: one encoder frame

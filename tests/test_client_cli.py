@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
 from conftest import run_cli
 
 from client.server import free_ports
+from mtasr.spec import SAMPLE_RATE
+
+
+def write_wav(path: Path, samples: np.ndarray, rate: int = SAMPLE_RATE) -> None:
+    """16-bit PCM WAV."""
+    sf.write(str(path), np.clip(samples, -1, 1), rate, subtype="PCM_16")
 
 
 def test_unreadable_file(tmp_path):
@@ -19,7 +29,7 @@ def test_unreadable_file(tmp_path):
 
 
 def test_server_down(tmp_path):
-    from mtasr.audio import synth_conversation, write_wav
+    from mtasr.audio import synth_conversation
 
     wav = tmp_path / "a.wav"
     write_wav(wav, synth_conversation(1.0, 2))
@@ -33,7 +43,7 @@ def test_model_not_ready(tmp_path, tiny_parity):
     """A server whose repository lacks `multitalker`: the client says the model is not ready."""
     from client.server import TritonServer
     from model_repository.build import build
-    from mtasr.audio import synth_conversation, write_wav
+    from mtasr.audio import synth_conversation
 
     repo = build(tiny_parity["work"] / "graphs", "cpu", tmp_path / "repo", in_process=())  # graphs as models
     wav = tmp_path / "a.wav"
@@ -60,7 +70,7 @@ def test_serve_and_reference_defaults_follow_the_demo():
 
 
 def test_output_formats_and_low_rate_warning(tmp_path):
-    from mtasr.audio import synth_conversation, write_wav
+    from mtasr.audio import synth_conversation
 
     wav = tmp_path / "a.wav"
     write_wav(wav, synth_conversation(1.0, 2))

@@ -12,7 +12,7 @@ torch = pytest.importorskip("torch")
 audio_preprocessing = pytest.importorskip("nemo.collections.asr.modules.audio_preprocessing")
 
 from export.features_export import feature_params_from_nemo  # noqa: E402
-from mtasr.features import FeatureParams, StreamingLogMel, logmel, pad_like_nemo  # noqa: E402
+from mtasr.features import FeatureParams, StreamingLogMel, logmel  # noqa: E402
 
 SR = 16000
 TOL = 1e-4  # vs NeMo's float32 output
@@ -74,6 +74,16 @@ def _nemo_float64(pre: torch.nn.Module, audio: np.ndarray) -> np.ndarray:
     )
     feats, length = f(torch.from_numpy(audio.astype(np.float64))[None], torch.tensor([audio.size]))
     return feats[0, :, : int(length[0])].numpy()
+
+
+def pad_like_nemo(params: FeatureParams, feats: np.ndarray) -> np.ndarray:
+    """NeMo's full output for valid frames ``feats``: one extra STFT frame and ``pad_to`` padding, as ``pad_value``."""
+    total = feats.shape[1] + 1
+    if params.pad_to > 0:
+        total += -total % params.pad_to
+    out = np.full((feats.shape[0], total), params.pad_value, dtype=np.float32)
+    out[:, : feats.shape[1]] = feats
+    return out
 
 
 def _stream(params: FeatureParams, audio: np.ndarray, sizes: list[int]) -> np.ndarray:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +9,7 @@ import onnx
 import pytest
 
 from mtasr import spec
+from mtasr.manifest import Manifest
 
 ROOT = Path(__file__).resolve().parents[1]
 ONNX_TYPES = {np.float32: onnx.TensorProto.FLOAT, np.int64: onnx.TensorProto.INT64}
@@ -26,10 +26,10 @@ def test_presets():
 
 def test_exported_graphs_match_spec(tiny_parity):
     graphs = tiny_parity["work"] / "graphs"
-    manifest = json.loads((graphs / "manifest.json").read_text())
-    specs = spec.graph_specs(spec.ModelDims(**manifest["dims"]))
-    assert manifest["graphs"], "no graphs exported"
-    for folder, kind in manifest["graphs"].items():
+    manifest = Manifest.load(graphs)
+    specs = spec.graph_specs(manifest.dims)
+    assert manifest.graphs, "no graphs exported"
+    for folder, kind in manifest.graphs.items():
         model = onnx.load(str(graphs / folder / "model.onnx"), load_external_data=False)
         g = specs[kind]
         for io, tensors, infos in (("in", g.inputs, model.graph.input), ("out", g.outputs, model.graph.output)):

@@ -3,14 +3,16 @@ shape the orchestrator sends, and the generated plan-building script (the plans 
 
 from __future__ import annotations
 
-import json
 import re
+
+from conftest import parse_pbtxt
 
 from model_repository.build import build
 from model_repository.tensorrt import SCRIPT, axis_ranges, profile_shapes, trtexec_command
+from model_repository.triton_config import GRAPH_MAX_BATCH, PLAN_FILE
+from mtasr.manifest import Manifest
 from mtasr.pipeline import PipelineConfig
-from mtasr.spec import ModelDims, graph_specs
-from mtasr.triton_config import GRAPH_MAX_BATCH, PLAN_FILE, parse_pbtxt
+from mtasr.spec import graph_specs
 
 
 def test_repository_and_plan_script(tiny_parity, tmp_path):
@@ -28,10 +30,10 @@ def test_repository_and_plan_script(tiny_parity, tmp_path):
 
 def test_profiles_cover_what_the_orchestrator_sends(tiny_parity):
     graphs = tiny_parity["work"] / "graphs"
-    manifest = json.loads((graphs / "manifest.json").read_text())
+    manifest = Manifest.load(graphs)
     ranges = axis_ranges(manifest, "70_13")
     cfg = PipelineConfig.from_manifest(manifest, preset="70_13")
-    dims = ModelDims(**manifest["dims"])
+    dims = manifest.dims
     specs = graph_specs(dims)
     enc = profile_shapes(specs["encoder"], ranges)
     lo, opt, hi = enc["audio_signal"]

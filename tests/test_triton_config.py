@@ -2,19 +2,27 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import subprocess
 import sys
-from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import parse_pbtxt
 from tritonclient.grpc import model_config_pb2 as mc
 from tritonclient.utils import np_to_triton_dtype
 
 from model_repository import build as builder
+from model_repository.triton_config import (
+    GRAPH_MODELS,
+    IN_PROCESS_DEFAULT,
+    NUMPY_TO_TRITON,
+    TARGETS,
+    repository_configs,
+    triton_dtype,
+)
+from mtasr.manifest import AsrInfo, DiarizerInfo, FeatureFiles, Manifest, Preset, StreamingCfg
 from mtasr.pipeline.params import DEFAULT_IDLE_TIMEOUT_S, DEFAULT_MAX_SESSIONS, OrchestratorParams
 from mtasr.spec import (
     NUM_SPEAKERS,
@@ -25,15 +33,7 @@ from mtasr.spec import (
     TensorSpec,
     graph_specs,
     orchestrator_spec,
-)
-from mtasr.triton_config import (
-    GRAPH_MODELS,
-    IN_PROCESS_DEFAULT,
-    NUMPY_TO_TRITON,
-    TARGETS,
-    parse_pbtxt,
-    repository_configs,
-    triton_dtype,
+    parse_preset,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -161,8 +161,13 @@ def test_dtype_table_agrees_with_tritonclient():
 
 
 def test_serving_modules_do_not_import_torch():
-    code = "import sys, mtasr, mtasr.spec, mtasr.triton_config; print('torch' in sys.modules)"
-    assert subprocess.check_output([sys.executable, "-c", code], cwd=ROOT, text=True).strip() == "False"
+    """The core imports neither torch, nemo nor tritonclient; the config generator adds only tritonclient."""
+    core = "mtasr, mtasr.spec, mtasr.manifest, mtasr.examples, mtasr.pipeline, mtasr.pipeline.service"
+    heavy = "[m for m in ('torch', 'nemo', 'tritonclient') if m in sys.modules]"
+    for modules, allowed in ((core, []), (f"{core}, model_repository.triton_config", ["tritonclient"])):
+        code = f"import sys, {modules}; print({heavy})"
+        out = subprocess.check_output([sys.executable, "-c", code], cwd=ROOT, text=True).strip()
+        assert out == str(allowed), (modules, out)
 
 
 # ---- repository builder, on a fake exported folder (placeholder files: nothing is loaded) ----
@@ -176,14 +181,14 @@ def _fake_graphs(root: Path, fp16: bool) -> Path:
         (root / folder).mkdir(parents=True)
         (root / folder / "model.onnx").write_text(folder)
     (root / "encoder_70_13" / "model.onnx.data").write_text("weights")
-    for name in ("features_asr.npz", "features_diarizer.npz"):
+    features = FeatureFiles()
+    for name in (features.asr, features.diarizer):
         (root / name).write_text(name)
-    dims = {f.name: getattr(PUBLIC_CHECKPOINT_DIMS, f.name) for f in fields(ModelDims)}
-    manifest = {"dims": dims, "default_preset": "70_0", "graphs": folders,
-                "presets": {p: {"graph": f"encoder_{p}"} for p in ("70_13", "70_0")},
-                "diarizer": {"graph": "diarizer"}, "asr": {"decoder_joint": "decoder_joint"},
-                "features": {"asr": "features_asr.npz", "diarizer": "features_diarizer.npz"}}
-    (root / "manifest.json").write_text(json.dumps(manifest))
+    streaming = StreamingCfg((105, 112), (105, 112), (0, 9), 2, 14)
+    Manifest(dims=PUBLIC_CHECKPOINT_DIMS, default_preset="70_0", graphs=folders,
+             presets={p: Preset(parse_preset(p), f"encoder_{p}", streaming) for p in ("70_13", "70_0")},
+             diarizer=DiarizerInfo("diarizer", 2, "diarizer_standalone", {"spkcache_len": 188}),
+             asr=AsrInfo("decoder_joint", 1024, 10, ("a", "b"), 8), features=features).save(root)
     return root
 
 

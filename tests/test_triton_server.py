@@ -19,10 +19,11 @@ from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
 from client.server import TRITON_DIR, TritonServer
 from model_repository.build import build
-from mtasr.spec import ModelDims, graph_specs
+from model_repository.triton_config import GRAPH_MODELS, graph_config
+from mtasr.manifest import Manifest
+from mtasr.spec import graph_specs
 
 ROOT = Path(__file__).resolve().parents[1]
-GRAPH_MODELS = ("diarizer", "encoder", "decoder_joint")
 TOL = 1e-5
 
 
@@ -59,10 +60,9 @@ def client(server):
 
 def _inputs(graphs: Path, model: str, batch: int, seed: int) -> dict[str, np.ndarray]:
     """Random inputs at the 70,13 streaming chunk (121 mel frames in, 14 encoder frames out)."""
-    manifest = json.loads((graphs / "manifest.json").read_text())
-    d = ModelDims(**manifest["dims"])
-    cfg = manifest["presets"]["70_13"]["streaming_cfg"]
-    frames, out_frames = cfg["chunk_size"][1] + cfg["pre_encode_cache_size"][1], cfg["valid_out_len"]
+    manifest = Manifest.load(graphs)
+    d, cfg = manifest.dims, manifest.preset("70_13").streaming_cfg
+    frames, out_frames = cfg.step_frames, cfg.valid_out_len
     rng = np.random.default_rng(seed)
 
     def f32(*shape: int) -> np.ndarray:
@@ -117,7 +117,7 @@ def _max_abs(result, expected: dict[str, np.ndarray]) -> float:
 @pytest.mark.parametrize("model", GRAPH_MODELS)
 def test_graph_matches_onnxruntime(client, tiny_graphs, model, batch):
     feeds = _inputs(tiny_graphs, model, batch, seed=batch)
-    spec = graph_specs(ModelDims(**json.loads((tiny_graphs / "manifest.json").read_text())["dims"]))[model]
+    spec = graph_specs(Manifest.load(tiny_graphs).dims)[model]
     outputs = [InferRequestedOutput(n) for n in spec.output_names]
     result = client.infer(model, _request(feeds), outputs=outputs)
     err = _max_abs(result, _direct(tiny_graphs, model, feeds))
@@ -178,8 +178,6 @@ def test_backend_groups_requests(tiny_graphs, tmp_path, monkeypatch):
     alone with a TritonError, outputs equal ONNX Runtime's."""
     from google.protobuf.json_format import MessageToDict
 
-    from mtasr.triton_config import graph_config
-
     fake = types.SimpleNamespace(
         Tensor=_FakeTensor, InferenceResponse=_FakeResponse, TritonError=str, TritonModelException=RuntimeError,
         get_input_tensor_by_name=lambda request, name: _FakeTensor(name, request[name]) if name in request else None,
@@ -191,7 +189,7 @@ def test_backend_groups_requests(tiny_graphs, tmp_path, monkeypatch):
 
     (tmp_path / "1").mkdir()
     (tmp_path / "1" / "model.onnx").symlink_to(tiny_graphs / "decoder_joint" / "model.onnx")
-    dims = ModelDims(**json.loads((tiny_graphs / "manifest.json").read_text())["dims"])
+    dims = Manifest.load(tiny_graphs).dims
     config = MessageToDict(graph_config(graph_specs(dims)["decoder_joint"], "cpu"), preserving_proto_field_name=True)
     model = module.TritonPythonModel()
     model.initialize({"model_config": json.dumps(config), "model_repository": str(tmp_path), "model_version": "1"})

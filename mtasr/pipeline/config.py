@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from mtasr.manifest import Manifest, StreamingCfg
 from mtasr.pipeline.words import DEFAULT_PAUSE_SEC
-from mtasr.spec import FRAME_SEC, NUM_SPEAKERS, preset_name
+from mtasr.spec import FRAME_SEC, NUM_SPEAKERS
 
 
 @dataclass(frozen=True)
@@ -36,12 +36,9 @@ class ChunkGeometry:
         return np.maximum(n - self.drop_extra_pre_encoded, 0)
 
     @classmethod
-    def from_streaming_cfg(cls, cfg: dict, subsampling: int) -> ChunkGeometry:
-        def last(v):
-            return v[-1] if isinstance(v, list) else v
-
-        return cls(last(cfg["chunk_size"]), last(cfg["shift_size"]), last(cfg["pre_encode_cache_size"]),
-                   int(cfg["drop_extra_pre_encoded"]), int(cfg["valid_out_len"]), subsampling)
+    def from_streaming_cfg(cls, cfg: StreamingCfg, subsampling: int) -> ChunkGeometry:
+        return cls(cfg.chunk_size[-1], cfg.shift_size[-1], cfg.pre_encode_cache_size[-1], cfg.drop_extra_pre_encoded,
+                   cfg.valid_out_len, subsampling)
 
 
 @dataclass(frozen=True)
@@ -50,7 +47,7 @@ class PipelineConfig:
 
     preset: tuple[int, int]
     geometry: ChunkGeometry
-    dims: dict
+    dims: dict  # ModelDims fields
     spkcache: dict  # SpeakerCacheParams fields
     vocabulary: tuple[str, ...]
     blank_id: int
@@ -71,20 +68,18 @@ class PipelineConfig:
         return self.preset[1] + 1
 
     @classmethod
-    def from_manifest(cls, manifest: dict, preset: str | None = None, masked_asr: bool = False,
+    def from_manifest(cls, manifest: Manifest, preset: str | None = None, masked_asr: bool = False,
                       **options) -> PipelineConfig:
-        name = preset or manifest["default_preset"]
-        entry = manifest["presets"][name]
-        ctx = tuple(entry["att_context_size"])
-        preset_name(ctx)
-        geometry = ChunkGeometry.from_streaming_cfg(entry["streaming_cfg"], manifest["asr"]["subsampling_factor"])
-        graphs = options.pop("graphs", None) or {"diarizer": manifest["diarizer"]["graph"], "encoder": entry["graph"],
-                                                 "decoder_joint": manifest["asr"]["decoder_joint"]}
-        return cls(preset=ctx, geometry=geometry, dims=manifest["dims"], spkcache=manifest["diarizer"]["spkcache"],
-                   vocabulary=tuple(manifest["asr"]["vocabulary"]), blank_id=int(manifest["asr"]["blank_id"]),
-                   max_symbols=int(manifest["asr"]["max_symbols"]), masked_asr=masked_asr, graphs=graphs,
-                   **options)
+        """The config of one exported preset (default: the manifest's); `graphs` defaults to the exported folders."""
+        entry = manifest.preset(preset)
+        geometry = ChunkGeometry.from_streaming_cfg(entry.streaming_cfg, manifest.asr.subsampling_factor)
+        graphs = options.pop("graphs", None) or manifest.graph_names(entry.name)
+        return cls(preset=entry.att_context_size, geometry=geometry, dims=manifest.dims.to_dict(),
+                   spkcache=dict(manifest.diarizer.spkcache), vocabulary=manifest.asr.vocabulary,
+                   blank_id=manifest.asr.blank_id, max_symbols=manifest.asr.max_symbols, masked_asr=masked_asr,
+                   graphs=graphs, **options)
 
     @classmethod
     def from_folder(cls, folder: str | Path, **kwargs) -> PipelineConfig:
-        return cls.from_manifest(json.loads((Path(folder) / "manifest.json").read_text()), **kwargs)
+        """`from_manifest` on `<folder>/manifest.json`."""
+        return cls.from_manifest(Manifest.load(folder), **kwargs)

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
+from mtasr.manifest import GRAPH_ROLES
 from mtasr.spec import TIMINGS
 
-GRAPH_ROLES = ("diarizer", "encoder", "decoder_joint")
 SPEAKER_MODES = ("kernel", "masked")
 DEFAULT_MAX_SESSIONS = 32
 DEFAULT_IDLE_TIMEOUT_S = 5.0  # live audio arrives every <= 2 s (the largest piece); 5 s is two pieces missed

@@ -15,7 +15,8 @@ import numpy as np
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from mtasr.pipeline.params import DEFAULT_IDLE_TIMEOUT_S, GRAPH_ROLES, OrchestratorParams
+from mtasr.manifest import GRAPH_ROLES
+from mtasr.pipeline.params import DEFAULT_IDLE_TIMEOUT_S, OrchestratorParams
 from mtasr.spec import (
     BYTES,
     NUM_SPEAKERS,
@@ -28,7 +29,6 @@ from mtasr.spec import (
 )
 
 TARGETS = ("cpu", "gpu", "tensorrt")
-GPU_TARGETS = ("gpu", "tensorrt")
 GRAPH_MODELS = GRAPH_ROLES  # model names in the repository (= graph kinds)
 # Graphs the orchestrator runs in its own ONNX Runtime session instead of through BLS, by target. The RNNT greedy
 # loop calls decoder_joint once per emitted symbol and frame (about 50 calls per step for 2 speakers): through BLS
@@ -165,7 +165,3 @@ def repository_configs(dims: ModelDims, target: str, preset: str, speaker_mode: 
 
 def to_pbtxt(cfg: mc.ModelConfig) -> str:
     return text_format.MessageToString(cfg)
-
-
-def parse_pbtxt(text: str) -> mc.ModelConfig:
-    return text_format.Parse(text, mc.ModelConfig())

@@ -56,7 +56,7 @@ class PipelineConfig:
     blank_id: int
     max_symbols: int
     masked_asr: bool = False  # False: speaker-kernel mode; True: feature masking (NeMo's default)
-    max_num_of_spks: int = NUM_SPEAKERS
+    max_num_of_spks: int = 0  # speakers the flow may run; 0: every output of the diarizer (dims["n_spk"])
     cache_gating: bool = True
     cache_gating_buffer_size: int = 2
     binary_diar_preds: bool = False
@@ -65,6 +65,19 @@ class PipelineConfig:
     decoder_window: int | None = None  # greedy look-ahead frames per decoder call (None: the whole chunk)
     frame_len_sec: float = FRAME_SEC
     graphs: dict = field(default_factory=dict)  # role -> graph/model name
+
+    def __post_init__(self) -> None:
+        n_spk = self.n_spk
+        if self.max_num_of_spks == 0:
+            object.__setattr__(self, "max_num_of_spks", n_spk)
+        if not 1 <= self.max_num_of_spks <= n_spk:
+            raise ValueError(f"max_num_of_spks must be in [1, {n_spk}] (the diarizer's outputs), "
+                             f"got {self.max_num_of_spks}")
+
+    @property
+    def n_spk(self) -> int:
+        """The diarizer's speaker outputs (manifests written before the count was recorded: 4)."""
+        return int(self.dims.get("n_spk", NUM_SPEAKERS))
 
     @property
     def nframes_per_chunk(self) -> int:

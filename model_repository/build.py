@@ -24,7 +24,14 @@ from pathlib import Path
 from mtasr.files import atomic_folder
 from mtasr.pipeline.params import DEFAULT_IDLE_TIMEOUT_S, DEFAULT_MAX_SESSIONS, SPEAKER_MODES
 from mtasr.spec import ORCHESTRATOR, PUBLIC_CHECKPOINT_DIMS, TIMINGS, ModelDims, parse_preset, preset_name
-from mtasr.triton_config import GRAPH_MODELS, IN_PROCESS_DEFAULT, TARGETS, repository_configs, to_pbtxt
+from mtasr.triton_config import (
+    GRAPH_MODELS,
+    IN_PROCESS_DEFAULT,
+    ORCHESTRATOR_MAX_BATCH,
+    TARGETS,
+    repository_configs,
+    to_pbtxt,
+)
 
 log = logging.getLogger("model_repository.build")
 HERE = Path(__file__).resolve().parent
@@ -41,6 +48,19 @@ class BuildError(Exception):
 
 def manifest_dims(manifest: dict) -> ModelDims:
     return ModelDims(**{f.name: int(manifest["dims"][f.name]) for f in fields(ModelDims)})
+
+
+def graph_max_batch(dims: ModelDims) -> int:
+    """Rows one graph call may carry: every speaker (the diarizer's count) of every sequence of one execute."""
+    return ORCHESTRATOR_MAX_BATCH * dims.n_spk
+
+
+def size_graph_batches(configs: dict, dims: ModelDims) -> dict:
+    """Set each graph model's max batch in `configs` (from `repository_configs`) for the model's speaker count."""
+    for name in GRAPH_MODELS:
+        if name in configs:
+            configs[name].max_batch_size = graph_max_batch(dims)
+    return configs
 
 
 def graph_folders(manifest: dict, target: str, preset: str) -> dict[str, str]:
@@ -106,8 +126,9 @@ def build(graphs: Path, target: str, out: Path, preset: str | None = None, speak
                          f"{idle_timeout_s})")
     if timing not in TIMINGS:
         raise BuildError(f"unknown timing {timing!r}; use one of {TIMINGS}")
-    configs = repository_configs(manifest_dims(manifest), target, preset, speaker_mode, in_process, max_sessions,
-                                 idle_timeout_s, timing)
+    dims = manifest_dims(manifest)
+    configs = size_graph_batches(repository_configs(dims, target, preset, speaker_mode, in_process, max_sessions,
+                                                    idle_timeout_s, timing), dims)
     with atomic_folder(out) as work:
         write_configs(configs, work)
         orchestrator = work / ORCHESTRATOR / "1"
@@ -144,7 +165,8 @@ def committed_configs() -> dict[str, str]:
     """`<target>/<model>/config.pbtxt` -> text for the public checkpoints' dims (the committed references)."""
     texts = {}
     for target in TARGETS:
-        for name, cfg in repository_configs(PUBLIC_CHECKPOINT_DIMS, target, COMMITTED_PRESET, "kernel").items():
+        configs = repository_configs(PUBLIC_CHECKPOINT_DIMS, target, COMMITTED_PRESET, "kernel")
+        for name, cfg in size_graph_batches(configs, PUBLIC_CHECKPOINT_DIMS).items():
             texts[f"{target}/{name}/config.pbtxt"] = to_pbtxt(cfg)
     return texts
 

@@ -1,6 +1,8 @@
 """Encoder step time in process (onnxruntime): k active speakers of s sessions in ONE batched call vs k*s calls.
 
     python -m bench.batching --graphs /tmp/bgraphs [--preset 70_13] [--speakers 1 2 3 4] [--sessions 1 2 4 8]
+
+Speakers default to 1 .. the model's count (its diarizer's outputs, 4 or 8).
 """
 
 from __future__ import annotations
@@ -15,14 +17,13 @@ from pathlib import Path
 import numpy as np
 
 from mtasr.examples import example_feed
-from mtasr.manifest import dims_from_dict
 from mtasr.pipeline import OrtRunner, PipelineConfig
 from mtasr.spec import encoder_spec
 
 
 def encoder_feeds(cfg: PipelineConfig, batch: int, seed: int = 0) -> dict[str, np.ndarray]:
     """Inputs of one full streaming step for `batch` speaker rows, caches half full (as the served pipeline)."""
-    d, g = dims_from_dict(cfg.dims), cfg.geometry
+    d, g = cfg.dims, cfg.geometry
     frames = g.step_frames
     n_enc = max(int(g.encoder_frames(np.array([frames]))[0]), 1)
     half = d.enc_last_channel // 2
@@ -45,12 +46,13 @@ def median_ms(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
-def run(graphs: Path | str, preset: str | None = None, speakers: tuple[int, ...] = (1, 2, 3, 4),
+def run(graphs: Path | str, preset: str | None = None, speakers: tuple[int, ...] | None = None,
         sessions: tuple[int, ...] = (1, 2, 4, 8), repeats: int = 20, threads: int = 0) -> dict:
     """Median ms of one batched encoder call vs as many single-row calls, for every (speakers, sessions)."""
     cfg = PipelineConfig.from_folder(graphs, preset=preset)
+    speakers = speakers or tuple(range(1, cfg.n_spk + 1))
     runner = OrtRunner(graphs, threads=threads)
-    graph, outputs = cfg.graphs["encoder"], encoder_spec(dims_from_dict(cfg.dims)).output_names
+    graph, outputs = cfg.graphs["encoder"], encoder_spec(cfg.dims).output_names
     single = encoder_feeds(cfg, 1)
     rows = []
     for s in sessions:
@@ -77,13 +79,14 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.batching", description=__doc__.splitlines()[0])
     ap.add_argument("--graphs", type=Path, required=True, help="exported graphs folder (manifest.json)")
     ap.add_argument("--preset", help="latency preset, e.g. 70_13 (default: the manifest's)")
-    ap.add_argument("--speakers", type=int, nargs="+", default=[1, 2, 3, 4])
+    ap.add_argument("--speakers", type=int, nargs="+", help="active speakers per session (default: 1 .. the model's)")
     ap.add_argument("--sessions", type=int, nargs="+", default=[1, 2, 4, 8])
     ap.add_argument("--repeats", type=int, default=20)
     ap.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads (0: default)")
     ap.add_argument("--json", type=Path, help="also write the result here")
     args = ap.parse_args(argv)
-    result = run(args.graphs, args.preset, tuple(args.speakers), tuple(args.sessions), args.repeats, args.threads)
+    result = run(args.graphs, args.preset, tuple(args.speakers or ()), tuple(args.sessions), args.repeats,
+                 args.threads)
     print(table(result))
     if args.json:
         args.json.write_text(json.dumps(result, indent=1))

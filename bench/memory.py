@@ -20,7 +20,6 @@ from client.stream import infer_piece, new_sequence_id, new_session_key
 from mtasr.manifest import Manifest
 from mtasr.spec import (
     N_MELS,
-    NUM_SPEAKERS,
     PUBLIC_CHECKPOINT_DIMS,
     SAMPLE_RATE,
     ModelDims,
@@ -43,13 +42,15 @@ def _tensor_bytes(spec, name: str, **sizes: int) -> int:
 
 
 def state_bytes(dims: ModelDims, step_frames: int, win_length: int = FULL_WIN_LENGTH,
-                hop_length: int = FULL_HOP_LENGTH, n_spk: int = NUM_SPEAKERS) -> dict[str, int]:
-    """Bytes of state one session holds at most, per part, with every one of `n_spk` speakers active.
+                hop_length: int = FULL_HOP_LENGTH, n_spk: int | None = None) -> dict[str, int]:
+    """Bytes of state one session holds at most, per part, with every one of `n_spk` speakers active (default:
+    every output of the model's diarizer, `dims.n_spk`).
 
     Tensor shapes and dtypes come from `mtasr.spec`; the diarizer's speaker cache and FIFO are at their max
     lengths with their per-frame predictions; the features tail is the streaming log-mel's sample buffer
     (float64, < win + hop samples) plus the chunker's `step_frames` mel frames (pre-encode cache + one chunk).
     """
+    n_spk = dims.n_spk if n_spk is None else n_spk
     enc, diar, dec = encoder_spec(dims), diarizer_spec(dims), decoder_joint_spec(dims)
     per_speaker_encoder = sum(_tensor_bytes(enc, n) for n in ("cache_last_channel", "cache_last_time",
                                                                "cache_last_channel_len"))

@@ -22,7 +22,6 @@ import numpy as np
 
 from bench.batching import encoder_feeds, median_ms
 from mtasr.examples import example_feed
-from mtasr.manifest import dims_from_dict
 from mtasr.pipeline import PipelineConfig
 from mtasr.pipeline.runner import ort_session
 from mtasr.spec import diarizer_spec, encoder_spec
@@ -93,7 +92,7 @@ def profile_flops(path: Path, feeds: dict[str, np.ndarray]) -> dict:
 
 def diarizer_feeds(cfg: PipelineConfig, batch: int = 1, seed: int = 0) -> dict[str, np.ndarray]:
     """One streaming diarizer step with a full speaker cache and FIFO (the steady state)."""
-    d, frames = dims_from_dict(cfg.dims), cfg.geometry.step_frames
+    d, frames = cfg.dims, cfg.geometry.step_frames
     sizes = {"batch": batch, "chunk_frames": frames, "spkcache_frames": d.spkcache_len, "fifo_frames": d.fifo_len}
     ints = {"chunk_lengths": frames, "spkcache_lengths": d.spkcache_len, "fifo_lengths": d.fifo_len}
     return example_feed(diarizer_spec(d), sizes, ints, seed)
@@ -112,7 +111,7 @@ def run(graphs: Path, preset: str = "70_13", rows: int = 2, repeats: int = 10, t
         path = graphs / graph / "model.onnx"
         counted = profile_flops(path, feeds)
         sess = ort_session(path, threads)
-        outputs = (diarizer_spec if name == "diarizer" else encoder_spec)(dims_from_dict(cfg.dims)).output_names
+        outputs = (diarizer_spec if name == "diarizer" else encoder_spec)(cfg.dims).output_names
         seconds = median_ms(lambda s=sess, f=feeds, o=outputs: s.run(o, f), repeats) / 1000
         gflops_s = counted["gflops"] / seconds
         out["steps"][name] = {"graph": graph, "gflops": round(counted["gflops"], 3), "ms": round(seconds * 1000, 2),

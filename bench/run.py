@@ -117,7 +117,7 @@ def run_all(tiny: Path, full: Path | None, sizes: Sizes, out: Path) -> dict:
         _part(results, "roofline_full", roofline.run, full, PRESET, 2, sizes.repeats)
     _part(results, "roofline_tiny", roofline.run, tiny, PRESET, 2, sizes.repeats)
     _part(results, "overhead", overhead.run, tiny, PRESET, 8, sizes.load_seconds)
-    _part(results, "batching", batching.run, tiny, PRESET, (1, 2, 3, 4), sizes.batching_sessions, sizes.repeats)
+    _part(results, "batching", batching.run, tiny, PRESET, None, sizes.batching_sessions, sizes.repeats)
     _part(results, "memory", memory_part, tiny, sizes)
     if perf.PERF_ANALYZER.is_file():
         _part(results, "perf_analyzer", perf.run, tiny, sizes.perf_concurrency, sizes.load_seconds,

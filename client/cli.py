@@ -33,7 +33,18 @@ from client.stream import (
 from mtasr.audio import AudioError, audio_rate, read_audio
 from mtasr.spec import SAMPLE_RATE
 
-COLORS = ["\033[91m", "\033[92m", "\033[94m", "\033[93m", "\033[95m", "\033[96m", "\033[31m", "\033[32m"]
+# One colour per speaker, as many as an 8-output Sortformer has: (live view ANSI escape, PNG colour).
+SPEAKER_COLORS: tuple[tuple[str, str], ...] = (
+    ("\033[91m", "#e6194b"),  # red
+    ("\033[92m", "#3cb44b"),  # green
+    ("\033[94m", "#4363d8"),  # blue
+    ("\033[93m", "#e6b400"),  # yellow
+    ("\033[95m", "#f032e6"),  # magenta
+    ("\033[96m", "#18b6d8"),  # cyan
+    ("\033[38;5;208m", "#f58231"),  # orange (256-colour terminals)
+    ("\033[38;5;99m", "#7b2fd0"),  # violet (256-colour terminals)
+)
+COLORS = [ansi for ansi, _ in SPEAKER_COLORS]
 DIM, RESET, CLEAR_LINE = "\033[2m", "\033[0m", "\r\033[K"
 FORMATS = ("seglst", "rttm", "png", "words", "ctm")
 DEFAULT_FORMATS = "seglst,rttm,png"
@@ -78,16 +89,28 @@ class LiveView:
                 self.tail = ""
 
 
+def activity_image(activity: np.ndarray) -> np.ndarray:
+    """(speakers, frames, RGB) in [0, 1]: each speaker's row fades from white to its live-view colour with its
+    probability."""
+    from matplotlib.colors import to_rgb
+
+    n_spk = activity.shape[1]
+    rgb = np.array([to_rgb(SPEAKER_COLORS[i % len(SPEAKER_COLORS)][1]) for i in range(n_spk)])  # (n_spk, 3)
+    a = np.clip(activity.T, 0.0, 1.0)[:, :, None]
+    return 1.0 - a * (1.0 - rgb[:, None, :])
+
+
 def plot_activity(path: Path, activity: np.ndarray, title: str) -> None:
-    """A PNG of the speaker activity like the tutorial's plot (speakers x 80 ms frames)."""
+    """A PNG of the speaker activity like the tutorial's plot (speakers x 80 ms frames), one colour per speaker."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(max(6.0, activity.shape[0] / 40), 2.2))
-    ax.imshow(activity.T, cmap="viridis", aspect="auto", interpolation="nearest", vmin=0, vmax=1)
-    ax.set_yticks(range(activity.shape[1]), [f"spk{i}" for i in range(activity.shape[1])])
+    n_spk = activity.shape[1]
+    fig, ax = plt.subplots(figsize=(max(6.0, activity.shape[0] / 40), 1.0 + 0.3 * n_spk))
+    ax.imshow(activity_image(activity), aspect="auto", interpolation="nearest")
+    ax.set_yticks(range(n_spk), [f"spk{i}" for i in range(n_spk)])
     ax.set_xlabel("80 ms frames")
     ax.set_title(title)
     fig.tight_layout()

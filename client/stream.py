@@ -24,7 +24,6 @@ from mtasr.spec import (
     API_KEY_HEADER,
     FRAME_SEC,
     MAX_CHUNK_SECONDS,
-    NUM_SPEAKERS,
     ORCHESTRATOR,
     SAMPLE_RATE,
     SESSION_KEY_HEADER,
@@ -95,7 +94,8 @@ def validate_stream_options(chunk_ms: float, sequence_id: int | None = None) -> 
 class StreamResult:
     session_id: str
     seglst: list[dict] = field(default_factory=list)  # final SegLST (the transcript so far when partial)
-    activity: np.ndarray = field(default_factory=lambda: np.zeros((0, NUM_SPEAKERS), np.float32))
+    # frames x speakers; the speaker count (the served diarizer's, 4 or 8) comes with the first reply
+    activity: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))
     latencies_ms: list[float] = field(default_factory=list)  # send -> response, per request
     audio_seconds: float = 0.0
     wall_seconds: float = 0.0

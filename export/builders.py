@@ -45,21 +45,25 @@ def _preprocessor(normalize: str, pad_to: int | None) -> dict[str, Any]:
     return cfg
 
 
-def diarizer_config(size: str) -> dict[str, Any]:
-    """Streaming Sortformer v2 config (the NeMo example config's fields) at `size`."""
+def diarizer_config(size: str, n_spk: int = NUM_SPEAKERS) -> dict[str, Any]:
+    """Streaming Sortformer v2 config (the NeMo example config's fields) at `size`, with `n_spk` outputs (4 or 8).
+
+    `max_num_of_spks` (what NeMo's multitalker flow reads from the diarizer's config) and `num_spks` (the sigmoid
+    head's width) follow `n_spk`.
+    """
     fc_d, fc_layers, fc_heads, sub_ch, tf_d, tf_layers, tf_heads, tf_inner = _DIAR_DIMS[size]
     return {
         "sample_rate": SAMPLE_RATE,
         "pil_weight": 0.5,
         "ats_weight": 0.5,
-        "max_num_of_spks": NUM_SPEAKERS,
+        "max_num_of_spks": n_spk,
         "streaming_mode": True,
         "model_defaults": {"fc_d_model": fc_d, "tf_d_model": tf_d},
         # streaming Sortformer v2 normalises nothing (a stream cannot see the whole file), like the ASR
         "preprocessor": _preprocessor("NA", 0),
         "sortformer_modules": {
             "_target_": "nemo.collections.asr.modules.sortformer_modules.SortformerModules",
-            "num_spks": NUM_SPEAKERS,
+            "num_spks": n_spk,
             "dropout_rate": 0.5,
             "fc_d_model": fc_d,
             "tf_d_model": tf_d,
@@ -234,13 +238,13 @@ def train_tokenizer(out_dir: Path, vocab_size: int, seed: int = 0) -> Path:
     return out_dir
 
 
-def build_diarizer(size: str, seed: int = 0):
-    """A random-init `SortformerEncLabelModel` at `size`, in eval mode."""
+def build_diarizer(size: str, seed: int = 0, n_spk: int = NUM_SPEAKERS):
+    """A random-init `SortformerEncLabelModel` at `size` with `n_spk` speaker outputs, in eval mode."""
     import torch
     from nemo.collections.asr.models import SortformerEncLabelModel
 
     torch.manual_seed(seed)
-    model = SortformerEncLabelModel(cfg=OmegaConf.create(diarizer_config(size)))
+    model = SortformerEncLabelModel(cfg=OmegaConf.create(diarizer_config(size, n_spk)))
     return model.eval()
 
 
@@ -254,6 +258,16 @@ def build_asr(size: str, work_dir: Path, seed: int = 0):
     torch.manual_seed(seed)
     model = EncDecMultiTalkerRNNTBPEModel(cfg=OmegaConf.create(asr_config(size, str(tok_dir))))
     return model.eval()
+
+
+def make_diarizer_decisive(diar, gain: float = 8.0) -> None:
+    """Scale the Sortformer's sigmoid head by `gain` (see `make_decisive`)."""
+    import torch
+
+    head = diar.sortformer_modules.single_hidden_to_spks
+    with torch.no_grad():
+        head.weight.mul_(gain)
+        head.bias.mul_(gain)
 
 
 def make_decisive(diar, asr, diar_gain: float = 8.0, joint_gain: float = 8.0, emit_rate: float = 0.3) -> None:
@@ -272,9 +286,8 @@ def make_decisive(diar, asr, diar_gain: float = 8.0, joint_gain: float = 8.0, em
     blank = int(asr.decoder.blank_idx)
     out = asr.joint.joint_net[-1]
     gen = torch.Generator().manual_seed(0)
+    make_diarizer_decisive(diar, diar_gain)
     with torch.no_grad():
-        diar.sortformer_modules.single_hidden_to_spks.weight.mul_(diar_gain)
-        diar.sortformer_modules.single_hidden_to_spks.bias.mul_(diar_gain)
         out.weight.mul_(joint_gain)
         feats = torch.randn(1, asr.encoder._feat_in, 800, generator=gen) * 3 - 8
         enc, _ = asr.encoder(audio_signal=feats, length=torch.tensor([800]))

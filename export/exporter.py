@@ -66,6 +66,7 @@ def model_dims(diar, asr) -> ModelDims:
         pred_layers=int(asr.decoder.pred_rnn_layers),
         pred_hidden=int(asr.decoder.pred_hidden),
         vocab_size=int(asr.decoder.vocab_size),
+        n_spk=int(sm.n_spk),
     )
 
 

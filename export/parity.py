@@ -4,7 +4,7 @@ Every graph is fed its own returned state for >= 20 steps, at the lowest and hig
 both speaker modes. The last line printed is
 
     parity: diarizer=<max_abs> encoder=<max_abs> decoder_joint=<max_abs> features=<max_abs> \
-cache_update=<max_abs> tokens=<same>/<total>    (one line)
+cache_update=<max_abs> tokens=<same>/<total> speakers8=<same>/<total>    (one line; export.parity_speakers)
 
 and the exit status is non-zero if any max_abs > 1e-4 or any token differs.
 """
@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from export import builders
+from export import builders, parity_speakers
 from export.exporter import configure_diarizer_streaming, export_all, set_preset
 from export.loading import load_asr, load_diarizer
 from export.wrappers import DecoderJointStep
@@ -53,6 +53,7 @@ class Figures:
     cache_update: float = 0.0
     tokens_same: int = 0
     tokens_total: int = 0
+    speakers8: parity_speakers.SpeakersCheck = field(default_factory=parity_speakers.SpeakersCheck)
     details: dict = field(default_factory=dict)
     failures: list[str] = field(default_factory=list)
 
@@ -63,12 +64,13 @@ class Figures:
     def line(self) -> str:
         return (f"parity: diarizer={self.diarizer:.3g} encoder={self.encoder:.3g} "
                 f"decoder_joint={self.decoder_joint:.3g} features={self.features:.3g} "
-                f"cache_update={self.cache_update:.3g} tokens={self.tokens_same}/{self.tokens_total}")
+                f"cache_update={self.cache_update:.3g} tokens={self.tokens_same}/{self.tokens_total} "
+                f"speakers8={self.speakers8.same}/{self.speakers8.total}")
 
     def ok(self) -> bool:
         worst = max(self.diarizer, self.encoder, self.decoder_joint, self.features, self.cache_update)
         tokens_ok = self.tokens_same == self.tokens_total and self.tokens_total > 0
-        return worst <= TOLERANCE and tokens_ok and not self.failures
+        return worst <= TOLERANCE and tokens_ok and not self.failures and not self.speakers8.failures
 
 
 def _session(path: Path):
@@ -425,6 +427,8 @@ def run(size: str, work: Path, presets: list[tuple[int, int]], seconds: dict[str
         for masked in (False, True):
             check_encoder_and_tokens(fig, asr, graphs, manifest, feats, n_frames, ctx, masked, min_steps=20)
     fig.details["encoder_seconds"] = round(time.perf_counter() - t0, 1)
+    fig.speakers8 = parity_speakers.check(work / "speakers8", asr_path)  # 8-output diarizer, NeMo vs pipeline
+    fig.details.update(fig.speakers8.details)
     if fp16:
         fig.details["fp16"] = fp16_deviation(graphs, manifest)
     return fig
@@ -510,7 +514,7 @@ def main(argv: list[str] | None = None) -> int:
               args.fp16, nemo=tuple(args.nemo) if args.nemo else None, audio=audio)
     fig.details["total_seconds"] = round(time.perf_counter() - t0, 1)
     print(json.dumps(fig.details, indent=1, default=str))
-    for failure in fig.failures:
+    for failure in fig.failures + fig.speakers8.failures:
         print(f"FAILED: {failure}")
     (work / "parity.json").write_text(json.dumps({"line": fig.line(), **fig.details}, indent=1, default=str))
     print(fig.line())

@@ -52,7 +52,8 @@ class Reference:
         # Tutorial Step 3: the diarizer's streaming parameters for the multitalker flow.
         configure_diarizer_streaming(self.diar, chunk_left_context=0)
         set_preset(self.asr, preset)
-        self.cfg = OmegaConf.create({**FLOW_CONFIG, "att_context_size": list(preset), "masked_asr": masked_asr})
+        self.cfg = OmegaConf.create({**FLOW_CONFIG, "att_context_size": list(preset), "masked_asr": masked_asr,
+                                     "max_num_of_spks": int(self.diar.sortformer_modules.n_spk)})  # 4 or 8
 
     def transcribe(self, audio: np.ndarray, session_id: str, timing: str = "nemo",
                    pause_sec: float = DEFAULT_PAUSE_SEC) -> list[dict]:
@@ -95,6 +96,7 @@ class Reference:
                     live.update(self._hypotheses(streamer, steps, frames_per_step), decoded, audio_end, session_id)
         # The diarizer's sigmoids as this flow saw them (frames x speakers): the RTTM the served stack also writes.
         self.diar_preds = streamer.instance_manager.diar_states.diar_pred_out_stream[0].float().numpy()
+        self.hypotheses = self._hypotheses(streamer, steps, frames_per_step)  # speaker -> (tokens, frames, runs)
         if timing == "audio":
             live.update(self._hypotheses(streamer, steps, frames_per_step), audio_end, audio_end, session_id,
                         last=True)

@@ -135,7 +135,8 @@ def committed_configs() -> dict[str, str]:
     """`<target>/<model>/config.pbtxt` -> text for the public checkpoints' dims (the committed references)."""
     texts = {}
     for target in TARGETS:
-        for name, cfg in repository_configs(PUBLIC_CHECKPOINT_DIMS, target, COMMITTED_PRESET, "kernel").items():
+        configs = repository_configs(PUBLIC_CHECKPOINT_DIMS, target, COMMITTED_PRESET, "kernel")
+        for name, cfg in configs.items():
             texts[f"{target}/{name}/config.pbtxt"] = to_pbtxt(cfg)
     return texts
 

@@ -5,10 +5,11 @@ them inside NVIDIA's Triton container, and a check of every plan against ONNX Ru
     python -m model_repository.tensorrt script --repo artifacts/repo_trt > build_plans.sh   # (build writes it too)
     # in the container:  bash /models/build_plans.sh && python3 -m model_repository.tensorrt check --repo /models
 
-The profiles cover every shape the orchestrator sends: batch 1..GRAPH_MAX_BATCH (all active speakers of all
-sessions of one execute), a step's mel frames down to the shortest last chunk, speaker cache and FIFO from empty
-to full, encoder target frames of a short or full step. fp16 plans (`--fp16`) are the default; the check reports
-max abs against the fp32 ONNX graph. Not run on the machines this project is built on (no GPU, no TensorRT).
+The profiles cover every shape the orchestrator sends: batch 1..the graph models' max batch (every speaker of every
+session of one execute: `triton_config.graph_max_batch`), a step's mel frames down to the shortest last
+chunk, speaker cache and FIFO from empty to full, encoder target frames of a short or full step. fp16 plans
+(`--fp16`) are the default; the check reports max abs against the fp32 ONNX graph. Not run on the machines this
+project is built on (no GPU, no TensorRT).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from model_repository.triton_config import GRAPH_MAX_BATCH, PLAN_FILE
+from model_repository.triton_config import PLAN_FILE, graph_max_batch
 from mtasr.examples import example_feed
 from mtasr.manifest import Manifest
 from mtasr.pipeline.config import PipelineConfig
@@ -31,9 +32,11 @@ OPT_BATCH = 8
 SCRIPT = "build_plans.sh"
 
 
-def axis_ranges(manifest: Manifest, preset: str, max_batch: int = GRAPH_MAX_BATCH) -> dict[str, tuple[int, int, int]]:
-    """(min, opt, max) of every dynamic axis the graphs have, for `preset`."""
+def axis_ranges(manifest: Manifest, preset: str, max_batch: int | None = None) -> dict[str, tuple[int, int, int]]:
+    """(min, opt, max) of every dynamic axis the graphs have, for `preset`; batch up to `max_batch` (default: the
+    repository's graph max batch for the model's speaker count)."""
     g, d = PipelineConfig.from_manifest(manifest, preset=preset).geometry, manifest.dims
+    max_batch = graph_max_batch(d) if max_batch is None else max_batch
     return {"batch": (1, min(OPT_BATCH, max_batch), max_batch),
             "chunk_frames": (g.min_frames, g.step_frames, g.step_frames),
             "spkcache_frames": (0, d.spkcache_len, d.spkcache_len),

@@ -19,7 +19,6 @@ from mtasr.manifest import GRAPH_ROLES
 from mtasr.pipeline.params import DEFAULT_IDLE_TIMEOUT_S, OrchestratorParams
 from mtasr.spec import (
     BYTES,
-    NUM_SPEAKERS,
     ORCHESTRATOR,
     GraphSpec,
     ModelDims,
@@ -38,8 +37,6 @@ GRAPH_MODELS = GRAPH_ROLES  # model names in the repository (= graph kinds)
 IN_PROCESS_DEFAULT = {"cpu": GRAPH_MODELS, "gpu": ("decoder_joint",), "tensorrt": ("decoder_joint",)}
 PLAN_FILE = "model.plan"  # a TensorRT graph model's engine, next to the model.onnx it is built from
 ORCHESTRATOR_MAX_BATCH = 32
-# One orchestrator execute sends every active speaker of every sequence in one encoder call: up to 4 rows each.
-GRAPH_MAX_BATCH = ORCHESTRATOR_MAX_BATCH * NUM_SPEAKERS
 # Sequence slots the batcher keeps beyond the session cap: a START over the cap must reach the orchestrator (which
 # refuses it at once, "server full") instead of waiting silently in the batcher's backlog; slots of the oldest
 # strategy are bookkeeping only. Refused and abandoned sequences hold theirs until the idle timeout.
@@ -95,8 +92,13 @@ def _param(cfg: mc.ModelConfig, key: str, value: str) -> None:
     cfg.parameters[key].string_value = str(value)
 
 
-def graph_config(spec: GraphSpec, target: str, name: str | None = None,
-                 max_batch_size: int = GRAPH_MAX_BATCH) -> mc.ModelConfig:
+def graph_max_batch(dims: ModelDims) -> int:
+    """Rows one graph call may carry: one orchestrator execute sends every active speaker (up to the diarizer's
+    count) of every sequence in one encoder call."""
+    return ORCHESTRATOR_MAX_BATCH * dims.n_spk
+
+
+def graph_config(spec: GraphSpec, target: str, max_batch_size: int, name: str | None = None) -> mc.ModelConfig:
     """A stateless graph model with dynamic batching: ONNX Runtime or TensorRT on GPU, Python backend on CPU."""
     if target not in TARGETS:
         raise ValueError(f"unknown target {target!r}; use one of {TARGETS}")
@@ -158,7 +160,8 @@ def repository_configs(dims: ModelDims, target: str, preset: str, speaker_mode: 
     optional = {"max_sessions": max_sessions, "timing": timing}
     params = OrchestratorParams(preset=preset, speaker_mode=speaker_mode, in_process_models=in_process,
                                 **{k: v for k, v in optional.items() if v is not None})
-    configs = {kind: graph_config(specs[kind], target, name=kind) for kind in GRAPH_MODELS if kind not in in_process}
+    configs = {kind: graph_config(specs[kind], target, graph_max_batch(dims), name=kind)
+               for kind in GRAPH_MODELS if kind not in in_process}
     configs[ORCHESTRATOR] = orchestrator_config(params, idle_timeout_s=idle_timeout_s)
     return configs
 

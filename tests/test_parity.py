@@ -17,6 +17,7 @@ def test_parity_line_and_exit_code(tiny_parity):
     for stage in ("diarizer", "encoder", "decoder_joint", "features", "cache_update"):
         assert float(m[stage]) <= TOL, f"{stage} = {m[stage]}"
     assert int(m["same"]) == int(m["total"]) > 0
+    assert int(m["speakers8_same"]) == int(m["speakers8_total"]) > 0  # the 8-output diarizer's flow, every token
 
 
 def test_parity_covers_what_it_claims(tiny_parity):
@@ -32,6 +33,11 @@ def test_parity_covers_what_it_claims(tiny_parity):
             assert details[f"{check}_steps"] >= 20
             same, total = map(int, details[f"{check}_tokens"].split("/"))
             assert same == total > 0, check
+    # 8 speakers: the export recorded the count, >= 5 were active and transcribed, the diarizer matched
+    manifest8 = json.loads((tiny_parity["work"] / "speakers8" / "graphs" / "manifest.json").read_text())
+    assert manifest8["dims"]["n_spk"] == manifest8["diarizer"]["spkcache"]["n_spk"] == 8
+    assert details["speakers8_active"] >= 5 and len(details["speakers8_transcribed"]) >= 5
+    assert details["speakers8_diarizer"] <= TOL
     fp16 = details["fp16"]  # fp16 vs fp32 graphs, measured on ONNX Runtime CPU
     assert set(fp16) == {"diarizer", "diarizer_standalone", "encoder_70_0", "encoder_70_13"}
     assert all(isinstance(v, float) and v < 1.0 for v in fp16.values()), fp16

@@ -24,8 +24,9 @@ def test_presets():
         spec.parse_preset("fast")
 
 
-def test_exported_graphs_match_spec(tiny_parity):
-    graphs = tiny_parity["work"] / "graphs"
+@pytest.mark.parametrize("folder", ["graphs", "speakers8/graphs"])  # the 4- and the 8-speaker diarizer
+def test_exported_graphs_match_spec(tiny_parity, folder):
+    graphs = tiny_parity["work"] / folder
     manifest = Manifest.load(graphs)
     specs = spec.graph_specs(manifest.dims)
     assert manifest.graphs, "no graphs exported"

@@ -209,6 +209,8 @@ SCENARIOS = [
         min_compressions_per_stream=30,
     ),
     Scenario("ties_chunk14", chunk=14, talkers=(4, 2), frames=(1500, 1400), binary=True),
+    # An 8-output Sortformer: 20 cache frames per speaker (188 // 8 - 3 silence frames).
+    Scenario("multitalker_8spk_chunk14", chunk=14, n_spk=8, talkers=(8, 6), frames=(2000, 1700)),
 ]
 
 
@@ -346,6 +348,8 @@ SYNC_SCENARIOS = [
     Scenario("sync_small_lc1_rc7", chunk=6, lc=1, rc=7, frames=(770,) * 2, **_SMALL),
     Scenario("sync_small_fifo0_nosil", chunk=14, sil_frames=0, frames=(760,) * 2, **{**_SMALL, "fifo_len": 0}),
     Scenario("sync_ties_small_chunk7", chunk=7, talkers=(2, 4), frames=(760,) * 2, binary=True, **_SMALL),
+    Scenario("sync_mt_8spk_chunk14", chunk=14, n_spk=8, talkers=(8, 5), frames=(2000,) * 2,
+             min_compressions_per_stream=10, **_MT),
 ]
 
 

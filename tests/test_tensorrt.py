@@ -9,7 +9,7 @@ from conftest import parse_pbtxt
 
 from model_repository.build import build
 from model_repository.tensorrt import SCRIPT, axis_ranges, profile_shapes, trtexec_command
-from model_repository.triton_config import GRAPH_MAX_BATCH, PLAN_FILE
+from model_repository.triton_config import PLAN_FILE, graph_max_batch
 from mtasr.manifest import Manifest
 from mtasr.pipeline import PipelineConfig
 from mtasr.spec import graph_specs
@@ -37,7 +37,7 @@ def test_profiles_cover_what_the_orchestrator_sends(tiny_parity):
     specs = graph_specs(dims)
     enc = profile_shapes(specs["encoder"], ranges)
     lo, opt, hi = enc["audio_signal"]
-    assert opt == (8, 128, cfg.geometry.step_frames) and hi[0] == GRAPH_MAX_BATCH  # a full step, every row
+    assert opt == (8, 128, cfg.geometry.step_frames) and hi[0] == graph_max_batch(dims)  # a full step, every row
     assert lo[2] == cfg.geometry.min_frames  # the shortest last chunk still runs
     assert enc["spk_targets"][1] == (8, cfg.geometry.valid_out_len)
     diar = profile_shapes(specs["diarizer"], ranges)

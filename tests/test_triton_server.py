@@ -19,7 +19,7 @@ from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
 from client.server import TRITON_DIR, TritonServer
 from model_repository.build import build
-from model_repository.triton_config import GRAPH_MODELS, graph_config
+from model_repository.triton_config import GRAPH_MODELS, graph_config, graph_max_batch
 from mtasr.manifest import Manifest
 from mtasr.spec import graph_specs
 
@@ -190,7 +190,8 @@ def test_backend_groups_requests(tiny_graphs, tmp_path, monkeypatch):
     (tmp_path / "1").mkdir()
     (tmp_path / "1" / "model.onnx").symlink_to(tiny_graphs / "decoder_joint" / "model.onnx")
     dims = Manifest.load(tiny_graphs).dims
-    config = MessageToDict(graph_config(graph_specs(dims)["decoder_joint"], "cpu"), preserving_proto_field_name=True)
+    config = MessageToDict(graph_config(graph_specs(dims)["decoder_joint"], "cpu", graph_max_batch(dims)),
+                           preserving_proto_field_name=True)
     model = module.TritonPythonModel()
     model.initialize({"model_config": json.dumps(config), "model_repository": str(tmp_path), "model_version": "1"})
     runs = []

@@ -9,7 +9,8 @@ import numpy as np
 
 from mtasr.manifest import Manifest, StreamingCfg
 from mtasr.pipeline.words import DEFAULT_PAUSE_SEC
-from mtasr.spec import FRAME_SEC, NUM_SPEAKERS
+from mtasr.spec import FRAME_SEC, ModelDims
+from mtasr.spkcache import SpeakerCacheParams
 
 
 @dataclass(frozen=True)
@@ -47,13 +48,13 @@ class PipelineConfig:
 
     preset: tuple[int, int]
     geometry: ChunkGeometry
-    dims: dict  # ModelDims fields
-    spkcache: dict  # SpeakerCacheParams fields
+    dims: ModelDims
+    spkcache: SpeakerCacheParams
     vocabulary: tuple[str, ...]
     blank_id: int
     max_symbols: int
     masked_asr: bool = False  # False: speaker-kernel mode; True: feature masking (NeMo's default)
-    max_num_of_spks: int = NUM_SPEAKERS
+    max_num_of_spks: int = 0  # speakers the flow may run; 0: every output of the diarizer (dims.n_spk)
     cache_gating: bool = True
     cache_gating_buffer_size: int = 2
     binary_diar_preds: bool = False
@@ -62,6 +63,19 @@ class PipelineConfig:
     decoder_window: int | None = None  # greedy look-ahead frames per decoder call (None: the whole chunk)
     frame_len_sec: float = FRAME_SEC
     graphs: dict = field(default_factory=dict)  # role -> graph/model name
+
+    def __post_init__(self) -> None:
+        n_spk = self.n_spk
+        if self.max_num_of_spks == 0:
+            object.__setattr__(self, "max_num_of_spks", n_spk)
+        if not 1 <= self.max_num_of_spks <= n_spk:
+            raise ValueError(f"max_num_of_spks must be in [1, {n_spk}] (the diarizer's outputs), "
+                             f"got {self.max_num_of_spks}")
+
+    @property
+    def n_spk(self) -> int:
+        """The diarizer's speaker outputs."""
+        return self.dims.n_spk
 
     @property
     def nframes_per_chunk(self) -> int:
@@ -74,10 +88,10 @@ class PipelineConfig:
         entry = manifest.preset(preset)
         geometry = ChunkGeometry.from_streaming_cfg(entry.streaming_cfg, manifest.asr.subsampling_factor)
         graphs = options.pop("graphs", None) or manifest.graph_names(entry.name)
-        return cls(preset=entry.att_context_size, geometry=geometry, dims=manifest.dims.to_dict(),
-                   spkcache=dict(manifest.diarizer.spkcache), vocabulary=manifest.asr.vocabulary,
-                   blank_id=manifest.asr.blank_id, max_symbols=manifest.asr.max_symbols, masked_asr=masked_asr,
-                   graphs=graphs, **options)
+        return cls(preset=entry.att_context_size, geometry=geometry, dims=manifest.dims,
+                   spkcache=SpeakerCacheParams.from_config(manifest.diarizer.spkcache),
+                   vocabulary=manifest.asr.vocabulary, blank_id=manifest.asr.blank_id,
+                   max_symbols=manifest.asr.max_symbols, masked_asr=masked_asr, graphs=graphs, **options)
 
     @classmethod
     def from_folder(cls, folder: str | Path, **kwargs) -> PipelineConfig:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from mtasr import greedy, spkcache
+from mtasr import greedy
 from mtasr.features import FeatureParams
 from mtasr.pipeline.chunker import Chunk, FeatureChunker
 from mtasr.pipeline.config import PipelineConfig
@@ -29,7 +29,7 @@ from mtasr.pipeline.targets import active_speakers, speaker_targets, update_wind
 from mtasr.pipeline.transcribe import AsrRow, SpeakerInstance, TranscribeStage
 from mtasr.pipeline.transcript import Transcript
 from mtasr.pipeline.words import LiveTranscript
-from mtasr.spec import SAMPLE_RATE, TIMINGS, ModelDims
+from mtasr.spec import SAMPLE_RATE, TIMINGS
 
 
 @dataclass
@@ -80,10 +80,9 @@ class Engine:
         self.cfg = config
         self.features = features
         self.run = runner
-        dims = ModelDims(**config.dims)
-        self.params = spkcache.SpeakerCacheParams.from_config(config.spkcache)
-        self.diarizer = DiarizerStage(self.params, dims, runner, config.graphs["diarizer"], capacity)
-        self.asr = TranscribeStage(config, dims, runner, capacity * self.params.n_spk)
+        self.params = config.spkcache
+        self.diarizer = DiarizerStage(self.params, config.dims, runner, config.graphs["diarizer"], capacity)
+        self.asr = TranscribeStage(config, config.dims, runner, capacity * self.params.n_spk)
 
     # ------------------------------------------------------------------------------------------ sessions
     def new_session(self, session_id: str, timing: str = TIMINGS[0]) -> Session:

@@ -27,7 +27,7 @@ from mtasr.pipeline.sessions import (
     log,
     same_owner,
 )
-from mtasr.spec import MAX_CHUNK_SECONDS, NUM_SPEAKERS, SAMPLE_RATE, TIMINGS
+from mtasr.spec import MAX_CHUNK_SECONDS, SAMPLE_RATE, TIMINGS
 
 
 @dataclass
@@ -53,7 +53,8 @@ class Reply:
     segments: list[dict] = field(default_factory=list)  # final since the last reply (nemo: changed since)
     interim: list[dict] = field(default_factory=list)  # each speaker's unstable tail (nemo: none)
     transcript: list[dict] = field(default_factory=list)  # whole session at END (nemo: in every reply)
-    activity: np.ndarray = field(default_factory=lambda: np.zeros((0, NUM_SPEAKERS), dtype=np.float32))
+    # frames x speakers (the diarizer's count); the manager's replies always carry its columns, even with no frames
+    activity: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), dtype=np.float32))
     final: bool = False
 
     @classmethod
@@ -198,7 +199,7 @@ class SequenceManager:
         seen: set[int] = set()
         for i, req in enumerate(requests):
             if not req.ready:
-                replies[i] = Reply()
+                replies[i] = Reply(activity=self._no_frames())
                 continue
             try:
                 if req.corrid in seen:
@@ -252,12 +253,15 @@ class SequenceManager:
                 break
             for out in outs:
                 frames[out.session_id].append(out.activity)
-        n_spk = NUM_SPEAKERS
-        return {k: (np.concatenate(v) if v else np.zeros((0, n_spk), dtype=np.float32)) for k, v in frames.items()}
+        return {k: (np.concatenate(v) if v else self._no_frames()) for k, v in frames.items()}
+
+    def _no_frames(self) -> np.ndarray:
+        """Activity of a reply that decided no frame: zero rows, one column per speaker of the diarizer."""
+        return np.zeros((0, self.engine.cfg.n_spk), dtype=np.float32)
 
     def _reply(self, live: _Live, activity: np.ndarray | None, final: bool) -> Reply:
         session = live.session
-        act = (activity if activity is not None else np.zeros((0, NUM_SPEAKERS), np.float32)).astype(np.float32)
+        act = (activity if activity is not None else self._no_frames()).astype(np.float32)
         if session.timing == "audio":
             words = session.words
             return Reply(segments=words.drain(), interim=words.interim_segments(),

@@ -132,7 +132,7 @@ def check(work: Path, asr_nemo: Path, size: str = "tiny", seconds: float = SECON
     got = session.words.seglst()
 
     out.active = int((ref.diar_preds > 0.5).any(axis=0).sum())
-    ours = {spk: (st.decoder.tokens[0], st.decoder.frame_indices[0], [step for step, _ in st.runs])
+    ours = {spk: (st.tokens, st.frame_indices, [step for step, _ in st.runs])
             for spk, st in session.speakers.items() if st.started}
     nemo = {spk: (tokens, frames, [step for step, _ in runs])
             for spk, (tokens, frames, runs) in ref.hypotheses.items()}

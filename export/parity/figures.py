@@ -55,7 +55,7 @@ def run_record(sess, inputs: TensorRecord, outputs: type[R]) -> R:
     return outputs.from_arrays(sess.run(outputs.names(), inputs.feeds()))
 
 
-def toto_np(x: torch.Tensor) -> np.ndarray:
+def to_np(x: torch.Tensor) -> np.ndarray:
     return x.detach().cpu().numpy()
 
 

@@ -84,7 +84,7 @@ def run(size: str, work: Path, presets: list[tuple[int, int]], seconds: dict[str
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m export.parity", description=__doc__.split("\n")[0])
     ap.add_argument("--size", choices=builders.SIZES, default="tiny")
     ap.add_argument("--work", type=Path, default=None, help="folder for .nemo files and graphs")
     ap.add_argument("--long-seconds", type=float, default=64.0, help="audio for the highest preset (compression)")

@@ -1,0 +1,182 @@
+"""Streaming diarization for many sessions: one diarizer graph call and one asynchronous speaker-cache update
+(`streaming_update_async`, the tutorial's Step 1) per group of sessions whose chunks have the same shape, state
+in a slot pool. Sessions look like the multitalker pipeline's to `SequenceManager` (same identity, ownership,
+admission and expiry rules); their "words" are speaker turns.
+"""
+
+from __future__ import annotations
+
+import math
+import weakref
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from mtasr import spkcache
+from mtasr.diarization.chunker import DiarChunk, DiarChunker
+from mtasr.diarization.presets import DEFAULT_PRESET, DiarizationPreset, preset
+from mtasr.diarization.turns import PostProcessing, TurnTracker
+from mtasr.features import FeatureParams
+from mtasr.manifest import Manifest
+from mtasr.pipeline.runner import GraphRunner, run_graph
+from mtasr.pipeline.slots import Field, SlotPool
+from mtasr.spec import SAMPLE_RATE, SUBSAMPLING, TIMINGS, DiarizerInputs, DiarizerOutputs, ModelDims
+
+F32, I64 = np.float32, np.int64
+
+
+@dataclass(frozen=True)
+class DiarizationConfig:
+    """What a diarization session needs besides the graph: the model's cache parameters with a latency preset."""
+
+    dims: ModelDims
+    spkcache: spkcache.SpeakerCacheParams
+    preset: DiarizationPreset
+    graph: str  # the standalone diarizer graph (no frames dropped after pre-encode)
+    post: PostProcessing = field(default_factory=PostProcessing)
+
+    @property
+    def n_spk(self) -> int:
+        return self.dims.n_spk
+
+    @classmethod
+    def from_manifest(cls, manifest: Manifest, preset_name: str = DEFAULT_PRESET, **options) -> DiarizationConfig:
+        p = preset(preset_name)
+        params = spkcache.SpeakerCacheParams.from_config({**manifest.diarizer.spkcache, **p.to_dict()})
+        return cls(dims=manifest.dims, spkcache=params, preset=p, graph=manifest.diarizer.standalone_graph, **options)
+
+    @classmethod
+    def from_folder(cls, folder: str | Path, **kwargs) -> DiarizationConfig:
+        return cls.from_manifest(Manifest.load(folder), **kwargs)
+
+
+class AsyncCachePool(SlotPool):
+    """Per-session speaker cache and FIFO of the asynchronous update: fixed-size rows with lengths (NeMo's layout)."""
+
+    def __init__(self, params: spkcache.SpeakerCacheParams, emb_dim: int, capacity: int) -> None:
+        super().__init__({
+            "spkcache": Field((params.spkcache_len, emb_dim), F32),
+            "spkcache_lengths": Field((), I64),
+            "spkcache_preds": Field((params.spkcache_len, params.n_spk), F32),
+            "fifo": Field((params.fifo_len, emb_dim), F32),
+            "fifo_lengths": Field((), I64),
+            "fifo_preds": Field((params.fifo_len, params.n_spk), F32),  # rewritten every update, never read
+            "mean_sil_emb": Field((emb_dim,), F32),
+            "n_sil_frames": Field((), I64),
+        }, capacity)
+
+    def state(self, slots: np.ndarray) -> spkcache.AsyncStreamingState:
+        return spkcache.AsyncStreamingState(**{name: self.gather(name, slots) for name in self.fields})
+
+    def store(self, slots: np.ndarray, state: spkcache.AsyncStreamingState) -> None:
+        for name in self.fields:
+            self.scatter(name, slots, getattr(state, name))
+
+
+@dataclass
+class DiarSession:
+    """One diarization stream (the attributes `SequenceManager` reads are those of `mtasr.pipeline.Session`)."""
+
+    session_id: str
+    chunker: DiarChunker
+    slot: int
+    words: TurnTracker  # speaker turns: final ones drained per reply, open ones as interim, all at the end
+    timing: str = TIMINGS[0]
+    speakers: dict[int, bool] = field(default_factory=dict)  # speakers seen active (for the occupancy gauge)
+    pending: list[DiarChunk] = field(default_factory=list)
+    activity: list[np.ndarray] = field(default_factory=list)  # every step's chunk predictions
+    samples: int = 0
+    closer: weakref.finalize | None = field(default=None, repr=False)
+
+    @property
+    def audio_seconds(self) -> float:
+        return self.samples / SAMPLE_RATE
+
+    def total_preds(self) -> np.ndarray:
+        """NeMo's `total_preds` of this stream so far (frames, n_spk)."""
+        n_spk = self.words.n_spk
+        return np.concatenate(self.activity) if self.activity else np.zeros((0, n_spk), F32)
+
+
+@dataclass
+class DiarStepOutput:
+    session_id: str
+    activity: np.ndarray  # (frames, n_spk) this step's speaker probabilities
+    active_speakers: list[int]
+
+
+class DiarizationEngine:
+    """Batched streaming diarization over a slot pool sized for `capacity` sessions (grows if needed)."""
+
+    def __init__(self, config: DiarizationConfig, features: FeatureParams, runner: GraphRunner,
+                 capacity: int = 8) -> None:
+        self.cfg = config
+        self.features = features
+        self.runner = runner
+        self.pool = AsyncCachePool(config.spkcache, config.dims.diar_emb_dim, capacity)
+
+    def new_session(self, session_id: str, timing: str = TIMINGS[0]) -> DiarSession:
+        """A fresh stream; turns are in audio time whatever `timing` says (NeMo's ASR arithmetic has no meaning
+        for a diarizer)."""
+        session = DiarSession(session_id, DiarChunker(self.features, self.cfg.preset), self.pool.acquire(),
+                              TurnTracker(self.cfg.n_spk, self.cfg.post, self.finality_sec, session_id))
+        session.closer = weakref.finalize(session, self.pool.release, session.slot)
+        return session
+
+    @property
+    def finality_sec(self) -> float:
+        """How far behind the decided frames a turn can still change (merging across short gaps, padding)."""
+        return self.cfg.post.horizon_sec
+
+    def close(self, session: DiarSession) -> None:
+        if session.closer is not None:
+            session.closer()
+
+    def push_audio(self, session: DiarSession, samples: np.ndarray, last: bool = False) -> None:
+        chunks = session.chunker.push(samples) if samples.size else []
+        session.samples += samples.size
+        if last:
+            chunks += session.chunker.finish()
+        session.pending.extend(chunks)
+
+    def step(self, sessions: list[DiarSession]) -> list[DiarStepOutput]:
+        """The oldest pending chunk of each session; one graph call + cache update per chunk shape."""
+        work = [(s, s.pending.pop(0)) for s in sessions if s.pending]
+        groups: dict[tuple, list[tuple[DiarSession, DiarChunk]]] = {}
+        for s, chunk in work:
+            groups.setdefault(chunk.key, []).append((s, chunk))
+        preds: dict[str, np.ndarray] = {}
+        for group in groups.values():
+            for (s, _), p in zip(group, self._step_group(group), strict=True):
+                preds[s.session_id] = p
+        outputs = []
+        for s, _ in work:
+            p = preds[s.session_id]
+            s.activity.append(p)
+            s.speakers.update({int(k): True for k in np.flatnonzero(p.max(axis=0, initial=0.0) > 0.5)})
+            s.words.update(s.total_preds(), last=False)
+            outputs.append(DiarStepOutput(s.session_id, p, sorted(s.speakers)))
+        return outputs
+
+    def finish(self, session: DiarSession) -> None:
+        """After the last step of an ended session: every turn is final."""
+        session.words.update(session.total_preds(), last=True)
+
+    def _step_group(self, group: list[tuple[DiarSession, DiarChunk]]) -> list[np.ndarray]:
+        slots = np.array([s.slot for s, _ in group], dtype=I64)
+        first = group[0][1]
+        state = self.pool.state(slots)
+        inputs = DiarizerInputs(
+            chunk=np.stack([c.features for _, c in group]), chunk_lengths=np.array([c.length for _, c in group], I64),
+            spkcache=state.spkcache, spkcache_lengths=state.spkcache_lengths, fifo=state.fifo,
+            fifo_lengths=state.fifo_lengths)
+        out = run_graph(self.runner, self.cfg.graph, inputs, DiarizerOutputs)
+        lc, rc = round(first.left / SUBSAMPLING), math.ceil(first.right / SUBSAMPLING)
+        new, chunk_preds = spkcache.streaming_update_async(
+            self.cfg.spkcache, replace(state, fifo_preds=None), out.chunk_pre_encode_embs,
+            out.chunk_pre_encode_lengths, out.spkcache_fifo_chunk_preds, lc=lc, rc=rc)
+        self.pool.store(slots, new)
+        return list(chunk_preds)
+
+

@@ -24,8 +24,14 @@ from pathlib import Path
 from model_repository.triton_config import GRAPH_MODELS, IN_PROCESS_DEFAULT, TARGETS, repository_configs, to_pbtxt
 from mtasr.files import atomic_folder
 from mtasr.manifest import MANIFEST_FILE, Manifest, Serving
-from mtasr.pipeline.params import DEFAULT_IDLE_TIMEOUT_S, DEFAULT_MAX_SESSIONS, SPEAKER_MODES
-from mtasr.spec import ORCHESTRATOR, PUBLIC_CHECKPOINT_DIMS, TIMINGS, parse_preset, preset_name
+from mtasr.pipeline.params import (
+    DEFAULT_DIARIZATION_PRESET,
+    DEFAULT_IDLE_TIMEOUT_S,
+    DEFAULT_MAX_SESSIONS,
+    DIARIZATION_PRESETS,
+    SPEAKER_MODES,
+)
+from mtasr.spec import DIARIZATION, ORCHESTRATOR, PUBLIC_CHECKPOINT_DIMS, TIMINGS, parse_preset, preset_name
 
 log = logging.getLogger("model_repository.build")
 HERE = Path(__file__).resolve().parent
@@ -72,8 +78,10 @@ def _place(src: Path, dst: Path, copy: bool) -> None:
 
 def build(graphs: Path, target: str, out: Path, preset: str | None = None, speaker_mode: str = "kernel",
           copy: bool = False, in_process: tuple[str, ...] | None = None, max_sessions: int = DEFAULT_MAX_SESSIONS,
-          idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_S, timing: str = TIMINGS[0]) -> Path:
-    """Write a complete repository into `out` (replaced only when it is one this builder wrote)."""
+          idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_S, timing: str = TIMINGS[0],
+          diarization_preset: str = DEFAULT_DIARIZATION_PRESET) -> Path:
+    """Write a complete repository into `out` (replaced only when it is one this builder wrote): `multitalker`, its
+    graph models, and the `diarization` service (the standalone diarizer graph, run in its own process)."""
     graphs, out = Path(graphs), Path(out)
     if target not in TARGETS:
         raise BuildError(f"unknown target {target!r}; use one of {TARGETS}")
@@ -99,8 +107,14 @@ def build(graphs: Path, target: str, out: Path, preset: str | None = None, speak
                          f"{idle_timeout_s})")
     if timing not in TIMINGS:
         raise BuildError(f"unknown timing {timing!r}; use one of {TIMINGS}")
+    if diarization_preset not in DIARIZATION_PRESETS:
+        raise BuildError(f"unknown diarization preset {diarization_preset!r}; use one of "
+                         f"{', '.join(DIARIZATION_PRESETS)}")
+    standalone = graphs / manifest.diarizer.standalone_graph
+    if not (standalone / "model.onnx").is_file():
+        raise BuildError(f"missing graph file {standalone / 'model.onnx'}")
     configs = repository_configs(manifest.dims, target, preset, speaker_mode, in_process, max_sessions,
-                                 idle_timeout_s, timing)
+                                 idle_timeout_s, timing, diarization_preset)
     with atomic_folder(out) as work:
         write_configs(configs, work)
         orchestrator = work / ORCHESTRATOR / "1"
@@ -121,6 +135,14 @@ def build(graphs: Path, target: str, out: Path, preset: str | None = None, speak
         else:
             log.warning("%s does not exist yet: %s/1/model.py not written, Triton cannot load %s",
                         ORCHESTRATOR_PY, ORCHESTRATOR, ORCHESTRATOR)
+        diarization = work / DIARIZATION / "1"
+        (diarization / "graphs" / standalone.name).mkdir(parents=True)
+        for f in sorted(standalone.iterdir()):
+            _place(f, diarization / "graphs" / standalone.name / f.name, copy)
+        shutil.copy2(graphs / manifest.features.diarizer, diarization / manifest.features.diarizer)
+        manifest.save(diarization)
+        if ORCHESTRATOR_PY.is_file():
+            shutil.copy2(ORCHESTRATOR_PY, diarization / "model.py")  # the same glue: `pipeline` picks the service
         if target == "tensorrt":
             from model_repository.tensorrt import SCRIPT, build_script
 
@@ -163,6 +185,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="live sessions one orchestrator admits; a START beyond is refused (default: %(default)s)")
     ap.add_argument("--timing", choices=TIMINGS, default=TIMINGS[0],
                     help="sessions' default timestamps: audio time (default) or NeMo's arithmetic (parity)")
+    ap.add_argument("--diarization-preset", choices=tuple(DIARIZATION_PRESETS), default=DEFAULT_DIARIZATION_PRESET,
+                    help="latency setting of the diarization service (default: %(default)s, the tutorial's 1.04 s)")
     ap.add_argument("--idle-timeout-s", type=float, default=DEFAULT_IDLE_TIMEOUT_S,
                     help="a session with no request for this long is dropped and freed (default: %(default)s)")
     ap.add_argument("--in-process", metavar="MODELS",
@@ -182,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         in_process = None if args.in_process is None else tuple(m for m in args.in_process.split(",") if m)
         out = build(args.graphs, args.target, args.out, args.preset, args.speaker_mode, args.copy, in_process,
-                    args.max_sessions, args.idle_timeout_s, args.timing)
+                    args.max_sessions, args.idle_timeout_s, args.timing, args.diarization_preset)
     except BuildError as exc:
         print(f"{ap.prog}: error: {exc}", file=sys.stderr)
         return 2

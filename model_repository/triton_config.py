@@ -16,13 +16,21 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from mtasr.manifest import GRAPH_ROLES
-from mtasr.pipeline.params import DEFAULT_IDLE_TIMEOUT_S, OrchestratorParams
+from mtasr.pipeline.params import (
+    DEFAULT_DIARIZATION_PRESET,
+    DEFAULT_IDLE_TIMEOUT_S,
+    DiarizationParams,
+    ModelParams,
+    OrchestratorParams,
+)
 from mtasr.spec import (
     BYTES,
+    DIARIZATION,
     ORCHESTRATOR,
     GraphSpec,
     ModelDims,
     TensorSpec,
+    diarization_spec,
     graph_specs,
     orchestrator_spec,
 )
@@ -122,17 +130,18 @@ def graph_config(spec: GraphSpec, target: str, max_batch_size: int, name: str | 
     return cfg
 
 
-def orchestrator_config(params: OrchestratorParams, max_batch_size: int = ORCHESTRATOR_MAX_BATCH,
-                        idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_S) -> mc.ModelConfig:
-    """The streaming `multitalker` model: Python backend, sequence batching (oldest), both audio inputs optional.
+def streaming_model_config(spec: GraphSpec, params: ModelParams, max_batch_size: int = ORCHESTRATOR_MAX_BATCH,
+                           idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_S) -> mc.ModelConfig:
+    """A streaming model (`multitalker`, `diarization`): Python backend, sequence batching (oldest), both audio
+    inputs optional.
 
-    `params` (graph model names, latency preset, speaker mode, in-process graphs, session cap) become the model's
-    parameters. `idle_timeout_s` is the batcher's `max_sequence_idle_microseconds`; the orchestrator reads it back
-    as its own idle timeout, so a sequence the batcher dropped is freed by the orchestrator too.
+    `params` (e.g. graph model names, latency preset, speaker mode, in-process graphs, session cap) become the
+    model's parameters. `idle_timeout_s` is the batcher's `max_sequence_idle_microseconds`; the model reads it
+    back as its own idle timeout, so a sequence the batcher dropped is freed by the orchestrator too.
     """
-    cfg = mc.ModelConfig(name=ORCHESTRATOR, backend="python", max_batch_size=max_batch_size)
+    cfg = mc.ModelConfig(name=spec.name, backend="python", max_batch_size=max_batch_size)
     cfg.instance_group.add(count=1, kind=mc.ModelInstanceGroup.KIND_CPU)
-    _tensors(cfg, orchestrator_spec(), optional=True)
+    _tensors(cfg, spec, optional=True)
     seq = cfg.sequence_batching
     seq.max_sequence_idle_microseconds = round(idle_timeout_s * 1e6)
     seq.oldest.max_candidate_sequences = max(2 * max_batch_size, CANDIDATE_SLOTS_PER_SESSION * params.max_sessions)
@@ -151,10 +160,10 @@ def orchestrator_config(params: OrchestratorParams, max_batch_size: int = ORCHES
 
 def repository_configs(dims: ModelDims, target: str, preset: str, speaker_mode: str = "kernel",
                        in_process: tuple[str, ...] | None = None, max_sessions: int | None = None,
-                       idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_S, timing: str | None = None
-                       ) -> dict[str, mc.ModelConfig]:
-    """Model name -> config for a whole repository: `multitalker` and the graph models it calls through BLS
-    (those not `in_process`, which defaults to the target's IN_PROCESS_DEFAULT)."""
+                       idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_S, timing: str | None = None,
+                       diarization_preset: str = DEFAULT_DIARIZATION_PRESET) -> dict[str, mc.ModelConfig]:
+    """Model name -> config for a whole repository: `multitalker`, the graph models it calls through BLS (those not
+    `in_process`, which defaults to the target's IN_PROCESS_DEFAULT) and the `diarization` service."""
     in_process = IN_PROCESS_DEFAULT[target] if in_process is None else tuple(in_process)
     specs = graph_specs(dims)
     optional = {"max_sessions": max_sessions, "timing": timing}
@@ -162,7 +171,10 @@ def repository_configs(dims: ModelDims, target: str, preset: str, speaker_mode: 
                                 **{k: v for k, v in optional.items() if v is not None})
     configs = {kind: graph_config(specs[kind], target, graph_max_batch(dims), name=kind)
                for kind in GRAPH_MODELS if kind not in in_process}
-    configs[ORCHESTRATOR] = orchestrator_config(params, idle_timeout_s=idle_timeout_s)
+    configs[ORCHESTRATOR] = streaming_model_config(orchestrator_spec(), params, idle_timeout_s=idle_timeout_s)
+    diar = DiarizationParams(diarization_preset=diarization_preset,
+                             **({"max_sessions": max_sessions} if max_sessions is not None else {}))
+    configs[DIARIZATION] = streaming_model_config(diarization_spec(), diar, idle_timeout_s=idle_timeout_s)
     return configs
 
 

@@ -278,6 +278,7 @@ def decoder_joint_spec(d: ModelDims) -> GraphSpec:
 
 
 ORCHESTRATOR = "multitalker"
+DIARIZATION = "diarization"  # the streaming diarization service
 MAX_CHUNK_SECONDS = 2.0  # largest audio piece one request may carry
 MIN_CHUNK_SECONDS = 0.0  # an empty piece is an error unless it closes the sequence (END)
 # gRPC headers of the serving protocol (gRPC metadata keys are lower case).
@@ -321,6 +322,12 @@ class OrchestratorOutputs(TensorRecord):
         return [t.name for t in cls.specs() if t.dtype is BYTES]
 
 
+def diarization_spec() -> GraphSpec:
+    """The streaming diarization service (the tutorial's Step 1): the orchestrator's inputs and outputs, where the
+    segments are speaker turns with no words and `speaker_activity` is the diarizer's frames."""
+    return _graph(DIARIZATION, OrchestratorInputs, OrchestratorOutputs, None)
+
+
 def orchestrator_spec() -> GraphSpec:
     """The streaming model clients talk to (Triton sequence batching; one request per audio piece).
 
@@ -337,7 +344,7 @@ def graph_specs(d: ModelDims) -> dict[str, GraphSpec]:
 def tensor_table_markdown(d: ModelDims) -> str:
     """The README's tensor table, generated from the specs."""
     rows = ["| model | io | tensor | dtype | dims |", "|---|---|---|---|---|"]
-    for g in [orchestrator_spec(), *graph_specs(d).values()]:
+    for g in [orchestrator_spec(), diarization_spec(), *graph_specs(d).values()]:
         for io, tensors in (("in", g.inputs), ("out", g.outputs)):
             for t in tensors:
                 dims = ", ".join(str(x) for x in t.dims)

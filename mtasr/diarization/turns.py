@@ -130,7 +130,9 @@ class TurnTracker:
             # settled: nothing later can reach it (no running turn and no frame to come within the horizon)
             limit = decided if running is None else min(decided, running[0])
             segs = [segment(f"speaker_{spk}", round(s, 2), round(e, 2), "", self.session_id) for s, e in kept]
-            n_final = len(segs) if last else sum(1 for _, e in kept if e + self.horizon < limit)
+            settled = sum(1 for _, e in kept if e + self.horizon < limit)
+            # once settled, a turn stays settled (a later running turn that starts beyond the horizon cannot reach it)
+            n_final = len(segs) if last else max(settled, len(self._final[spk]))
             self._final[spk] = segs[:n_final]
             self._open.extend(segs[n_final:])
         self._open.sort(key=_order)

@@ -1,10 +1,13 @@
-"""The orchestrator's Triton config parameters as one typed record: written by the repository builder
-(`to_params`), read by the model (`from_params`); a name is spelled only here."""
+"""The streaming models' Triton config parameters as typed records: written by the repository builder
+(`to_params`), read by the model (`from_params`); a name is spelled only here. `pipeline` says which service a
+model runs (the same Python backend glue serves both)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
+from mtasr.diarization.presets import DEFAULT_PRESET as DEFAULT_DIARIZATION_PRESET
+from mtasr.diarization.presets import PRESETS as DIARIZATION_PRESETS
 from mtasr.manifest import GRAPH_ROLES
 from mtasr.spec import TIMINGS
 
@@ -13,10 +16,45 @@ DEFAULT_MAX_SESSIONS = 32
 DEFAULT_IDLE_TIMEOUT_S = 5.0  # live audio arrives every <= 2 s (the largest piece); 5 s is two pieces missed
 
 
+class ModelParams:
+    """Base of the typed parameter records (frozen dataclasses): Triton's name -> string map and back."""
+
+    def to_params(self) -> dict[str, str]:
+        out = {}
+        for f in fields(self):  # type: ignore[arg-type]
+            value = getattr(self, f.name)
+            out[f.name] = ",".join(value) if isinstance(value, tuple) else str(value)
+        return out
+
+    @classmethod
+    def from_params(cls, params: dict[str, str]):
+        """From Triton's `parameters` (name -> string); unknown names are an error, missing ones default."""
+        known = {f.name: f for f in fields(cls)}  # type: ignore[arg-type]
+        unknown = set(params) - set(known)
+        if unknown:
+            raise ValueError(f"unknown {cls.__name__} parameters {sorted(unknown)}; known: {sorted(known)}")
+        values: dict = {}
+        for name, text in params.items():
+            default = known[name].default
+            if isinstance(default, tuple):
+                values[name] = tuple(x for x in text.split(",") if x)
+            elif isinstance(default, int):
+                values[name] = int(text)
+            else:
+                values[name] = text
+        return cls(**values)
+
+
+def pipeline_of(params: dict[str, str]) -> str:
+    """Which service a model's parameters describe ("multitalker" when not said)."""
+    return params.get("pipeline", OrchestratorParams.pipeline)
+
+
 @dataclass(frozen=True)
-class OrchestratorParams:
+class OrchestratorParams(ModelParams):
     """How the `multitalker` model serves: graph model names, preset, speaker mode, threads, session cap."""
 
+    pipeline: str = "multitalker"
     diarizer_model: str = "diarizer"
     encoder_model: str = "encoder"
     decoder_joint_model: str = "decoder_joint"
@@ -28,6 +66,8 @@ class OrchestratorParams:
     timing: str = TIMINGS[0]  # a session's timestamps unless its START asks otherwise ("audio" | "nemo")
 
     def __post_init__(self) -> None:
+        if self.pipeline != "multitalker":
+            raise ValueError(f"OrchestratorParams are the multitalker model's, not {self.pipeline!r}")
         if self.timing not in TIMINGS:
             raise ValueError(f"unknown timing {self.timing!r}; use one of {TIMINGS}")
         if self.speaker_mode not in SPEAKER_MODES:
@@ -46,27 +86,19 @@ class OrchestratorParams:
     def masked_asr(self) -> bool:
         return self.speaker_mode == "masked"
 
-    def to_params(self) -> dict[str, str]:
-        out = {}
-        for f in fields(self):
-            value = getattr(self, f.name)
-            out[f.name] = ",".join(value) if isinstance(value, tuple) else str(value)
-        return out
 
-    @classmethod
-    def from_params(cls, params: dict[str, str]) -> OrchestratorParams:
-        """From Triton's `parameters` (name -> string); unknown names are an error, missing ones default."""
-        known = {f.name: f for f in fields(cls)}
-        unknown = set(params) - set(known)
-        if unknown:
-            raise ValueError(f"unknown orchestrator parameters {sorted(unknown)}; known: {sorted(known)}")
-        values: dict = {}
-        for name, text in params.items():
-            default = getattr(cls, name) if name != "in_process_models" else ()
-            if isinstance(default, tuple):
-                values[name] = tuple(x for x in text.split(",") if x)
-            elif isinstance(default, int):
-                values[name] = int(text)
-            else:
-                values[name] = text
-        return cls(**values)
+@dataclass(frozen=True)
+class DiarizationParams(ModelParams):
+    """How the `diarization` model serves: latency preset, threads, session cap."""
+
+    pipeline: str = "diarization"
+    diarization_preset: str = DEFAULT_DIARIZATION_PRESET
+    intra_op_threads: int = 0
+    max_sessions: int = DEFAULT_MAX_SESSIONS
+
+    def __post_init__(self) -> None:
+        if self.diarization_preset not in DIARIZATION_PRESETS:
+            raise ValueError(f"unknown diarization preset {self.diarization_preset!r}; use one of "
+                             f"{', '.join(DIARIZATION_PRESETS)}")
+        if self.max_sessions < 1 or self.intra_op_threads < 0:
+            raise ValueError(f"max_sessions must be >= 1 and intra_op_threads >= 0 ({self})")

@@ -1,15 +1,16 @@
-"""The orchestrator assembled from a model repository's version folder and Triton model config (as a dict):
+"""A streaming model assembled from a model repository's version folder and Triton model config (as a dict):
 parameters, pipeline config, graph runners, session policy. The Triton glue only adds BLS and metrics."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from mtasr.diarization import DiarizationConfig, DiarizationEngine
 from mtasr.features import FeatureParams
 from mtasr.manifest import Manifest
 from mtasr.pipeline.config import PipelineConfig
 from mtasr.pipeline.engine import Engine
-from mtasr.pipeline.params import OrchestratorParams
+from mtasr.pipeline.params import DiarizationParams, OrchestratorParams, pipeline_of
 from mtasr.pipeline.runner import GraphRunner, OrtRunner, RoutedRunner
 from mtasr.pipeline.sequences import SequenceManager
 from mtasr.pipeline.sessions import SessionEvents, SessionPolicy
@@ -24,11 +25,32 @@ def tensor_ranks(folder: Path) -> dict[str, int]:
 
 def sequence_manager(folder: Path, model_config: dict, bls: GraphRunner,
                      events: SessionEvents | None = None) -> SequenceManager:
-    """Everything `multitalker` serves with: graphs named in `in_process_models` run in this process (ONNX
-    Runtime, from `folder/graphs/<model>/`), the others through `bls`; idle timeout = the sequence batcher's."""
+    """The streaming model a config describes: `multitalker` or the `diarization` service (its `pipeline`
+    parameter); idle timeout = the sequence batcher's."""
     folder = Path(folder)
-    params = OrchestratorParams.from_params({k: v["string_value"]
-                                             for k, v in model_config.get("parameters", {}).items()})
+    raw = {k: v["string_value"] for k, v in model_config.get("parameters", {}).items()}
+    idle_us = int(model_config["sequence_batching"]["max_sequence_idle_microseconds"])
+    if pipeline_of(raw) == DiarizationParams.pipeline:
+        return _diarization(folder, DiarizationParams.from_params(raw), idle_us / 1e6, events)
+    return _multitalker(folder, OrchestratorParams.from_params(raw), bls, idle_us / 1e6, events)
+
+
+def _diarization(folder: Path, params: DiarizationParams, idle_timeout_s: float,
+                 events: SessionEvents | None) -> SequenceManager:
+    """The standalone diarizer runs in this process (ONNX Runtime, from `folder/graphs/<graph>/`)."""
+    manifest = Manifest.load(folder)
+    cfg = DiarizationConfig.from_manifest(manifest, params.diarization_preset)
+    engine = DiarizationEngine(cfg, FeatureParams.load(folder / manifest.features.diarizer),
+                               OrtRunner(folder / "graphs", threads=params.intra_op_threads),
+                               capacity=params.max_sessions)
+    policy = SessionPolicy(max_sessions=params.max_sessions, idle_timeout_s=idle_timeout_s)
+    return SequenceManager(engine, policy, events=events)  # type: ignore[arg-type]
+
+
+def _multitalker(folder: Path, params: OrchestratorParams, bls: GraphRunner, idle_timeout_s: float,
+                 events: SessionEvents | None) -> SequenceManager:
+    """Graphs named in `in_process_models` run in this process (ONNX Runtime, from `folder/graphs/<model>/`),
+    the others through `bls`."""
     manifest = Manifest.load(folder)
     cfg = PipelineConfig.from_manifest(manifest, preset=params.preset or None, masked_asr=params.masked_asr,
                                        graphs=params.graphs)
@@ -38,6 +60,5 @@ def sequence_manager(folder: Path, model_config: dict, bls: GraphRunner,
     local = {params.graphs[r]: small if r == "decoder_joint" else big for r in params.in_process_models}
     engine = Engine(cfg, FeatureParams.load(folder / manifest.features.asr), RoutedRunner(bls, local),
                     capacity=params.max_sessions)
-    idle_us = int(model_config["sequence_batching"]["max_sequence_idle_microseconds"])
-    policy = SessionPolicy(max_sessions=params.max_sessions, idle_timeout_s=idle_us / 1e6)
+    policy = SessionPolicy(max_sessions=params.max_sessions, idle_timeout_s=idle_timeout_s)
     return SequenceManager(engine, policy, events=events, timing=params.timing)

@@ -1,6 +1,7 @@
 """`mtasr-client AUDIO... --out DIR`: stream files to the multitalker model, show a live speaker-coloured
 transcript, write `<stem>.seglst.json`, `<stem>.rttm` and `<stem>.png` (speaker activity), and on request the
-words with their times (`<stem>.words.json`, `<stem>.ctm`).
+words with their times (`<stem>.words.json`, `<stem>.ctm`). `--task diarize` streams to the diarization service
+instead: a live speaker timeline (each turn once final), NeMo's speaker turns as SegLST and RTTM, the PNG.
 
 Live view: each utterance is printed in its speaker's colour once it is final; on a terminal the utterances still
 being spoken show dim on the last line (timing "audio"; with `--timing nemo` every changed segment is printed).
@@ -28,10 +29,13 @@ from client.stream import (
     connect,
     rttm_lines,
     stream_audio,
+    turn_rttm_lines,
     validate_stream_options,
 )
 from mtasr.audio import AudioError, audio_rate, read_audio
-from mtasr.spec import SAMPLE_RATE
+from mtasr.spec import DIARIZATION, ORCHESTRATOR, SAMPLE_RATE
+
+TASKS = {"transcribe": ORCHESTRATOR, "diarize": DIARIZATION}  # task -> the model that serves it
 
 # One colour per speaker, as many as an 8-output Sortformer has: (live view ANSI escape, PNG colour).
 SPEAKER_COLORS: tuple[tuple[str, str], ...] = (
@@ -135,8 +139,9 @@ def ctm_lines(records: list[dict]) -> list[str]:
 
 
 def write_outputs(out: Path, stem: str, result: StreamResult, formats: tuple[str, ...] = ("seglst", "rttm", "png"),
-                  ) -> list[Path]:
-    """The chosen files; a partial result is written as `<stem>.partial.*` (no PNG)."""
+                  task: str = "transcribe") -> list[Path]:
+    """The chosen files; a partial result is written as `<stem>.partial.*` (no PNG). Diarization RTTM holds the
+    service's speaker turns; transcription RTTM the activity above 0.5."""
     out.mkdir(parents=True, exist_ok=True)
     if result.partial:
         stem, formats = f"{stem}.partial", tuple(f for f in formats if f != "png")
@@ -150,7 +155,8 @@ def write_outputs(out: Path, stem: str, result: StreamResult, formats: tuple[str
     if "seglst" in formats:
         put("seglst.json", json.dumps(result.seglst, indent=1))
     if "rttm" in formats:
-        put("rttm", "\n".join(rttm_lines(stem, result.activity)) + "\n")
+        lines = turn_rttm_lines(stem, result.seglst) if task == "diarize" else rttm_lines(stem, result.activity)
+        put("rttm", "\n".join(lines) + "\n")
     records = word_records(result.seglst)
     if "words" in formats:
         put("words.json", json.dumps(records, indent=1))
@@ -162,13 +168,15 @@ def write_outputs(out: Path, stem: str, result: StreamResult, formats: tuple[str
     return written
 
 
-def parse_formats(text: str, timing: str | None) -> tuple[str, ...]:
+def parse_formats(text: str, timing: str | None, task: str = "transcribe") -> tuple[str, ...]:
     formats = tuple(f.strip() for f in text.split(",") if f.strip())
     unknown = [f for f in formats if f not in FORMATS]
     if unknown or not formats:
         raise ClientError(f"--format takes a comma list of {', '.join(FORMATS)}; got {text!r}")
     if timing == "nemo" and set(formats) & set(WORD_FORMATS):
         raise ClientError("--format words/ctm need word times: not available with --timing nemo")
+    if task == "diarize" and set(formats) & set(WORD_FORMATS):
+        raise ClientError("--format words/ctm need words: --task diarize has speaker turns only")
     return formats
 
 
@@ -185,6 +193,8 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--api-key", help="inference key of a server started with one (or env MTASR_API_KEY)")
     ap.add_argument("--tls-ca", type=Path, help="PEM root certificate to trust: connect with TLS")
     ap.add_argument("--tls", action="store_true", help="connect with TLS, trusting the system's roots")
+    ap.add_argument("--task", choices=tuple(TASKS), default="transcribe",
+                    help="transcribe (multitalker ASR, default) or diarize (who spoke when: the diarization service)")
     ap.add_argument("--timing", choices=("audio", "nemo"),
                     help="timestamps: audio time with utterances and interim/final replies, or NeMo's arithmetic "
                          "(SpeakerTaggedASR's, for parity); default: the server's (audio)")
@@ -210,7 +220,9 @@ def main(argv: list[str] | None = None) -> int:
             raise ClientError(f"--concurrency must be >= 1, got {args.concurrency}")
         if args.tls_ca is not None and not args.tls_ca.is_file():
             raise ClientError(f"--tls-ca {args.tls_ca}: no such file")
-        formats = parse_formats(args.format, args.timing)
+        if args.task == "diarize" and args.timing is not None:
+            raise ClientError("--timing is for --task transcribe: speaker turns are always in audio time")
+        formats = parse_formats(args.format, args.timing, args.task)
         formats = tuple(f for f in formats if f != "png") if args.no_plot else formats
         audios = [(p.stem, read_audio(p)) for p in args.audio]
         for p in args.audio:
@@ -218,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
             if rate < SAMPLE_RATE:
                 print(f"mtasr-client: warning: {p} is sampled at {rate} Hz: upsampled to {SAMPLE_RATE} Hz, but "
                       "accuracy drops for band-limited audio", file=sys.stderr)
-        connect(conn).close()
+        connect(conn, TASKS[args.task]).close()
     except (AudioError, ClientError) as exc:
         print(f"mtasr-client: error: {exc}", file=sys.stderr)
         return 2
@@ -230,14 +242,14 @@ def main(argv: list[str] | None = None) -> int:
         show = None if args.quiet else (lambda segs, _act, tails: view.show(stem, len(audios) > 1, segs, tails))
         try:
             result = stream_audio(conn, samples, args.sequence_id, stem, args.chunk_ms, args.realtime,
-                                  on_reply=show, timing=args.timing)
+                                  model=TASKS[args.task], on_reply=show, timing=args.timing)
         except StreamError as exc:
             view.close()
-            write_outputs(args.out, stem, exc.partial, formats)
+            write_outputs(args.out, stem, exc.partial, formats, args.task)
             raise StreamError(f"{exc}; partial output in {args.out / (stem + '.partial.seglst.json')}",
                               exc.partial) from None
         view.close()
-        write_outputs(args.out, stem, result, formats)
+        write_outputs(args.out, stem, result, formats, args.task)
         return result
 
     status = 0
@@ -247,7 +259,8 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 r = fut.result()
                 lat = np.percentile(r.latencies_ms, [50, 99]) if r.latencies_ms else [0, 0]
-                print(f"{stem}: {len(r.seglst)} segments, {r.audio_seconds:.1f} s audio in {r.wall_seconds:.1f} s, "
+                kind = "turns" if args.task == "diarize" else "segments"
+                print(f"{stem}: {len(r.seglst)} {kind}, {r.audio_seconds:.1f} s audio in {r.wall_seconds:.1f} s, "
                       f"latency p50 {lat[0]:.0f} ms p99 {lat[1]:.0f} ms -> {args.out / (stem + '.seglst.json')}")
             except ClientError as exc:
                 print(f"mtasr-client: error: {exc}", file=sys.stderr)

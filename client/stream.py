@@ -277,6 +277,12 @@ def stream_audio(conn: Connection | str, samples: np.ndarray, sequence_id: int |
     return result
 
 
+def turn_rttm_lines(session_id: str, turns: list[dict]) -> list[str]:
+    """RTTM from speaker turns (the diarization service's post-processed segments, NeMo's RTTM)."""
+    return [f"SPEAKER {session_id} 1 {t['start_time']:.2f} {t['end_time'] - t['start_time']:.2f} <NA> <NA> "
+            f"{t['speaker']} <NA> <NA>" for t in turns]
+
+
 def rttm_lines(session_id: str, activity: np.ndarray, threshold: float = 0.5) -> list[str]:
     """RTTM speaker turns from per-80 ms speaker activity."""
     lines = []

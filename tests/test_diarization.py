@@ -4,6 +4,7 @@ out as final never change; sessions batched together equal each alone."""
 
 from __future__ import annotations
 
+import json
 import threading
 from pathlib import Path
 
@@ -143,3 +144,22 @@ def test_served_equals_nemo(served, reference):
         assert got.seglst == want.turns, name
         assert got.activity.shape == want.activity.shape, name
         assert float(np.abs(got.activity - want.activity).max()) <= ACTIVITY_TOL, name
+
+
+def test_client_diarize_task(served, reference, tmp_path):
+    """`mtasr-client --task diarize`: NeMo's turns as SegLST and RTTM, the activity PNG; word formats refused."""
+    from conftest import run_cli
+
+    name = "two_speakers_overlap"
+    proc = run_cli("client", str(DATA / f"{name}.flac"), "--out", str(tmp_path), "--url", served.grpc_url,
+                   "--task", "diarize", "--no-color")
+    assert proc.returncode == 0, proc.stderr
+    want = reference("low").diarize(read_audio(DATA / f"{name}.flac"), name).turns
+    assert json.loads((tmp_path / f"{name}.seglst.json").read_text()) == want
+    rttm = (tmp_path / f"{name}.rttm").read_text().splitlines()
+    assert [line.split()[7] for line in rttm] == [t["speaker"] for t in want]
+    assert (tmp_path / f"{name}.png").stat().st_size > 0
+    assert f"{len(want)} turns" in proc.stdout
+    bad = run_cli("client", str(DATA / f"{name}.flac"), "--out", str(tmp_path), "--url", served.grpc_url,
+                  "--task", "diarize", "--format", "words")
+    assert bad.returncode == 2 and "speaker turns only" in bad.stderr

@@ -14,6 +14,10 @@ for each, where `cpwer` is over the sessions without overlap, `cpwer_overlap` ov
 `tcpwer` meeteval's time-constrained cpWER over all sessions (collar 5 s, as in CHiME-8: a hypothesis word counts
 only if its time falls within 5 s of the reference word's, words placed inside reference turns by characters);
 writes `<out>/scores.json` (the same figures plus per-pipeline wall time).
+
+The diarization service (the tutorial's Step 1, `mtasr-client --task diarize`) is scored beside it from its RTTM
+(NeMo's post-processed turns) and NeMo's own streaming diarization on the same sessions:
+`diarize: der=<pct> sessions=<n> pipeline=<served|nemo-reference>`.
 """
 
 from __future__ import annotations
@@ -122,6 +126,39 @@ def score(sessions: list[dict], out: Path, label: str) -> dict:
     return result
 
 
+def score_diarization(sessions: list[dict], out: Path, label: str) -> dict:
+    """DER of `<out>/<id>.rttm` (speaker turns) against the sessions' reference RTTM."""
+    err = total = 0.0
+    for s in sessions:
+        e, t = der(read_rttm(Path(s["rttm_filepath"])), read_rttm(out / f"{s['session_id']}.rttm"))
+        err, total = err + e, total + t
+    result = {"sessions": len(sessions), "der": 100 * err / max(total, 1e-9)}
+    print(diarize_line(result, label), flush=True)
+    return result
+
+
+def diarize_line(result: dict, label: str) -> str:
+    return f"diarize: der={result['der']:.1f} sessions={result['sessions']} pipeline={label}"
+
+
+def run_diarization_reference(sessions: list[dict], diar_nemo: Path, out: Path) -> float:
+    """NeMo's streaming diarization (Step 1, 1.04 s setting) on every session: RTTM from its post-processed turns."""
+    import soundfile as sf
+
+    from client.stream import turn_rttm_lines
+    from export.diarization_reference import DiarizationReference
+
+    ref = DiarizationReference(str(diar_nemo))
+    out.mkdir(parents=True, exist_ok=True)
+    t0, audio_s = time.monotonic(), 0.0
+    for s in sessions:
+        audio, rate = sf.read(s["audio_filepath"], dtype="float32")
+        audio_s += len(audio) / rate
+        turns = ref.diarize(audio, s["session_id"]).turns
+        (out / f"{s['session_id']}.rttm").write_text("\n".join(turn_rttm_lines(s["session_id"], turns)) + "\n")
+    return (time.monotonic() - t0) / max(audio_s, 1e-9)
+
+
 def eval_line(result: dict, label: str) -> str:
     return (f"eval: cpwer={result['cpwer_clean']:.1f} cpwer_overlap={result['cpwer_overlap']:.1f} "
             f"tcpwer={result['tcpwer']:.1f} der={result['der']:.1f} sessions={result['sessions']} pipeline={label}")
@@ -149,8 +186,9 @@ def run_reference(sessions: list[dict], diar_nemo: Path, asr_nemo: Path, out: Pa
 
 
 def run_served(sessions: list[dict], diar_nemo: Path, asr_nemo: Path, work: Path, out: Path, triton_dir: Path,
-               serve_venv: Path) -> float:
-    """Export, build a CPU repository, start tritonserver, stream every session with mtasr-client."""
+               serve_venv: Path, diarize_out: Path | None = None) -> float:
+    """Export, build a CPU repository, start tritonserver, stream every session with mtasr-client (and, with
+    `diarize_out`, again with `--task diarize` into that folder)."""
     import subprocess
     import sys
 
@@ -168,6 +206,9 @@ def run_served(sessions: list[dict], diar_nemo: Path, asr_nemo: Path, work: Path
     with TritonServer(repo, log_path=work / "tritonserver.log", triton_dir=triton_dir, venv=serve_venv) as server:
         status = cli.main([*(s["audio_filepath"] for s in sessions), "--out", str(out), "--url", server.grpc_url,
                            "--quiet", "--no-plot", "--concurrency", "2"])
+        if diarize_out is not None and not status:
+            status = cli.main([*(s["audio_filepath"] for s in sessions), "--out", str(diarize_out), "--url",
+                               server.grpc_url, "--quiet", "--no-plot", "--concurrency", "2", "--task", "diarize"])
     if status:
         raise RuntimeError(f"mtasr-client exited with {status}")
     for s in sessions:  # the client names outputs after the file stem, which is the session id
@@ -197,17 +238,23 @@ def main(argv: list[str] | None = None) -> int:
     if not summary.exists() or sum(1 for _ in summary.open()) != args.sessions:
         write_split(args.data, args.sessions, "heldout", EVAL_SEED, args.max_seconds)
     sessions = [json.loads(line) for line in summary.read_text().splitlines()]
-    results = {}
+    results, diarize = {}, {}
     if not args.no_served:
         wall = run_served(sessions, args.diar_nemo, args.asr_nemo, args.out / "served_work", args.out / "served",
-                          args.triton_dir, args.serve_venv)
+                          args.triton_dir, args.serve_venv, args.out / "diarize_served")
         results["served"] = {**score(sessions, args.out / "served", "served"), "wall_s": round(wall, 1)}
+        diarize["served"] = score_diarization(sessions, args.out / "diarize_served", "served")
     if not args.no_reference:
         rtf = run_reference(sessions, args.diar_nemo, args.asr_nemo, args.out / "nemo", args.masked)
         results["nemo-reference"] = {**score(sessions, args.out / "nemo", "nemo-reference"), "rtf": round(rtf, 3)}
-    for name, r in results.items():  # both lines together at the end
+        rtf = run_diarization_reference(sessions, args.diar_nemo, args.out / "diarize_nemo")
+        diarize["nemo-reference"] = {**score_diarization(sessions, args.out / "diarize_nemo", "nemo-reference"),
+                                     "rtf": round(rtf, 3)}
+    for name, r in results.items():  # the lines together at the end
         print(eval_line(r, name))
-    (args.out / "scores.json").write_text(json.dumps(results, indent=1))
+    for name, r in diarize.items():
+        print(diarize_line(r, name))
+    (args.out / "scores.json").write_text(json.dumps({**results, "diarize": diarize}, indent=1))
     return 0
 
 

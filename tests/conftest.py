@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PARITY_LINE = re.compile(
     r"^parity: diarizer=(?P<diarizer>\S+) encoder=(?P<encoder>\S+) decoder_joint=(?P<decoder_joint>\S+) "
     r"features=(?P<features>\S+) cache_update=(?P<cache_update>\S+) tokens=(?P<same>\d+)/(?P<total>\d+) "
-    r"speakers8=(?P<speakers8_same>\d+)/(?P<speakers8_total>\d+)$"
+    r"speakers8=(?P<speakers8_same>\d+)/(?P<speakers8_total>\d+) diarize=(?P<diarize_same>\d+)/(?P<diarize_total>\d+)$"
 )
 
 

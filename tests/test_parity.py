@@ -18,6 +18,7 @@ def test_parity_line_and_exit_code(tiny_parity):
         assert float(m[stage]) <= TOL, f"{stage} = {m[stage]}"
     assert int(m["same"]) == int(m["total"]) > 0
     assert int(m["speakers8_same"]) == int(m["speakers8_total"]) > 0  # the 8-output diarizer's flow, every token
+    assert int(m["diarize_same"]) == int(m["diarize_total"]) > 0  # the diarization service's turns, every one
 
 
 def test_parity_covers_what_it_claims(tiny_parity):

@@ -4,7 +4,9 @@ Every graph is fed its own returned state for >= 20 steps, at the lowest and hig
 both speaker modes. The last line printed is
 
     parity: diarizer=<max_abs> encoder=<max_abs> decoder_joint=<max_abs> features=<max_abs> \
-cache_update=<max_abs> tokens=<same>/<total> speakers8=<same>/<total>    (one line; export.parity.speakers)
+cache_update=<max_abs> tokens=<same>/<total> speakers8=<same>/<total> diarize=<same>/<total>
+
+(one line; `speakers8`: export.parity.speakers, `diarize`: the diarization service, export.parity.diarization)
 
 and the exit status is non-zero if any max_abs > 1e-4 or any token differs.
 """
@@ -22,7 +24,7 @@ import torch
 from export import builders
 from export.exporter import configure_diarizer_streaming, export_all, set_preset
 from export.loading import load_asr, load_diarizer
-from export.parity import speakers
+from export.parity import diarization, speakers
 from export.parity.asr import check_encoder_and_tokens
 from export.parity.diarizer import check_diarizer_multitalker, check_diarizer_standalone
 from export.parity.features import check_features
@@ -69,6 +71,7 @@ def run(size: str, work: Path, presets: list[tuple[int, int]], seconds: dict[str
     set_preset(asr, hi)
     check_diarizer_multitalker(fig, diar, asr, graphs, manifest, feats, int(feat_len[0]))
     check_diarizer_standalone(fig, diar, graphs, manifest, long_audio[: int(16000 * seconds["standalone"])])
+    diarization.check(fig, diar_path, graphs, long_audio, ("low", "ultra_low"))  # the diarization service
     fig.details["diarizer_seconds"] = round(time.perf_counter() - t0, 1)
     t0 = time.perf_counter()
     for ctx in presets:

@@ -26,6 +26,8 @@ class Figures:
     cache_update: float = 0.0
     tokens_same: int = 0
     tokens_total: int = 0
+    diarize_same: int = 0  # speaker turns of the diarization service equal to NeMo's
+    diarize_total: int = 0
     speakers8: SpeakersCheck = field(default_factory=SpeakersCheck)
     details: dict = field(default_factory=dict)
     failures: list[str] = field(default_factory=list)
@@ -38,11 +40,13 @@ class Figures:
         return (f"parity: diarizer={self.diarizer:.3g} encoder={self.encoder:.3g} "
                 f"decoder_joint={self.decoder_joint:.3g} features={self.features:.3g} "
                 f"cache_update={self.cache_update:.3g} tokens={self.tokens_same}/{self.tokens_total} "
-                f"speakers8={self.speakers8.same}/{self.speakers8.total}")
+                f"speakers8={self.speakers8.same}/{self.speakers8.total} "
+                f"diarize={self.diarize_same}/{self.diarize_total}")
 
     def ok(self) -> bool:
         worst = max(self.diarizer, self.encoder, self.decoder_joint, self.features, self.cache_update)
         tokens_ok = self.tokens_same == self.tokens_total and self.tokens_total > 0
+        tokens_ok = tokens_ok and self.diarize_same == self.diarize_total > 0
         return worst <= TOLERANCE and tokens_ok and not self.failures and not self.speakers8.failures
 
 

@@ -149,7 +149,8 @@ def test_bench_run_smoke(graphs, tmp_path):
     paths = run.plots(results, tmp_path)
     assert all(p.stat().st_size > 1000 for p in paths)
     md = run.markdown(results, paths)
-    assert "Smoke run" in md and "## Roofline (tiny)" in md
+    assert "Smoke run" in md and "## Roofline (tiny)" in md and "## Diarization service (tiny)" in md
     line = run.final_line(results["summary"])
     assert re.fullmatch(r"bench: served_vs_native=\S+ full_rtf=na realtime_sessions_tiny=\d+ p99_ms=\S+ "
-                        r"peak_fraction=[0-9.]+", line), line
+                        r"peak_fraction=[0-9.]+ diarize_sessions_tiny=\d+ diarize_sessions_full=na", line), line
+    assert results["diarization_tiny"]["by_sessions"][2]["step_ms"] > 0

@@ -84,7 +84,7 @@ SERVE_REQUIREMENTS := docker/requirements-serve.txt
 TRITON_DIR := .triton
 # make serve [GRAPHS=<exported folder>] [TARGET=cpu|gpu] [REPO=...] [PRESET=70_13] [SPEAKER_MODE=kernel|masked]
 #   [ADDRESS=127.0.0.1] [MAX_SESSIONS=32] [IDLE_TIMEOUT_S=5] [TIMING=audio|nemo] [API_KEY_FILE=...]
-#   [TLS_CERT=... TLS_KEY=...]
+#   [TLS_CERT=... TLS_KEY=...] [DIARIZATION_PRESET=low|ultra_low|high|very_high]
 # GRAPHS defaults to the folder `make demo` exported (real checkpoints, else the shipped demo models, else tiny).
 GRAPHS ?= $(if $(DIAR_NEMO),artifacts/demo_real,$(if $(wildcard demo_models/asr_demo.nemo),artifacts/demo_trained,artifacts/demo))
 TARGET ?= cpu
@@ -101,6 +101,7 @@ TIMING ?= audio
 API_KEY_FILE ?=
 TLS_CERT ?=
 TLS_KEY ?=
+DIARIZATION_PRESET ?= low
 
 .PHONY: serve-setup serve
 
@@ -121,7 +122,8 @@ serve: serve-setup
 	@test -f $(GRAPHS)/manifest.json || { echo "make serve: no exported graphs in $(GRAPHS): run \`make demo\` or give GRAPHS=<folder from python -m export>" >&2; exit 2; }
 	$(SERVE_PY) -m model_repository.build --graphs $(GRAPHS) --target $(TARGET) --out $(REPO) \
 		$(if $(PRESET),--preset $(PRESET)) --speaker-mode $(SPEAKER_MODE) --max-sessions $(MAX_SESSIONS) \
-		--idle-timeout-s $(IDLE_TIMEOUT_S) --timing $(TIMING)
+		--idle-timeout-s $(IDLE_TIMEOUT_S) --timing $(TIMING) \
+		--diarization-preset $(DIARIZATION_PRESET)
 	$(SERVE_PY) -m client.server --repo $(REPO) --address $(ADDRESS) --http-port $(HTTP_PORT) \
 		--grpc-port $(GRPC_PORT) --metrics-port $(METRICS_PORT) $(if $(API_KEY_FILE),--api-key-file $(API_KEY_FILE)) \
 		$(if $(TLS_CERT),--tls-cert $(TLS_CERT) --tls-key $(TLS_KEY))

@@ -1,7 +1,7 @@
 """Eight speakers end to end on a real tritonserver: the speaker count comes from the checkpoint.
 
 The tiny parity run exports a random-init 8-output Sortformer with the tiny multitalker ASR
-(`export.parity_speakers`, into `<work>/speakers8/`); here those graphs are served and `mtasr-client`'s output
+(`export.parity.speakers`, into `<work>/speakers8/`); here those graphs are served and `mtasr-client`'s output
 must equal NeMo's own `SpeakerTaggedASR` flow (`max_num_of_spks=8`) and the in-process pipeline, with at least
 five speakers transcribed.
 """
@@ -17,7 +17,7 @@ from conftest import assert_same_seglst, parse_pbtxt
 from client.cli import write_outputs
 from client.server import TritonServer
 from client.stream import stream_audio
-from export.parity_speakers import MIN_ACTIVE, N_SPK, PRESET, run_pipeline, speakers8_audio
+from export.parity.speakers import MIN_ACTIVE, N_SPK, PRESET, run_pipeline, speakers8_audio
 from model_repository.build import build
 from model_repository.triton_config import ORCHESTRATOR_MAX_BATCH
 

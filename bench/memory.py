@@ -22,7 +22,12 @@ from mtasr.spec import (
     N_MELS,
     PUBLIC_CHECKPOINT_DIMS,
     SAMPLE_RATE,
+    DecoderJointInputs,
+    DiarizerInputs,
+    EncoderInputs,
+    EncoderOutputs,
     ModelDims,
+    carried_state,
     decoder_joint_spec,
     diarizer_spec,
     encoder_spec,
@@ -52,13 +57,13 @@ def state_bytes(dims: ModelDims, step_frames: int, win_length: int = FULL_WIN_LE
     """
     n_spk = dims.n_spk if n_spk is None else n_spk
     enc, diar, dec = encoder_spec(dims), diarizer_spec(dims), decoder_joint_spec(dims)
-    per_speaker_encoder = sum(_tensor_bytes(enc, n) for n in ("cache_last_channel", "cache_last_time",
-                                                               "cache_last_channel_len"))
-    per_speaker_decoder = (_tensor_bytes(dec, "h_in") + _tensor_bytes(dec, "c_in")
-                           + _tensor_bytes(dec, "targets"))  # LSTM state + last token
-    diarizer = (_tensor_bytes(diar, "spkcache", spkcache_frames=dims.spkcache_len)
+    dj, di = DecoderJointInputs.tensor_names(), DiarizerInputs.tensor_names()
+    per_speaker_encoder = sum(_tensor_bytes(enc, n) for n in carried_state(EncoderInputs, EncoderOutputs))
+    per_speaker_decoder = (_tensor_bytes(dec, dj.h_in) + _tensor_bytes(dec, dj.c_in)
+                           + _tensor_bytes(dec, dj.targets))  # LSTM state + last token
+    diarizer = (_tensor_bytes(diar, di.spkcache, spkcache_frames=dims.spkcache_len)
                 + _nbytes((dims.spkcache_len, n_spk), np.float32)  # spkcache_preds
-                + _tensor_bytes(diar, "fifo", fifo_frames=dims.fifo_len)
+                + _tensor_bytes(diar, di.fifo, fifo_frames=dims.fifo_len)
                 + _nbytes((dims.fifo_len, n_spk), np.float32)  # fifo_preds
                 + _nbytes((dims.diar_emb_dim,), np.float32) + _nbytes((1,), np.int64))  # mean_sil_emb, n_sil
     features = _nbytes((win_length + hop_length,), np.float64) + _nbytes((N_MELS, step_frames), np.float32)

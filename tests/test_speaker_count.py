@@ -16,7 +16,7 @@ from mtasr.spec import PUBLIC_CHECKPOINT_DIMS, ModelDims
 from mtasr.spkcache import SpeakerCacheParams
 
 DIMS8 = replace(PUBLIC_CHECKPOINT_DIMS, n_spk=8)
-STREAMING = {"chunk_size": [105, 112], "pre_encode_cache_size": [0, 9]}
+STEP_FRAMES = 121  # mel frames of a full [70,13] step: 9 cached + 112 new
 
 
 def _config(dims: ModelDims, **options) -> PipelineConfig:
@@ -43,7 +43,7 @@ def test_graph_batch_and_state_scale_with_the_count():
         assert {configs[m].max_batch_size for m in ("diarizer", "encoder", "decoder_joint")} == {256}
         diar = next(o for o in configs["diarizer"].output if o.name == "spkcache_fifo_chunk_preds")
         assert list(diar.dims) == [-1, 8]
-    four, eight = state_bytes(PUBLIC_CHECKPOINT_DIMS, STREAMING), state_bytes(DIMS8, STREAMING)
+    four, eight = state_bytes(PUBLIC_CHECKPOINT_DIMS, STEP_FRAMES), state_bytes(DIMS8, STEP_FRAMES)
     for part in ("encoder_caches", "decoder_state"):
         assert eight[part] == 2 * four[part]
 

@@ -23,14 +23,22 @@ from model_repository.triton_config import (
     triton_dtype,
 )
 from mtasr.manifest import AsrInfo, DiarizerInfo, FeatureFiles, Manifest, Preset, StreamingCfg
-from mtasr.pipeline.params import DEFAULT_IDLE_TIMEOUT_S, DEFAULT_MAX_SESSIONS, OrchestratorParams
+from mtasr.pipeline.params import (
+    DEFAULT_IDLE_TIMEOUT_S,
+    DEFAULT_MAX_SESSIONS,
+    DiarizationParams,
+    OrchestratorParams,
+    pipeline_of,
+)
 from mtasr.spec import (
+    DIARIZATION,
     NUM_SPEAKERS,
     ORCHESTRATOR,
     PUBLIC_CHECKPOINT_DIMS,
     GraphSpec,
     ModelDims,
     TensorSpec,
+    diarization_spec,
     graph_specs,
     orchestrator_spec,
     parse_preset,
@@ -102,11 +110,12 @@ def test_graph_configs_follow_the_spec(target, dims):
 def test_in_process_models(target):
     """Graphs the orchestrator runs itself are not Triton models; the orchestrator's parameter names them."""
     default = repository_configs(PUBLIC_CHECKPOINT_DIMS, target, "70_13")
-    assert set(default) == {ORCHESTRATOR, *(m for m in GRAPH_MODELS if m not in IN_PROCESS_DEFAULT[target])}
+    assert set(default) == {ORCHESTRATOR, DIARIZATION,
+                            *(m for m in GRAPH_MODELS if m not in IN_PROCESS_DEFAULT[target])}
     assert IN_PROCESS_DEFAULT["cpu"] == GRAPH_MODELS and IN_PROCESS_DEFAULT["gpu"] == ("decoder_joint",)
     for in_process in [(), ("decoder_joint",), GRAPH_MODELS]:
         configs = repository_configs(PUBLIC_CHECKPOINT_DIMS, target, "70_13", in_process=in_process)
-        assert set(configs) == {ORCHESTRATOR, *(m for m in GRAPH_MODELS if m not in in_process)}
+        assert set(configs) == {ORCHESTRATOR, DIARIZATION, *(m for m in GRAPH_MODELS if m not in in_process)}
         assert configs[ORCHESTRATOR].parameters["in_process_models"].string_value == ",".join(in_process)
     with pytest.raises(ValueError, match="in-process models"):
         repository_configs(PUBLIC_CHECKPOINT_DIMS, target, "70_13", in_process=("joint",))
@@ -133,15 +142,33 @@ def test_orchestrator_config(target):
     assert all(list(controls[n].bool_false_true) == [False, True] for n in ("START", "END", "READY"))
     assert controls["CORRID"].data_type == mc.TYPE_UINT64
     params = {k: v.string_value for k, v in cfg.parameters.items()}
-    assert params == {"diarizer_model": "diarizer", "encoder_model": "encoder", "decoder_joint_model": "decoder_joint",
+    assert params == {"pipeline": "multitalker", "diarizer_model": "diarizer", "encoder_model": "encoder",
+                      "decoder_joint_model": "decoder_joint",
                       "preset": "70_6", "speaker_mode": "masked", "intra_op_threads": "0",
                       "max_sessions": str(DEFAULT_MAX_SESSIONS), "timing": "audio",
                       "in_process_models": ",".join(IN_PROCESS_DEFAULT[target])}
     # every parameter written is one the orchestrator reads back, and nothing else
     parsed = OrchestratorParams.from_params(params)
     assert parsed.to_params() == params and parsed.masked_asr and parsed.preset == "70_6"
-    with pytest.raises(ValueError, match="unknown orchestrator parameters"):
+    with pytest.raises(ValueError, match="unknown OrchestratorParams parameters"):
         OrchestratorParams.from_params({**params, "manifest": "manifest.json"})
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_diarization_config(target):
+    """The diarization service: the same streaming model shape (inputs, outputs, sequence batching, session cap),
+    its own parameters, read back as they were written."""
+    cfg = repository_configs(PUBLIC_CHECKPOINT_DIMS, target, "70_13", max_sessions=7, idle_timeout_s=3.0,
+                             diarization_preset="ultra_low")[DIARIZATION]
+    _check_io(cfg, diarization_spec())
+    assert cfg.backend == "python" and cfg.sequence_batching.WhichOneof("strategy_choice") == "oldest"
+    assert cfg.sequence_batching.max_sequence_idle_microseconds == 3_000_000
+    params = {k: v.string_value for k, v in cfg.parameters.items()}
+    assert params == {"pipeline": "diarization", "diarization_preset": "ultra_low", "intra_op_threads": "0",
+                      "max_sessions": "7"}
+    assert pipeline_of(params) == "diarization" and DiarizationParams.from_params(params).to_params() == params
+    with pytest.raises(ValueError, match="unknown diarization preset"):
+        repository_configs(PUBLIC_CHECKPOINT_DIMS, target, "70_13", diarization_preset="instant")
 
 
 def test_session_limits_reach_the_config():
@@ -214,6 +241,11 @@ def test_build_layout(tmp_path, target, in_process):
         assert (repo / "diarizer" / "1" / "model.py").read_text() == builder.ONNX_MODEL_PY.read_text()
     orchestrator = repo / ORCHESTRATOR
     assert {p.name for p in (orchestrator / "1").iterdir()} >= {"manifest.json", "features_asr.npz"}
+    diarization = repo / DIARIZATION / "1"
+    assert {p.name for p in diarization.iterdir()} == {"manifest.json", "features_diarizer.npz", "graphs", "model.py"}
+    assert (diarization / "graphs" / "diarizer_standalone" / "model.onnx").read_text() == "diarizer_standalone"
+    assert parse_pbtxt((repo / DIARIZATION / "config.pbtxt").read_text()).parameters["pipeline"].string_value == \
+        "diarization"
     params = parse_pbtxt((orchestrator / "config.pbtxt").read_text()).parameters
     assert params["preset"].string_value == "70_13" and params["speaker_mode"].string_value == "masked"
     # a rebuild replaces the repository; the default preset is the manifest's

@@ -1,4 +1,5 @@
-"""perf_analyzer against the `multitalker` model over gRPC, with real audio chunk sequences as input data.
+"""perf_analyzer against the `multitalker` model (or `--model diarization`) over gRPC, with real audio chunk
+sequences as input data.
 
     python -m bench.perf --graphs DIR [--concurrency 1:8:1] [--seconds 10] [--out bench/perf.csv]
     python -m bench.perf --url 127.0.0.1:8001 ...      # a server that is already running
@@ -31,9 +32,11 @@ import numpy as np
 from client.stream import new_session_key
 from mtasr.spec import (
     ADMIN_KEY_HEADER,
+    DIARIZATION,
     ORCHESTRATOR,
     SAMPLE_RATE,
     SESSION_KEY_HEADER,
+    SUBSAMPLING,
     grpc_restricted_header,
     orchestrator_spec,
 )
@@ -42,13 +45,20 @@ ROOT = Path(__file__).resolve().parents[1]
 PERF_ANALYZER = Path(os.environ.get("MTASR_PERF_ANALYZER", ROOT / ".triton" / "bin" / "perf_analyzer"))
 
 
-def step_samples(graphs: Path, preset: str = "70_13") -> int:
-    """Audio samples of one model step of `preset`."""
+def step_samples(graphs: Path, preset: str = "70_13", model: str = ORCHESTRATOR) -> int:
+    """Audio samples of one model step: of the multitalker `preset`, or of the diarization service's default
+    setting (chunk_len x 80 ms)."""
+    from mtasr.diarization import DEFAULT_PRESET, PRESETS
     from mtasr.features import FeatureParams
+    from mtasr.manifest import Manifest
     from mtasr.pipeline import PipelineConfig
 
+    features = Manifest.load(graphs).features
+    if model == DIARIZATION:
+        hop = FeatureParams.load(graphs / features.diarizer).hop_length
+        return PRESETS[DEFAULT_PRESET].chunk_len * SUBSAMPLING * hop
     cfg = PipelineConfig.from_folder(graphs, preset=preset)
-    return cfg.geometry.shift_frames * FeatureParams.load(graphs / "features_asr.npz").hop_length
+    return cfg.geometry.shift_frames * FeatureParams.load(graphs / features.asr).hop_length
 
 
 def input_data(step: int, seconds: float, streams: int = 4, seed: int = 0) -> dict:
@@ -84,9 +94,9 @@ def perf_headers(admin_key: str | None) -> list[str]:
 
 def run_perf_analyzer(url: str, data_file: Path, steps: int, concurrency: str, csv_path: Path,
                       interval_ms: int = 8000, binary: Path = PERF_ANALYZER,
-                      admin_key: str | None = None) -> list[dict]:
+                      admin_key: str | None = None, model: str = ORCHESTRATOR) -> list[dict]:
     """One perf_analyzer sweep; the CSV rows (one per concurrency) as dicts with numbers."""
-    cmd = [str(binary), "-m", ORCHESTRATOR, "-i", "grpc", "-u", url, "--input-data", str(data_file),
+    cmd = [str(binary), "-m", model, "-i", "grpc", "-u", url, "--input-data", str(data_file),
            "--sequence-length", str(steps), "--sequence-length-variation", "0", "--serial-sequences",
            "--sequence-id-range", sequence_id_range(), *perf_headers(admin_key), "--concurrency-range", concurrency,
            "--measurement-interval", str(interval_ms), "--stability-percentage", "1000", "--max-trials", "3",
@@ -110,9 +120,9 @@ def summarize(rows: list[dict], step_seconds: float) -> list[dict]:
 
 
 def run(graphs: Path, concurrency: str = "1:4:1", seconds: float = 10.0, csv_path: Path | None = None,
-        url: str | None = None, preset: str = "70_13", interval_ms: int = 8000) -> dict:
-    """Build a repository from `graphs`, start tritonserver (unless `url`), sweep, return the summary."""
-    step = step_samples(graphs, preset)
+        url: str | None = None, preset: str = "70_13", interval_ms: int = 8000, model: str = ORCHESTRATOR) -> dict:
+    """Build a repository from `graphs`, start tritonserver (unless `url`), sweep `model`, return the summary."""
+    step = step_samples(graphs, preset, model)
     steps = max(1, int(seconds * SAMPLE_RATE) // step)
     with tempfile.TemporaryDirectory() as tmp:
         data_file = Path(tmp) / "input_data.json"
@@ -124,10 +134,10 @@ def run(graphs: Path, concurrency: str = "1:4:1", seconds: float = 10.0, csv_pat
 
             with served(graphs, preset) as server:
                 rows = run_perf_analyzer(server.grpc_url, data_file, steps, concurrency, csv_path, interval_ms,
-                                         admin_key=server.admin_key)
+                                         admin_key=server.admin_key, model=model)
         else:
             rows = run_perf_analyzer(url, data_file, steps, concurrency, csv_path, interval_ms,
-                                     admin_key=os.environ.get("MTASR_ADMIN_KEY"))
+                                     admin_key=os.environ.get("MTASR_ADMIN_KEY"), model=model)
     return {"step_seconds": step / SAMPLE_RATE, "sequence_length": steps, "csv": str(csv_path),
             "rows": summarize(rows, step / SAMPLE_RATE)}
 
@@ -148,13 +158,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--concurrency", default="1:4:1", help="perf_analyzer --concurrency-range start:end:step")
     ap.add_argument("--seconds", type=float, default=10.0, help="audio per sequence")
     ap.add_argument("--preset", default="70_13", help="latency preset (default: %(default)s, 1.12 s steps)")
+    ap.add_argument("--model", choices=(ORCHESTRATOR, DIARIZATION), default=ORCHESTRATOR,
+                    help="the multitalker model (default) or the diarization service (0.48 s steps)")
     ap.add_argument("--interval-ms", type=int, default=8000, help="perf_analyzer --measurement-interval")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "perf.csv", help="CSV written by perf_analyzer")
     args = ap.parse_args(argv)
     if not PERF_ANALYZER.is_file():
         print(f"no perf_analyzer at {PERF_ANALYZER}: run `make serve-setup`", file=sys.stderr)
         return 2
-    result = run(args.graphs, args.concurrency, args.seconds, args.out, args.url, args.preset, args.interval_ms)
+    result = run(args.graphs, args.concurrency, args.seconds, args.out, args.url, args.preset, args.interval_ms,
+                 args.model)
     print(table(result))
     print(json.dumps(result))
     return 0

@@ -47,6 +47,18 @@ def test_batching(graphs):
     assert "| speakers |" in batching.table(result)
 
 
+def test_int8_side_by_side(graphs):
+    from bench import int8
+
+    result = int8.run(graphs, rows=2, repeats=2)
+    assert set(result["steps"]) == {"diarizer", "encoder"}
+    for role, step in result["steps"].items():
+        assert step["graphs"]["int8"] == step["graphs"]["fp32"] + "_int8", role
+        assert step["fp32_ms"] > 0 and step["int8_ms"] > 0 and step["speedup"] > 0
+        assert 0.0 < step["max_abs"] < 1.0, role  # the int8 graph ran: close to fp32, not equal
+    assert "| diarizer (full cache + FIFO) |" in int8.table(result) and int8.line(result).startswith("int8: ")
+
+
 def test_memory_spec(graphs):
     report = memory.spec_report(graphs)
     d = PUBLIC_CHECKPOINT_DIMS

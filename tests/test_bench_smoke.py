@@ -162,6 +162,7 @@ def test_bench_run_smoke(graphs, tmp_path):
     assert all(p.stat().st_size > 1000 for p in paths)
     md = run.markdown(results, paths)
     assert "Smoke run" in md and "## Roofline (tiny)" in md
+    assert "## int8 vs fp32 graphs (tiny" in md and results["int8_tiny"]["steps"]["encoder"]["int8_ms"] > 0
     line = run.final_line(results["summary"])
     assert re.fullmatch(r"bench: served_vs_native=\S+ full_rtf=na realtime_sessions_tiny=\d+ p99_ms=\S+ "
                         r"peak_fraction=[0-9.]+", line), line

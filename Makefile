@@ -28,15 +28,19 @@ demo: setup
 test: setup espeak nginx
 	$(PY) -m pytest -q
 
-# ONNX Runtime + numpy vs NeMo PyTorch streaming, chained; FULL=1 for the full-size architectures.
+# ONNX Runtime + numpy vs NeMo PyTorch streaming, chained; FULL=1 for the full-size architectures. Also fp16 and int8
+# copies against fp32 (reported: max abs per graph, the int8 pipeline's token agreement; not judged).
 parity: setup
-	$(PY) -m export.parity --size $(SIZE) --fp16
+	$(PY) -m export.parity --size $(SIZE) --fp16 --int8
 
-# Export real checkpoints: make export DIAR_NEMO=... ASR_NEMO=... OUT=... (PRESETS="70,13 70,0")
+# Export real checkpoints: make export DIAR_NEMO=... ASR_NEMO=... OUT=... (PRESETS="70,13 70,0") [PRECISION=int8:
+# also the int8 copies of the diarizer and encoder graphs that `make serve PRECISION=int8` serves]
 OUT ?= artifacts/model
 PRESETS ?= all
+PRECISION ?= fp32
 export: setup
-	$(PY) -m export --nemo $(DIAR_NEMO) $(ASR_NEMO) --out $(OUT) --presets $(PRESETS) --fp16
+	$(PY) -m export --nemo $(DIAR_NEMO) $(ASR_NEMO) --out $(OUT) --presets $(PRESETS) --fp16 \
+		$(if $(filter int8,$(PRECISION)),--int8)
 
 lint: setup
 	.venv/bin/ruff check mtasr export tests demo_models client bench model_repository reliability edge
@@ -57,9 +61,10 @@ train-demo: setup espeak
 	cp demo_models/checkpoints/diar_demo.nemo demo_models/checkpoints/asr_demo.nemo demo_models/
 
 # Held-out sessions through NeMo's streaming multitalker flow: cpWER (meeteval) and DER (0.25 s collar).
+# PRECISION=int8: the served stack also with the int8 graphs, its line beside fp32's and the delta.
 EVAL_SESSIONS ?= 20
 eval: setup espeak
-	$(PY) -m demo_models.evaluate --sessions $(EVAL_SESSIONS)
+	$(PY) -m demo_models.evaluate --sessions $(EVAL_SESSIONS) --precision $(PRECISION)
 
 # The fault suite against real tritonservers (identity, ownership, admission, expiry, bad input, faults, soak):
 # one line per case, then `reliability: cases=P/N ...`; non-zero exit on any failure. `make test` runs its fast core.
@@ -82,7 +87,8 @@ SERVE_PY := $(SERVE_VENV)/bin/python
 SERVE_STAMP := $(SERVE_VENV)/.setup-stamp
 SERVE_REQUIREMENTS := docker/requirements-serve.txt
 TRITON_DIR := .triton
-# make serve [GRAPHS=<exported folder>] [TARGET=cpu|gpu] [REPO=...] [PRESET=70_13] [SPEAKER_MODE=kernel|masked]
+# make serve [GRAPHS=<exported folder>] [TARGET=cpu|gpu] [PRECISION=fp32|int8] [REPO=...] [PRESET=70_13]
+#   [SPEAKER_MODE=kernel|masked]
 #   [ADDRESS=127.0.0.1] [MAX_SESSIONS=32] [IDLE_TIMEOUT_S=5] [TIMING=audio|nemo] [API_KEY_FILE=...]
 #   [TLS_CERT=... TLS_KEY=...] [DIARIZATION_PRESET=low|ultra_low|high|very_high]
 # GRAPHS defaults to the folder `make demo` exported (real checkpoints, else the shipped demo models, else tiny).
@@ -121,8 +127,8 @@ $(SERVE_STAMP): pyproject.toml $(SERVE_REQUIREMENTS) docker/install_triton_local
 serve: serve-setup
 	@test -f $(GRAPHS)/manifest.json || { echo "make serve: no exported graphs in $(GRAPHS): run \`make demo\` or give GRAPHS=<folder from python -m export>" >&2; exit 2; }
 	$(SERVE_PY) -m model_repository.build --graphs $(GRAPHS) --target $(TARGET) --out $(REPO) \
-		$(if $(PRESET),--preset $(PRESET)) --speaker-mode $(SPEAKER_MODE) --max-sessions $(MAX_SESSIONS) \
-		--idle-timeout-s $(IDLE_TIMEOUT_S) --timing $(TIMING) \
+		$(if $(PRESET),--preset $(PRESET)) --speaker-mode $(SPEAKER_MODE) --precision $(PRECISION) \
+		--max-sessions $(MAX_SESSIONS) --idle-timeout-s $(IDLE_TIMEOUT_S) --timing $(TIMING) \
 		--diarization-preset $(DIARIZATION_PRESET)
 	$(SERVE_PY) -m client.server --repo $(REPO) --address $(ADDRESS) --http-port $(HTTP_PORT) \
 		--grpc-port $(GRPC_PORT) --metrics-port $(METRICS_PORT) $(if $(API_KEY_FILE),--api-key-file $(API_KEY_FILE)) \

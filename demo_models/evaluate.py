@@ -1,6 +1,7 @@
 """Score the demo models on held-out sessions: cpWER (meeteval) from SegLST and DER (0.25 s collar) from RTTM.
 
     python -m demo_models.evaluate [--sessions N] [--diar-nemo ...] [--asr-nemo ...] [--out DIR] [--no-served]
+                                   [--precision fp32|int8]
 
 Generates held-out sessions (demo_models.data, split `heldout`), then
 - served stack: exports the .nemo files to ONNX, builds a CPU model repository, starts tritonserver and streams
@@ -10,7 +11,9 @@ Generates held-out sessions (demo_models.data, split `heldout`), then
 Both in audio timing: words at their audio times, utterances split at pauses (the reference maps NeMo's own
 hypotheses the same way, `mtasr-reference --timing audio`).
 Prints `eval: cpwer=<pct> cpwer_overlap=<pct> tcpwer=<pct> der=<pct> sessions=<n> pipeline=<served|nemo-reference>`
-for each, where `cpwer` is over the sessions without overlap, `cpwer_overlap` over those with overlap, and
+for each (with `--precision int8` the served stack runs twice, fp32 then the int8 graphs, `pipeline=served-int8`,
+and a last line `eval-int8: cpwer_delta=... der_delta=...` gives int8 minus fp32 in points), where `cpwer` is over
+the sessions without overlap, `cpwer_overlap` over those with overlap, and
 `tcpwer` meeteval's time-constrained cpWER over all sessions (collar 5 s, as in CHiME-8: a hypothesis word counts
 only if its time falls within 5 s of the reference word's, words placed inside reference turns by characters);
 writes `<out>/scores.json` (the same figures plus per-pipeline wall time).
@@ -185,25 +188,37 @@ def run_reference(sessions: list[dict], diar_nemo: Path, asr_nemo: Path, out: Pa
     return (time.monotonic() - t0) / max(audio_s, 1e-9)
 
 
-def run_served(sessions: list[dict], diar_nemo: Path, asr_nemo: Path, work: Path, out: Path, triton_dir: Path,
-               serve_venv: Path, diarize_out: Path | None = None) -> float:
-    """Export, build a CPU repository, start tritonserver, stream every session with mtasr-client (and, with
-    `diarize_out`, again with `--task diarize` into that folder)."""
+def export_graphs(diar_nemo: Path, asr_nemo: Path, graphs: Path) -> Path:
+    """Export the .nemo files at [70,13] with int8 copies into `graphs`, unless it already holds them."""
     import subprocess
     import sys
 
+    from mtasr.manifest import Manifest, ManifestError
+
+    try:
+        if Manifest.load(graphs).int8:
+            return graphs
+    except ManifestError:
+        pass
+    subprocess.run([sys.executable, "-m", "export", "--nemo", str(diar_nemo), str(asr_nemo), "--out", str(graphs),
+                    "--presets", "70,13", "--int8"], check=True)
+    return graphs
+
+
+def run_served(sessions: list[dict], graphs: Path, work: Path, out: Path, triton_dir: Path, serve_venv: Path,
+               precision: str = "fp32", diarize_out: Path | None = None) -> float:
+    """Build a CPU repository serving the `precision` graphs, start tritonserver, stream every session with
+    mtasr-client (and, with `diarize_out`, again with `--task diarize` into that folder)."""
     from client import cli
     from client.server import TritonServer
     from model_repository.build import build
 
-    graphs = work / "model"
-    if not (graphs / "manifest.json").is_file():
-        subprocess.run([sys.executable, "-m", "export", "--nemo", str(diar_nemo), str(asr_nemo), "--out", str(graphs),
-                        "--presets", "70,13"], check=True)
-    repo = build(graphs, "cpu", work / "repo", preset="70_13", speaker_mode="kernel")
+    repo = build(graphs, "cpu", work / f"repo_{precision}", preset="70_13", speaker_mode="kernel",
+                 precision=precision)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
-    with TritonServer(repo, log_path=work / "tritonserver.log", triton_dir=triton_dir, venv=serve_venv) as server:
+    log = work / f"tritonserver_{precision}.log"
+    with TritonServer(repo, log_path=log, triton_dir=triton_dir, venv=serve_venv) as server:
         status = cli.main([*(s["audio_filepath"] for s in sessions), "--out", str(out), "--url", server.grpc_url,
                            "--quiet", "--no-plot", "--concurrency", "2"])
         if diarize_out is not None and not status:
@@ -214,6 +229,13 @@ def run_served(sessions: list[dict], diar_nemo: Path, asr_nemo: Path, work: Path
     for s in sessions:  # the client names outputs after the file stem, which is the session id
         assert (out / f"{s['session_id']}.seglst.json").is_file()
     return time.monotonic() - t0
+
+
+def delta_line(fp32: dict, int8: dict) -> str:
+    """int8 minus fp32, in points, for each figure of the eval line."""
+    keys = ("cpwer_clean", "cpwer_overlap", "tcpwer", "der")
+    names = ("cpwer", "cpwer_overlap", "tcpwer", "der")
+    return "eval-int8: " + " ".join(f"{n}_delta={int8[k] - fp32[k]:+.1f}" for n, k in zip(names, keys, strict=True))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -227,6 +249,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--masked", action="store_true", help="feature-masking mode instead of speaker kernels")
     ap.add_argument("--no-served", action="store_true", help="skip the Triton pipeline")
     ap.add_argument("--no-reference", action="store_true", help="skip NeMo's reference pipeline")
+    ap.add_argument("--precision", choices=("fp32", "int8"), default="fp32",
+                    help="int8: also serve the int8 diarizer and encoder graphs and print their scores beside fp32's")
     ap.add_argument("--triton-dir", type=Path, default=ROOT / ".triton")
     ap.add_argument("--serve-venv", type=Path, default=ROOT / ".venv-serve")
     args = ap.parse_args(argv)
@@ -240,10 +264,15 @@ def main(argv: list[str] | None = None) -> int:
     sessions = [json.loads(line) for line in summary.read_text().splitlines()]
     results, diarize = {}, {}
     if not args.no_served:
-        wall = run_served(sessions, args.diar_nemo, args.asr_nemo, args.out / "served_work", args.out / "served",
-                          args.triton_dir, args.serve_venv, args.out / "diarize_served")
-        results["served"] = {**score(sessions, args.out / "served", "served"), "wall_s": round(wall, 1)}
-        diarize["served"] = score_diarization(sessions, args.out / "diarize_served", "served")
+        work = args.out / "served_work"
+        graphs = export_graphs(args.diar_nemo, args.asr_nemo, work / "model")
+        for precision in ("fp32", "int8") if args.precision == "int8" else ("fp32",):
+            label = "served" if precision == "fp32" else f"served-{precision}"
+            out = args.out / label.replace("-", "_")
+            diarize_out = args.out / f"diarize_{label.replace('-', '_')}"
+            wall = run_served(sessions, graphs, work, out, args.triton_dir, args.serve_venv, precision, diarize_out)
+            results[label] = {**score(sessions, out, label), "wall_s": round(wall, 1)}
+            diarize[label] = score_diarization(sessions, diarize_out, label)
     if not args.no_reference:
         rtf = run_reference(sessions, args.diar_nemo, args.asr_nemo, args.out / "nemo", args.masked)
         results["nemo-reference"] = {**score(sessions, args.out / "nemo", "nemo-reference"), "rtf": round(rtf, 3)}
@@ -252,6 +281,8 @@ def main(argv: list[str] | None = None) -> int:
                                      "rtf": round(rtf, 3)}
     for name, r in results.items():  # the lines together at the end
         print(eval_line(r, name))
+    if "served-int8" in results:
+        print(delta_line(results["served"], results["served-int8"]))
     for name, r in diarize.items():
         print(diarize_line(r, name))
     (args.out / "scores.json").write_text(json.dumps({**results, "diarize": diarize}, indent=1))

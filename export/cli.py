@@ -1,6 +1,6 @@
 """`mtasr-export`: .nemo checkpoints (or pretrained names, or random init) -> stateless ONNX graphs.
 
-    mtasr-export --nemo diar.nemo asr.nemo --out model_dir [--presets all] [--fp16]
+    mtasr-export --nemo diar.nemo asr.nemo --out model_dir [--presets all] [--fp16] [--int8]
     mtasr-export --pretrained --out model_dir              # public checkpoints (needs hub access)
     mtasr-export --random-init tiny --out model_dir        # real architectures, random weights, offline
 """
@@ -36,6 +36,8 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--presets", nargs="+", default=[",".join(map(str, DEFAULT_ATT_CONTEXT))],
                     help="latency presets as LEFT,RIGHT (e.g. 70,13 70,0) or 'all'; the first is the default")
     ap.add_argument("--fp16", action="store_true", help="also write fp16 copies (<graph>_fp16/) for GPU serving")
+    ap.add_argument("--int8", action="store_true",
+                    help="also write int8 copies of the diarizer and encoder graphs (<graph>_int8/) for CPU serving")
     return ap
 
 
@@ -90,7 +92,7 @@ def run(args) -> Path:
     diar = load_diarizer(**sources["diarizer"])
     asr = load_asr(**sources["asr"])
     flat = {k: next(iter(v.values())) for k, v in sources.items()}
-    result = export_all(diar, asr, args.out, presets=presets, fp16=args.fp16, sources=flat)
+    result = export_all(diar, asr, args.out, presets=presets, fp16=args.fp16, sources=flat, int8=args.int8)
     for name, secs in result.seconds.items():
         print(f"exported {name} in {secs:.1f} s")
     return result.out_dir

@@ -9,11 +9,21 @@ from pathlib import Path
 import numpy as np
 
 from export.features_export import feature_params_from_nemo
+from export.int8 import INT8_SUFFIX, to_int8
 from export.onnx_export import export_graph, to_fp16
 from export.wrappers import DecoderJointStep, DiarizerStep, EncoderStep
 from mtasr.examples import example_feed
 from mtasr.files import atomic_folder
-from mtasr.manifest import AsrInfo, DiarizerInfo, FeatureFiles, Manifest, Preset, Sources, StreamingCfg
+from mtasr.manifest import (
+    INT8_ROLES,
+    AsrInfo,
+    DiarizerInfo,
+    FeatureFiles,
+    Manifest,
+    Preset,
+    Sources,
+    StreamingCfg,
+)
 from mtasr.spec import DEFAULT_ATT_CONTEXT, GraphSpec, ModelDims, graph_specs, preset_name
 
 # Graphs without an fp16 copy: ONNX Runtime 1.32 (CPU) segfaults loading the fp16 LSTM graph, with or without
@@ -111,9 +121,11 @@ class ExportResult:
 
 
 def export_all(diar, asr, out_dir: Path, presets: list[tuple[int, int]] | None = None, fp16: bool = False,
-               sources: dict[str, str] | None = None) -> ExportResult:
+               sources: dict[str, str] | None = None, int8: bool = False) -> ExportResult:
     """Write every graph (one folder each), `features_*.npz` and `manifest.json` into `out_dir`; `sources` (keys
-    `diarizer`, `asr`: `.nemo` paths or pretrained names) is recorded in the manifest.
+    `diarizer`, `asr`: `.nemo` paths or pretrained names) is recorded in the manifest. `fp16` adds `<graph>_fp16`
+    copies (GPU serving), `int8` adds `<graph>_int8` copies of the diarizer and encoder graphs (CPU serving,
+    `export.int8`), recorded in the manifest's `int8`.
 
     Everything goes into `<out_dir>.partial` first and is renamed at the end: a failure leaves no
     half-written output folder.
@@ -124,7 +136,7 @@ def export_all(diar, asr, out_dir: Path, presets: list[tuple[int, int]] | None =
     out_dir = Path(out_dir)
     result = ExportResult(out_dir)
     with atomic_folder(out_dir) as work:
-        _export_into(diar, asr, work, presets, fp16, sources or {}, result)
+        _export_into(diar, asr, work, presets, fp16, int8, sources or {}, result)
     return result
 
 
@@ -135,8 +147,8 @@ def _timed(result: ExportResult, name: str, kind: str, fn) -> None:
     result.seconds[name] = round(time.perf_counter() - t0, 2)
 
 
-def _export_into(diar, asr, work: Path, presets: list[tuple[int, int]], fp16: bool, sources: dict[str, str],
-                 result: ExportResult) -> None:
+def _export_into(diar, asr, work: Path, presets: list[tuple[int, int]], fp16: bool, int8: bool,
+                 sources: dict[str, str], result: ExportResult) -> None:
     diar.freeze()
     asr.freeze()
     configure_diarizer_streaming(diar)
@@ -177,11 +189,15 @@ def _export_into(diar, asr, work: Path, presets: list[tuple[int, int]], fp16: bo
     example = _example(specs["decoder_joint"], {}, {"targets": [dims.vocab_size, 1]})
     _timed(result, "decoder_joint", "decoder_joint",
            lambda: export_graph(DecoderJointStep(asr).eval(), specs["decoder_joint"], example, work / "decoder_joint"))
+    fp32_graphs = list(result.graphs.items())
     if fp16:
-        for name, kind in list(result.graphs.items()):
+        for name, kind in fp32_graphs:
             if kind in FP32_ONLY:
                 continue
             _timed(result, name + "_fp16", kind, lambda n=name: to_fp16(work / n, work / (n + "_fp16")))
+    twins = {name: name + INT8_SUFFIX for name, kind in fp32_graphs if int8 and kind in INT8_ROLES}
+    for name, twin in twins.items():
+        _timed(result, twin, result.graphs[name], lambda n=name, t=twin: to_int8(work / n, work / t))
     Manifest(
         dims=dims,
         presets=exported,
@@ -195,4 +211,5 @@ def _export_into(diar, asr, work: Path, presets: list[tuple[int, int]], fp16: bo
         graphs=dict(result.graphs),
         features=features,
         sources=Sources(**sources),
+        int8=twins,
     ).save(work)

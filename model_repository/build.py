@@ -1,11 +1,12 @@
 """Build a Triton model repository from an exported graphs folder, or regenerate the committed reference configs.
 
     python -m model_repository.build --graphs DIR --target cpu|gpu|tensorrt --out DIR [--preset 70_13]
-                                     [--speaker-mode kernel|masked] [--copy]
+                                     [--speaker-mode kernel|masked] [--precision fp32|int8] [--copy]
     python -m model_repository.build --write-committed
 
 Models: `diarizer`, `encoder` (the chosen latency preset's graph), `decoder_joint` (fp16 graphs on gpu when
-exported; on tensorrt the fp32 graphs plus `build_plans.sh`, which builds their plans in the container) and
+exported; on tensorrt the fp32 graphs plus `build_plans.sh`, which builds their plans in the container; on cpu
+`--precision int8` serves the diarizer's and encoder's `_int8` twins, `export --int8`) and
 `multitalker` (config; `1/` holds `manifest.json`, the feature files and model.py, copied from
 `model_repository/multitalker/model.py` when that exists). Graph files are symlinked into `<model>/1/`
 (`--copy` copies them); on cpu each graph model gets `onnx_model.py` as its `1/model.py`.
@@ -23,7 +24,7 @@ from pathlib import Path
 
 from model_repository.triton_config import GRAPH_MODELS, IN_PROCESS_DEFAULT, TARGETS, repository_configs, to_pbtxt
 from mtasr.files import atomic_folder
-from mtasr.manifest import MANIFEST_FILE, Manifest, Serving
+from mtasr.manifest import MANIFEST_FILE, PRECISIONS, Manifest, Serving
 from mtasr.pipeline.params import (
     DEFAULT_DIARIZATION_PRESET,
     DEFAULT_IDLE_TIMEOUT_S,
@@ -46,10 +47,15 @@ class BuildError(Exception):
     """Bad graphs folder, preset or output folder."""
 
 
-def graph_folders(manifest: Manifest, target: str, preset: str) -> dict[str, str]:
-    """Repository model name -> exported graph folder (the `_fp16` copy on gpu when there is one)."""
+def graph_folders(manifest: Manifest, target: str, preset: str, precision: str = PRECISIONS[0]) -> dict[str, str]:
+    """Repository model name -> exported graph folder (the `_fp16` copy on gpu when there is one; the int8 twins of
+    the diarizer and encoder with precision `int8`, cpu only)."""
+    # The int8 graphs are ONNX Runtime's CPU integer kernels (dynamic quantisation); gpu serves fp16 and TensorRT
+    # builds its own plans from the fp32 graphs.
+    if precision != PRECISIONS[0] and target != "cpu":
+        raise BuildError(f"precision {precision} is served on target cpu only, not {target}")
     try:
-        chosen = manifest.graph_names(preset)
+        chosen = manifest.graph_names(preset, precision)
     except ValueError as exc:
         raise BuildError(str(exc)) from None
     # ONNX Runtime on gpu serves the fp16 copy; TensorRT builds its fp16 plan from the fp32 graph
@@ -79,7 +85,7 @@ def _place(src: Path, dst: Path, copy: bool) -> None:
 def build(graphs: Path, target: str, out: Path, preset: str | None = None, speaker_mode: str = "kernel",
           copy: bool = False, in_process: tuple[str, ...] | None = None, max_sessions: int = DEFAULT_MAX_SESSIONS,
           idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_S, timing: str = TIMINGS[0],
-          diarization_preset: str = DEFAULT_DIARIZATION_PRESET) -> Path:
+          diarization_preset: str = DEFAULT_DIARIZATION_PRESET, precision: str = PRECISIONS[0]) -> Path:
     """Write a complete repository into `out` (replaced only when it is one this builder wrote): `multitalker`, its
     graph models, and the `diarization` service (the standalone diarizer graph, run in its own process)."""
     graphs, out = Path(graphs), Path(out)
@@ -92,7 +98,7 @@ def build(graphs: Path, target: str, out: Path, preset: str | None = None, speak
         preset = preset_name(parse_preset(preset)) if preset else manifest.default_preset
     except ValueError as exc:
         raise BuildError(str(exc)) from None
-    folders = graph_folders(manifest, target, preset)
+    folders = graph_folders(manifest, target, preset, precision)
     for folder in folders.values():
         if not (graphs / folder / "model.onnx").is_file():
             raise BuildError(f"missing graph file {graphs / folder / 'model.onnx'}")
@@ -110,7 +116,10 @@ def build(graphs: Path, target: str, out: Path, preset: str | None = None, speak
     if diarization_preset not in DIARIZATION_PRESETS:
         raise BuildError(f"unknown diarization preset {diarization_preset!r}; use one of "
                          f"{', '.join(DIARIZATION_PRESETS)}")
-    standalone = graphs / manifest.diarizer.standalone_graph
+    standalone_name = manifest.diarizer.standalone_graph
+    # with precision int8 the diarization service serves the standalone graph's int8 twin under the fp32 name
+    standalone = graphs / (manifest.int8.get(standalone_name, standalone_name) if precision == "int8"
+                           else standalone_name)
     if not (standalone / "model.onnx").is_file():
         raise BuildError(f"missing graph file {standalone / 'model.onnx'}")
     configs = repository_configs(manifest.dims, target, preset, speaker_mode, in_process, max_sessions,
@@ -129,16 +138,16 @@ def build(graphs: Path, target: str, out: Path, preset: str | None = None, speak
         for name in (manifest.features.asr, manifest.features.diarizer):
             shutil.copy2(graphs / name, orchestrator / name)
         # The orchestrator's manifest also records how this repository serves (read by mtasr-reference, tensorrt).
-        dataclasses.replace(manifest, serving=Serving(preset, speaker_mode, timing)).save(orchestrator)
+        dataclasses.replace(manifest, serving=Serving(preset, speaker_mode, timing, precision)).save(orchestrator)
         if ORCHESTRATOR_PY.is_file():
             shutil.copy2(ORCHESTRATOR_PY, orchestrator / "model.py")
         else:
             log.warning("%s does not exist yet: %s/1/model.py not written, Triton cannot load %s",
                         ORCHESTRATOR_PY, ORCHESTRATOR, ORCHESTRATOR)
         diarization = work / DIARIZATION / "1"
-        (diarization / "graphs" / standalone.name).mkdir(parents=True)
+        (diarization / "graphs" / standalone_name).mkdir(parents=True)
         for f in sorted(standalone.iterdir()):
-            _place(f, diarization / "graphs" / standalone.name / f.name, copy)
+            _place(f, diarization / "graphs" / standalone_name / f.name, copy)
         shutil.copy2(graphs / manifest.features.diarizer, diarization / manifest.features.diarizer)
         manifest.save(diarization)
         if ORCHESTRATOR_PY.is_file():
@@ -148,7 +157,8 @@ def build(graphs: Path, target: str, out: Path, preset: str | None = None, speak
 
             (work / SCRIPT).write_text(build_script(work))
         (work / MARKER).write_text(json.dumps({"graphs": str(graphs.resolve()), "target": target, "preset": preset,
-                                               "speaker_mode": speaker_mode, "models": folders,
+                                               "speaker_mode": speaker_mode, "precision": precision,
+                                               "models": folders,
                                                "in_process": list(in_process)}, indent=2))
     return out
 
@@ -180,6 +190,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, help="repository folder to write")
     ap.add_argument("--preset", help="latency preset, e.g. 70_13 (default: the manifest's default_preset)")
     ap.add_argument("--speaker-mode", choices=SPEAKER_MODES, default="kernel")
+    ap.add_argument("--precision", choices=PRECISIONS, default=PRECISIONS[0],
+                    help="cpu: serve the int8 twins of the diarizer and encoder (export --int8) or fp32 (default)")
     ap.add_argument("--copy", action="store_true", help="copy graph files instead of symlinking them")
     ap.add_argument("--max-sessions", type=int, default=DEFAULT_MAX_SESSIONS,
                     help="live sessions one orchestrator admits; a START beyond is refused (default: %(default)s)")
@@ -206,12 +218,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         in_process = None if args.in_process is None else tuple(m for m in args.in_process.split(",") if m)
         out = build(args.graphs, args.target, args.out, args.preset, args.speaker_mode, args.copy, in_process,
-                    args.max_sessions, args.idle_timeout_s, args.timing, args.diarization_preset)
+                    args.max_sessions, args.idle_timeout_s, args.timing, args.diarization_preset, args.precision)
     except BuildError as exc:
         print(f"{ap.prog}: error: {exc}", file=sys.stderr)
         return 2
     models = sorted(p.parent.name for p in out.glob("*/config.pbtxt"))
-    print(f"repository: {out} ({args.target}; models: {', '.join(models)})")
+    print(f"repository: {out} ({args.target}, {args.precision}; models: {', '.join(models)})")
     return 0
 
 

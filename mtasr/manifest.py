@@ -16,6 +16,8 @@ from mtasr.spec import ModelDims, preset_name
 
 MANIFEST_FILE = "manifest.json"
 GRAPH_ROLES = ("diarizer", "encoder", "decoder_joint")  # the graphs one served pipeline runs, by role (= kind)
+PRECISIONS = ("fp32", "int8")  # which graphs a deployment serves on the CPU (`Manifest.graph_names`)
+INT8_ROLES = ("diarizer", "encoder")  # roles with int8 twins; decoder_joint stays fp32 (see export.int8)
 _REQUIRED: Any = object()
 
 
@@ -204,11 +206,17 @@ class Serving:
     preset: str
     speaker_mode: str
     timing: str
+    precision: str = PRECISIONS[0]
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"serving precision must be one of {PRECISIONS}, got {self.precision!r}")
 
 
 @dataclass(frozen=True)
 class Manifest:
-    """Everything an exported graphs folder records; `graphs` maps each graph folder to its kind (a role)."""
+    """Everything an exported graphs folder records; `graphs` maps each graph folder to its kind (a role), `int8`
+    each fp32 diarizer/encoder folder to its int8 twin (`export --int8`; empty when none were written)."""
 
     dims: ModelDims
     presets: dict[str, Preset]
@@ -219,6 +227,7 @@ class Manifest:
     features: FeatureFiles = field(default_factory=FeatureFiles)
     sources: Sources = field(default_factory=Sources)
     serving: Serving | None = None
+    int8: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.preset(self.default_preset)
@@ -230,6 +239,11 @@ class Manifest:
         for folder, kind in wanted:
             if self.graphs.get(folder) != kind:
                 raise ValueError(f"graphs lists no {kind} graph {folder!r} (graphs: {self.graphs})")
+        for folder, twin in self.int8.items():
+            kind = self.graphs.get(folder)
+            if kind not in INT8_ROLES or twin == folder or self.graphs.get(twin) != kind:
+                raise ValueError(f"int8 twin {twin!r} of {folder!r} must be another graph of the same kind, one of "
+                                 f"{INT8_ROLES} (graphs: {self.graphs})")
 
     # ------------------------------------------------------------------------------------------------ accessors
     def preset(self, name: str | None = None) -> Preset:
@@ -244,17 +258,28 @@ class Manifest:
         """The preset a repository serves, or the export's default outside a repository."""
         return self.serving.preset if self.serving else self.default_preset
 
-    def graph_names(self, preset: str | None = None) -> dict[str, str]:
-        """Role (`GRAPH_ROLES`) -> graph folder for one preset (default: `default_preset`)."""
-        return {"diarizer": self.diarizer.graph, "encoder": self.preset(preset).graph,
-                "decoder_joint": self.asr.decoder_joint}
+    def graph_names(self, preset: str | None = None, precision: str = PRECISIONS[0]) -> dict[str, str]:
+        """Role (`GRAPH_ROLES`) -> graph folder for one preset (default: `default_preset`); with precision `int8`
+        the diarizer and encoder are their int8 twins (ValueError when they were not exported)."""
+        names = {"diarizer": self.diarizer.graph, "encoder": self.preset(preset).graph,
+                 "decoder_joint": self.asr.decoder_joint}
+        if precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {precision!r}; use one of {PRECISIONS}")
+        if precision == "int8":
+            missing = [names[r] for r in INT8_ROLES if names[r] not in self.int8]
+            if missing:
+                raise ValueError(f"no int8 copy of {', '.join(missing)} (export with --int8)")
+            names.update({r: self.int8[names[r]] for r in INT8_ROLES})
+        return names
 
     # --------------------------------------------------------------------------------------------- (de)serialise
     def to_dict(self) -> dict[str, Any]:
-        """The JSON object (tuples as lists; no `serving` unless set)."""
+        """The JSON object (tuples as lists; no `serving` unless set, no `int8` unless int8 graphs were written)."""
         out = asdict(self)
         if self.serving is None:
             del out["serving"]
+        if not self.int8:
+            del out["int8"]
         return json.loads(json.dumps(out))
 
     def save(self, folder: Path | str) -> Path:
@@ -278,6 +303,9 @@ class Manifest:
         features = r.obj(data, "", "features", {})
         sources = r.obj(data, "", "sources", {})
         serving = r.obj(data, "", "serving") if data.get("serving") is not None else None
+        int8 = r.obj(data, "", "int8", {})
+        for folder in int8:
+            r.text(int8, "int8", folder)
         try:
             return cls(
                 dims=dims_from_dict(r.obj(data, "", "dims"), where),
@@ -290,7 +318,9 @@ class Manifest:
                                          for f in fields(FeatureFiles)}),
                 sources=Sources(**{f.name: r.text(sources, "sources", f.name, f.default) for f in fields(Sources)}),
                 serving=None if serving is None else Serving(
-                    *(r.text(serving, "serving", f.name) for f in fields(Serving))),
+                    *(r.text(serving, "serving", f.name, _REQUIRED if f.default is MISSING else f.default)
+                      for f in fields(Serving))),
+                int8=dict(int8),
             )
         except ManifestError:
             raise

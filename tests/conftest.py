@@ -16,7 +16,8 @@ ROOT = Path(__file__).resolve().parents[1]
 PARITY_LINE = re.compile(
     r"^parity: diarizer=(?P<diarizer>\S+) encoder=(?P<encoder>\S+) decoder_joint=(?P<decoder_joint>\S+) "
     r"features=(?P<features>\S+) cache_update=(?P<cache_update>\S+) tokens=(?P<same>\d+)/(?P<total>\d+) "
-    r"speakers8=(?P<speakers8_same>\d+)/(?P<speakers8_total>\d+) diarize=(?P<diarize_same>\d+)/(?P<diarize_total>\d+)$"
+    r"speakers8=(?P<speakers8_same>\d+)/(?P<speakers8_total>\d+) diarize=(?P<diarize_same>\d+)/(?P<diarize_total>\d+)"
+    r"(?: int8_tokens=(?P<int8_same>\d+)/(?P<int8_total>\d+))?$"  # with --int8: the int8 pipeline vs fp32
 )
 
 
@@ -29,9 +30,10 @@ def run_cli(*args: str, timeout: float = 3600) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="session")
 def tiny_parity(tmp_path_factory) -> dict:
-    """`python -m export.parity --size tiny` once per session: its exit code, last line and work folder."""
+    """`python -m export.parity --size tiny --fp16 --int8` once per session: its exit code, last line and work
+    folder (graphs/ holds the fp16 and int8 copies)."""
     work = tmp_path_factory.mktemp("parity_tiny")
-    proc = run_cli("export.parity", "--size", "tiny", "--fp16", "--work", str(work))
+    proc = run_cli("export.parity", "--size", "tiny", "--fp16", "--int8", "--work", str(work))
     lines = [ln for ln in proc.stdout.splitlines() if ln.strip()]
     return {"proc": proc, "last": lines[-1] if lines else "", "work": work}
 

@@ -47,6 +47,18 @@ def test_batching(graphs):
     assert "| speakers |" in batching.table(result)
 
 
+def test_int8_side_by_side(graphs):
+    from bench import int8
+
+    result = int8.run(graphs, rows=2, repeats=2)
+    assert set(result["steps"]) == {"diarizer", "encoder"}
+    for role, step in result["steps"].items():
+        assert step["graphs"]["int8"] == step["graphs"]["fp32"] + "_int8", role
+        assert step["fp32_ms"] > 0 and step["int8_ms"] > 0 and step["speedup"] > 0
+        assert 0.0 < step["max_abs"] < 1.0, role  # the int8 graph ran: close to fp32, not equal
+    assert "| diarizer (full cache + FIFO) |" in int8.table(result) and int8.line(result).startswith("int8: ")
+
+
 def test_memory_spec(graphs):
     report = memory.spec_report(graphs)
     d = PUBLIC_CHECKPOINT_DIMS
@@ -150,6 +162,7 @@ def test_bench_run_smoke(graphs, tmp_path):
     assert all(p.stat().st_size > 1000 for p in paths)
     md = run.markdown(results, paths)
     assert "Smoke run" in md and "## Roofline (tiny)" in md and "## Diarization service (tiny)" in md
+    assert "## int8 vs fp32 graphs (tiny" in md and results["int8_tiny"]["steps"]["encoder"]["int8_ms"] > 0
     line = run.final_line(results["summary"])
     assert re.fullmatch(r"bench: served_vs_native=\S+ full_rtf=na realtime_sessions_tiny=\d+ p99_ms=\S+ "
                         r"peak_fraction=[0-9.]+ diarize_sessions_tiny=\d+ diarize_sessions_full=na", line), line

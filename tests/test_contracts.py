@@ -75,11 +75,35 @@ def _broken(change) -> dict:
     (lambda d: d["graphs"].pop("decoder_joint"), "graphs lists no decoder_joint graph 'decoder_joint'"),
     (lambda d: d.update(default_preset="70_0"), "preset 70_0 was not exported"),
     (lambda d: d["presets"]["70_13"].update(att_context_size=[70, 6]), "preset '70_13' has att_context_size"),
+    (lambda d: d.update(int8=[]), "'int8' must be an object"),
+    (lambda d: d.update(int8={"diarizer": 8}), "'int8.diarizer' must be a string"),
+    (lambda d: d.update(int8={"diarizer": "diarizer_int8"}), "int8 twin 'diarizer_int8' of 'diarizer' must be"),
+    (lambda d: d.update(int8={"decoder_joint": "decoder_joint"}), "int8 twin 'decoder_joint' of 'decoder_joint'"),
+    (lambda d: d.update(int8={"encoder_70_13": "diarizer"}), "int8 twin 'diarizer' of 'encoder_70_13' must be"),
+    (lambda d: d.update(serving={"preset": "70_13", "speaker_mode": "kernel", "timing": "audio", "precision": "int4"}),
+     "serving precision must be one of ('fp32', 'int8')"),
 ])
 def test_manifest_errors_name_the_file_and_key(change, message):
     with pytest.raises(ManifestError, match="^/x/manifest.json: ") as err:
         Manifest.from_dict(_broken(change), "/x/manifest.json")
     assert message in str(err.value)
+
+
+def test_manifest_int8_twins():
+    m = dataclasses.replace(_manifest(), graphs={**_manifest().graphs, "diarizer_int8": "diarizer",
+                                                 "encoder_70_13_int8": "encoder"},
+                            int8={"diarizer": "diarizer_int8", "encoder_70_13": "encoder_70_13_int8"})
+    assert Manifest.from_dict(json.loads(json.dumps(m.to_dict()))) == m
+    assert m.graph_names(precision="int8") == {"diarizer": "diarizer_int8", "encoder": "encoder_70_13_int8",
+                                               "decoder_joint": "decoder_joint"}
+    assert m.graph_names(precision="fp32") == _manifest().graph_names()
+    with pytest.raises(ValueError, match=r"no int8 copy of diarizer, encoder_70_13 \(export with --int8\)"):
+        _manifest().graph_names(precision="int8")
+    with pytest.raises(ValueError, match="unknown precision 'bf16'"):
+        m.graph_names(precision="bf16")
+    # a repository's manifest written before precisions existed serves fp32
+    old = _broken(lambda d: d.update(serving={"preset": "70_13", "speaker_mode": "kernel", "timing": "audio"}))
+    assert Manifest.from_dict(old).serving == Serving("70_13", "kernel", "audio", "fp32")
 
 
 def test_manifest_load_errors(tmp_path):

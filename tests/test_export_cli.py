@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from conftest import run_cli
 
+from mtasr.manifest import Manifest
+
 
 def _error_lines(proc) -> list[str]:
     return [ln for ln in proc.stderr.splitlines() if ln.startswith("mtasr-export: error:")]
@@ -49,13 +51,16 @@ def test_unknown_preset(tiny_parity, tmp_path):
 
 
 def test_export_real_loading_path(tiny_parity, tmp_path):
-    """`--nemo` in either order exports every preset; the output folder appears only when complete."""
+    """`--nemo` in either order exports every preset (`--int8`: with int8 twins of the diarizer and encoder graphs);
+    the output folder appears only when complete."""
     nemo = tiny_parity["work"] / "nemo"
     out = tmp_path / "model"
     proc = run_cli("export", "--nemo", str(nemo / "asr.nemo"), str(nemo / "diarizer.nemo"), "--out", str(out),
-                   "--presets", "all")
+                   "--presets", "all", "--int8")
     assert proc.returncode == 0, proc.stderr[-2000:]
     names = {p.name for p in out.iterdir()}
-    assert {"diarizer", "diarizer_standalone", "decoder_joint", "manifest.json", "features_asr.npz",
-            "features_diarizer.npz", "encoder_70_13", "encoder_70_6", "encoder_70_1", "encoder_70_0"} <= names
+    graphs = {"diarizer", "diarizer_standalone", "encoder_70_13", "encoder_70_6", "encoder_70_1", "encoder_70_0"}
+    assert graphs | {"decoder_joint", "manifest.json", "features_asr.npz", "features_diarizer.npz"} <= names
+    assert {g + "_int8" for g in graphs} <= names and "decoder_joint_int8" not in names
+    assert Manifest.load(out).int8 == {g: g + "_int8" for g in graphs}
     assert not (tmp_path / "model.partial").exists()

@@ -1,10 +1,13 @@
-"""The tiny parity run: every stage equal to NeMo within 1e-4 and every token equal, chained >= 20 steps."""
+"""The tiny parity run: every stage equal to NeMo within 1e-4 and every token equal, chained >= 20 steps; int8 graphs
+measured against fp32, never failing the run."""
 
 from __future__ import annotations
 
 import json
 
 from conftest import PARITY_LINE
+
+from export.parity.figures import Figures
 
 TOL = 1e-4
 
@@ -19,6 +22,7 @@ def test_parity_line_and_exit_code(tiny_parity):
     assert int(m["same"]) == int(m["total"]) > 0
     assert int(m["speakers8_same"]) == int(m["speakers8_total"]) > 0  # the 8-output diarizer's flow, every token
     assert int(m["diarize_same"]) == int(m["diarize_total"]) > 0  # the diarization service's turns, every one
+    assert int(m["int8_total"]) > 0 and int(m["int8_same"]) <= int(m["int8_total"])  # reported, not required equal
 
 
 def test_parity_covers_what_it_claims(tiny_parity):
@@ -42,3 +46,15 @@ def test_parity_covers_what_it_claims(tiny_parity):
     fp16 = details["fp16"]  # fp16 vs fp32 graphs, measured on ONNX Runtime CPU
     assert set(fp16) == {"diarizer", "diarizer_standalone", "encoder_70_0", "encoder_70_13"}
     assert all(isinstance(v, float) and v < 1.0 for v in fp16.values()), fp16
+    # int8 vs fp32: every int8 twin measured, the pipeline chained >= 20 steps on both
+    assert set(details["int8_graph_max_abs"]) == {"diarizer", "diarizer_standalone", "encoder_70_0", "encoder_70_13"}
+    assert all(0.0 < v < 1.0 for v in details["int8_graph_max_abs"].values()), details["int8_graph_max_abs"]
+    assert details["int8_steps"] >= 20 and "int8_steps_int8" not in details
+    m = PARITY_LINE.match(tiny_parity["last"])
+    assert details["int8_tokens"] == f"{m['int8_same']}/{m['int8_total']}"
+
+
+def test_int8_differences_do_not_fail_parity():
+    fig = Figures(tokens_same=3, tokens_total=3, int8=(1, 3))
+    assert fig.ok() and PARITY_LINE.match(fig.line())["int8_same"] == "1"
+    assert PARITY_LINE.match(Figures(tokens_same=3, tokens_total=3).line())["int8_total"] is None

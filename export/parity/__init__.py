@@ -4,11 +4,14 @@ Every graph is fed its own returned state for >= 20 steps, at the lowest and hig
 both speaker modes. The last line printed is
 
     parity: diarizer=<max_abs> encoder=<max_abs> decoder_joint=<max_abs> features=<max_abs> \
-cache_update=<max_abs> tokens=<same>/<total> speakers8=<same>/<total> diarize=<same>/<total>
+cache_update=<max_abs> tokens=<same>/<total> speakers8=<same>/<total> diarize=<same>/<total> \
+[int8_tokens=<same>/<total>]
 
-(one line; `speakers8`: export.parity.speakers, `diarize`: the diarization service, export.parity.diarization)
+(one line; `speakers8`: export.parity.speakers, `diarize`: the diarization service, export.parity.diarization,
+`int8_tokens` with --int8: export.parity.int8)
 
-and the exit status is non-zero if any max_abs > 1e-4 or any token differs.
+and the exit status is non-zero if any max_abs > 1e-4 or any token differs. The int8 graphs' figures (max abs vs
+their fp32 twins, the pipeline's token agreement) are reported, never judged: int8 is not bit-equal.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from export import builders
 from export.exporter import configure_diarizer_streaming, export_all, set_preset
 from export.loading import load_asr, load_diarizer
 from export.parity import diarization, speakers
+from export.parity import int8 as int8_parity
 from export.parity.asr import check_encoder_and_tokens
 from export.parity.diarizer import check_diarizer_multitalker, check_diarizer_standalone
 from export.parity.features import check_features
@@ -37,9 +41,9 @@ from mtasr.spec import ATT_CONTEXT_SIZES
 
 
 def run(size: str, work: Path, presets: list[tuple[int, int]], seconds: dict[str, float], fp16: bool,
-        nemo: tuple[Path, Path] | None = None, audio: np.ndarray | None = None) -> Figures:
+        nemo: tuple[Path, Path] | None = None, audio: np.ndarray | None = None, int8: bool = False) -> Figures:
     """All checks on random-init `size` models, or on the given (diarizer, asr) `.nemo` files; `audio` (16 kHz)
-    replaces the synthetic conversation."""
+    replaces the synthetic conversation; `int8` also exports int8 graphs and measures them against fp32."""
     fig = Figures()
     t0 = time.perf_counter()
     if nemo is None:
@@ -54,7 +58,7 @@ def run(size: str, work: Path, presets: list[tuple[int, int]], seconds: dict[str
     diar, asr = load_diarizer(str(diar_path)), load_asr(str(asr_path))
     graphs = work / "graphs"
     t0 = time.perf_counter()
-    res = export_all(diar, asr, graphs, presets=presets, fp16=fp16,
+    res = export_all(diar, asr, graphs, presets=presets, fp16=fp16, int8=int8,
                      sources={"diarizer": str(diar_path), "asr": str(asr_path)})
     fig.details["export_seconds"] = round(time.perf_counter() - t0, 1)
     fig.details["graph_export_seconds"] = res.seconds
@@ -83,6 +87,10 @@ def run(size: str, work: Path, presets: list[tuple[int, int]], seconds: dict[str
     fig.details.update(fig.speakers8.details)
     if fp16:
         fig.details["fp16"] = fp16_deviation(graphs, manifest)
+    if int8:  # the pipeline at [70,13] over the encoder chains' audio (>= 20 steps)
+        check = int8_parity.check(graphs, long_audio[: int(16000 * seconds["encoder_hi"])])
+        fig.int8 = (check.same, check.total)
+        fig.details.update(check.details)
     return fig
 
 
@@ -94,6 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--encoder-seconds", type=float, nargs=2, default=(24.0, 2.0), metavar=("HI", "LO"),
                     help="audio for the encoder/token chains at the highest and lowest preset (>= 20 steps each)")
     ap.add_argument("--fp16", action="store_true", help="also export fp16 copies and measure their deviation")
+    ap.add_argument("--int8", action="store_true",
+                    help="also export int8 copies and measure them against fp32 (reported, never a failure)")
     ap.add_argument("--nemo", type=Path, nargs=2, metavar=("DIAR", "ASR"),
                     help="check these .nemo files (diarizer, asr) instead of random-init models")
     ap.add_argument("--audio", type=Path, help="16 kHz audio to stream instead of the synthetic conversation")
@@ -113,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     fig = run(args.size, work, presets,
               {"long": args.long_seconds, "encoder_hi": args.encoder_seconds[0], "encoder_lo": args.encoder_seconds[1],
                "standalone": min(args.long_seconds, 30.0)},
-              args.fp16, nemo=tuple(args.nemo) if args.nemo else None, audio=audio)
+              args.fp16, nemo=tuple(args.nemo) if args.nemo else None, audio=audio, int8=args.int8)
     fig.details["total_seconds"] = round(time.perf_counter() - t0, 1)
     print(json.dumps(fig.details, indent=1, default=str))
     for failure in fig.failures + fig.speakers8.failures:

@@ -98,9 +98,12 @@ def build_diarizer8(asr, audio: np.ndarray, size: str = "tiny", seed: int = 0):
     return diar
 
 
-def run_pipeline(graphs: Path, audio: np.ndarray, session_id: str) -> tuple[Session, np.ndarray]:
-    """Our engine on `audio` (timing audio): the session and the diarizer activity of every step."""
-    cfg = PipelineConfig.from_folder(graphs, preset=f"{PRESET[0]}_{PRESET[1]}", masked_asr=False)
+def run_pipeline(graphs: Path, audio: np.ndarray, session_id: str,
+                 precision: str = "fp32") -> tuple[Session, np.ndarray]:
+    """Our engine on `audio` (timing audio, kernel mode, [70,13]) with the graphs of `precision`: the session and
+    the diarizer activity of every step."""
+    cfg = PipelineConfig.from_folder(graphs, preset=f"{PRESET[0]}_{PRESET[1]}", masked_asr=False,
+                                     precision=precision)
     engine = Engine(cfg, FeatureParams.load(graphs / "features_asr.npz"), OrtRunner(graphs))
     session = engine.new_session(session_id, timing="audio")
     activity = []

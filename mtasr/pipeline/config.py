@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mtasr.manifest import Manifest, StreamingCfg
+from mtasr.manifest import PRECISIONS, Manifest, StreamingCfg
 from mtasr.pipeline.words import DEFAULT_PAUSE_SEC
 from mtasr.spec import FRAME_SEC, ModelDims
 from mtasr.spkcache import SpeakerCacheParams
@@ -83,11 +83,12 @@ class PipelineConfig:
 
     @classmethod
     def from_manifest(cls, manifest: Manifest, preset: str | None = None, masked_asr: bool = False,
-                      **options) -> PipelineConfig:
-        """The config of one exported preset (default: the manifest's); `graphs` defaults to the exported folders."""
+                      precision: str = PRECISIONS[0], **options) -> PipelineConfig:
+        """The config of one exported preset (default: the manifest's); `graphs` defaults to the exported folders
+        of `precision` (`int8`: the int8 twins of the diarizer and encoder)."""
         entry = manifest.preset(preset)
         geometry = ChunkGeometry.from_streaming_cfg(entry.streaming_cfg, manifest.asr.subsampling_factor)
-        graphs = options.pop("graphs", None) or manifest.graph_names(entry.name)
+        graphs = options.pop("graphs", None) or manifest.graph_names(entry.name, precision)
         return cls(preset=entry.att_context_size, geometry=geometry, dims=manifest.dims,
                    spkcache=SpeakerCacheParams.from_config(manifest.diarizer.spkcache),
                    vocabulary=manifest.asr.vocabulary, blank_id=manifest.asr.blank_id,

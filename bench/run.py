@@ -28,6 +28,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PRESET = "70_13"
+RECORDS = ROOT / "bench" / "records.md"
 
 
 @dataclass(frozen=True)
@@ -270,6 +271,8 @@ def markdown(r: dict, plot_paths: list[Path]) -> str:
         f"{rss['open_round2'] / 2**20:.0f} MiB, after END {rss['after_end_round2'] / 2**20:.0f} MiB "
         f"(no growth: {rss['no_growth_round2']}).", ""]
     lines += [f"![{p.stem}]({p.as_posix()})" for p in plot_paths]
+    if RECORDS.is_file():  # one-off comparisons kept beside the regenerated figures
+        lines += ["", RECORDS.read_text().strip()]
     return "\n".join(lines) + "\n"
 
 

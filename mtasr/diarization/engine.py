@@ -144,7 +144,7 @@ class DiarizationEngine:
         """The oldest pending chunk of each session; one graph call + cache update per chunk shape."""
         work = [(s, s.pending.pop(0)) for s in sessions if s.pending]
         groups: dict[tuple, list[tuple[DiarSession, DiarChunk]]] = {}
-        for s, chunk in work:
+        for s, chunk in sorted(work, key=lambda w: w[0].slot):  # slot order: consecutive slots need no gather copy
             groups.setdefault(chunk.key, []).append((s, chunk))
         preds: dict[str, np.ndarray] = {}
         for group in groups.values():

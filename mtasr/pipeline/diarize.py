@@ -70,7 +70,8 @@ class DiarizerStage:
         """(diarizer slot, chunk) per session -> each session's chunk predictions (frames, n_spk), in order."""
         out: list[np.ndarray | None] = [None] * len(work)
         for length in sorted({chunk.length for _, chunk in work}):
-            idx = [i for i, (_, chunk) in enumerate(work) if chunk.length == length]
+            # sessions in slot order: consecutive slots with full caches are passed to the graph without a copy
+            idx = sorted((i for i, (_, chunk) in enumerate(work) if chunk.length == length), key=lambda i: work[i][0])
             for i, preds in zip(idx, self._step_group([work[i] for i in idx]), strict=True):
                 out[i] = preds
         return out  # type: ignore[return-value]

@@ -76,7 +76,8 @@ class TranscribeStage:
     def step(self, rows: list[AsrRow]) -> None:
         """Run every row; one encoder call per distinct chunk length (only a stream's last chunk is short)."""
         for length in sorted({r.chunk.length for r in rows}):
-            self._step_group([r for r in rows if r.chunk.length == length])
+            # rows in slot order: when the active slots form a run, the pool's rows are the batch (no gather copy)
+            self._step_group(sorted((r for r in rows if r.chunk.length == length), key=lambda r: r.instance.slot))
 
     def _step_group(self, rows: list[AsrRow]) -> None:
         cfg, pool = self.cfg, self.pool

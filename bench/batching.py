@@ -18,7 +18,9 @@ import numpy as np
 
 from mtasr.examples import example_feed
 from mtasr.pipeline import OrtRunner, PipelineConfig
-from mtasr.spec import encoder_spec
+from mtasr.spec import EncoderInputs, encoder_spec
+
+EI = EncoderInputs.tensor_names()  # tensor names by attribute
 
 
 def encoder_feeds(cfg: PipelineConfig, batch: int, seed: int = 0) -> dict[str, np.ndarray]:
@@ -28,10 +30,10 @@ def encoder_feeds(cfg: PipelineConfig, batch: int, seed: int = 0) -> dict[str, n
     n_enc = max(int(g.encoder_frames(np.array([frames]))[0]), 1)
     half = d.enc_last_channel // 2
     feed = example_feed(encoder_spec(d), {"batch": batch, "chunk_frames": frames, "enc_frames": n_enc},
-                        {"length": frames, "cache_last_channel_len": half}, seed)
-    feed["cache_last_channel"][:, :, : d.enc_last_channel - half] = 0.0  # only the last `half` frames are cache
-    feed["spk_targets"] = (feed["spk_targets"] > 0.3).astype(np.float32)  # diarizer-like on/off activity
-    feed["bg_spk_targets"] = (feed["bg_spk_targets"] > 0.7).astype(np.float32)
+                        {EI.length: frames, EI.cache_last_channel_len: half}, seed)
+    feed[EI.cache_last_channel][:, :, : d.enc_last_channel - half] = 0.0  # only the last `half` frames are cache
+    feed[EI.spk_targets] = (feed[EI.spk_targets] > 0.3).astype(np.float32)  # diarizer-like on/off activity
+    feed[EI.bg_spk_targets] = (feed[EI.bg_spk_targets] > 0.7).astype(np.float32)
     return feed
 
 

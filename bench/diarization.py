@@ -26,7 +26,9 @@ from mtasr.examples import example_feed
 from mtasr.features import FeatureParams
 from mtasr.manifest import Manifest
 from mtasr.pipeline import OrtRunner, single_threaded_blas
-from mtasr.spec import FRAME_SEC, SUBSAMPLING, diarizer_spec
+from mtasr.spec import FRAME_SEC, SUBSAMPLING, DiarizerInputs, diarizer_spec
+
+DI = DiarizerInputs.tensor_names()  # tensor names by attribute
 
 
 def steady_step_ms(engine: DiarizationEngine, n_sessions: int, steps: int) -> float:
@@ -75,7 +77,7 @@ def run(graphs: Path, preset: str = "low", sessions: tuple[int, ...] = (1, 8, 32
     d = cfg.dims
     feeds = example_feed(diarizer_spec(d), {"batch": 1, "chunk_frames": frames, "spkcache_frames": p.spkcache_len,
                                             "fifo_frames": p.fifo_len},
-                         {"chunk_lengths": frames, "spkcache_lengths": p.spkcache_len, "fifo_lengths": p.fifo_len})
+                         {DI.chunk_lengths: frames, DI.spkcache_lengths: p.spkcache_len, DI.fifo_lengths: p.fifo_len})
     gflops = profile_flops(graphs / cfg.graph / "model.onnx", feeds)["gflops"]
     peak = matmul_peak()["peak_gflops"]
     floor_ms = gflops / peak * 1000

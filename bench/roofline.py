@@ -24,7 +24,9 @@ from bench.batching import encoder_feeds, median_ms
 from mtasr.examples import example_feed
 from mtasr.pipeline import PipelineConfig
 from mtasr.pipeline.runner import ort_session
-from mtasr.spec import diarizer_spec, encoder_spec
+from mtasr.spec import DiarizerInputs, diarizer_spec, encoder_spec
+
+DI = DiarizerInputs.tensor_names()  # tensor names by attribute
 
 MATMUL_OPS = {"MatMul", "Gemm", "FusedMatMul", "FusedGemm"}
 CONV_OPS = {"Conv", "FusedConv"}
@@ -94,7 +96,7 @@ def diarizer_feeds(cfg: PipelineConfig, batch: int = 1, seed: int = 0) -> dict[s
     """One streaming diarizer step with a full speaker cache and FIFO (the steady state)."""
     d, frames = cfg.dims, cfg.geometry.step_frames
     sizes = {"batch": batch, "chunk_frames": frames, "spkcache_frames": d.spkcache_len, "fifo_frames": d.fifo_len}
-    ints = {"chunk_lengths": frames, "spkcache_lengths": d.spkcache_len, "fifo_lengths": d.fifo_len}
+    ints = {DI.chunk_lengths: frames, DI.spkcache_lengths: d.spkcache_len, DI.fifo_lengths: d.fifo_len}
     return example_feed(diarizer_spec(d), sizes, ints, seed)
 
 

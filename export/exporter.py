@@ -24,7 +24,19 @@ from mtasr.manifest import (
     Sources,
     StreamingCfg,
 )
-from mtasr.spec import DEFAULT_ATT_CONTEXT, GraphSpec, ModelDims, graph_specs, preset_name
+from mtasr.spec import (
+    DEFAULT_ATT_CONTEXT,
+    DecoderJointInputs,
+    DiarizerInputs,
+    EncoderInputs,
+    GraphSpec,
+    ModelDims,
+    graph_specs,
+    preset_name,
+)
+
+# tensor names by attribute
+DI, EI, DJ = DiarizerInputs.tensor_names(), EncoderInputs.tensor_names(), DecoderJointInputs.tensor_names()
 
 # Graphs without an fp16 copy: ONNX Runtime 1.32 (CPU) segfaults loading the fp16 LSTM graph, with or without
 # the LSTM kept in fp32; the prediction net + joint is small (9 M params at full size), fp32 costs little.
@@ -163,8 +175,8 @@ def _export_into(diar, asr, work: Path, presets: list[tuple[int, int]], fp16: bo
     def diarizer_example(frames: int) -> dict[str, np.ndarray]:
         return _example(specs["diarizer"], {"chunk_frames": frames, "spkcache_frames": dims.spkcache_len,
                                             "fifo_frames": dims.fifo_len},
-                        {"chunk_lengths": [frames, frames - 8], "spkcache_lengths": [dims.spkcache_len, 3],
-                         "fifo_lengths": [5, dims.fifo_len]})
+                        {DI.chunk_lengths: [frames, frames - 8], DI.spkcache_lengths: [dims.spkcache_len, 3],
+                         DI.fifo_lengths: [5, dims.fifo_len]})
 
     step_frames = streaming_cfg(asr).step_frames
     _timed(result, "diarizer", "diarizer",
@@ -182,11 +194,11 @@ def _export_into(diar, asr, work: Path, presets: list[tuple[int, int]], fp16: bo
         name = "encoder_" + preset_name(ctx)
         exported[preset_name(ctx)] = Preset(ctx, name, cfg)
         example = _example(specs["encoder"], {"chunk_frames": cfg.step_frames, "enc_frames": cfg.valid_out_len},
-                           {"length": cfg.step_frames, "cache_last_channel_len": [dims.enc_last_channel, 3]})
+                           {EI.length: cfg.step_frames, EI.cache_last_channel_len: [dims.enc_last_channel, 3]})
         _timed(result, name, "encoder",
                lambda n=name, x=example: export_graph(EncoderStep(asr).eval(), specs["encoder"], x, work / n))
     set_preset(asr, presets[0])
-    example = _example(specs["decoder_joint"], {}, {"targets": [dims.vocab_size, 1]})
+    example = _example(specs["decoder_joint"], {}, {DJ.targets: [dims.vocab_size, 1]})
     _timed(result, "decoder_joint", "decoder_joint",
            lambda: export_graph(DecoderJointStep(asr).eval(), specs["decoder_joint"], example, work / "decoder_joint"))
     fp32_graphs = list(result.graphs.items())

@@ -25,7 +25,10 @@ from model_repository.triton_config import PLAN_FILE, graph_max_batch
 from mtasr.examples import example_feed
 from mtasr.manifest import Manifest
 from mtasr.pipeline.config import PipelineConfig
-from mtasr.spec import ORCHESTRATOR, GraphSpec, graph_specs
+from mtasr.spec import ORCHESTRATOR, DecoderJointInputs, DiarizerInputs, EncoderInputs, GraphSpec, graph_specs
+
+# tensor names by attribute
+DI, EI, DJ = DiarizerInputs.tensor_names(), EncoderInputs.tensor_names(), DecoderJointInputs.tensor_names()
 
 TRTEXEC = "/usr/src/tensorrt/bin/trtexec"  # where NVIDIA's Triton container has it
 OPT_BATCH = 8
@@ -92,9 +95,9 @@ def check(repo: Path, seed: int = 0) -> dict[str, float]:
     opt = {axis: r[1] for axis, r in ranges.items()}
     d = manifest.dims
     # full chunks, caches and FIFO at their optimum sizes; the last token a non-blank one
-    ints = {"chunk_lengths": opt["chunk_frames"], "length": opt["chunk_frames"], "spkcache_lengths":
-            opt["spkcache_frames"], "fifo_lengths": opt["fifo_frames"], "cache_last_channel_len": d.enc_last_channel,
-            "targets": 1}
+    ints = {DI.chunk_lengths: opt["chunk_frames"], EI.length: opt["chunk_frames"], DI.spkcache_lengths:
+            opt["spkcache_frames"], DI.fifo_lengths: opt["fifo_frames"], EI.cache_last_channel_len: d.enc_last_channel,
+            DJ.targets: 1}
     rng = np.random.default_rng(seed)
     out = {}
     for plan in sorted(repo.glob(f"*/1/{PLAN_FILE}")):

@@ -10,10 +10,11 @@ from collections.abc import Collection, Mapping, Sequence
 
 import numpy as np
 
-from mtasr.spec import GraphSpec
+from mtasr.spec import EncoderInputs, GraphSpec
 
 # Inputs holding speaker activity (probabilities in [0, 1]) rather than features or states.
-ACTIVITY_INPUTS = ("spk_targets", "bg_spk_targets")
+_EI = EncoderInputs.tensor_names()
+ACTIVITY_INPUTS = (_EI.spk_targets, _EI.bg_spk_targets)
 
 
 def example_feed(spec: GraphSpec, sizes: Mapping[str, int], ints: Mapping[str, int | Sequence[int]],

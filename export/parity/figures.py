@@ -12,7 +12,10 @@ from export.parity.speakers import SpeakersCheck
 from mtasr.examples import example_feed
 from mtasr.manifest import Manifest
 from mtasr.pipeline.runner import R, ort_session
-from mtasr.spec import TensorRecord, graph_specs
+from mtasr.spec import DecoderJointInputs, DiarizerInputs, EncoderInputs, TensorRecord, graph_specs
+
+# tensor names by attribute
+DI, EI, DJ = DiarizerInputs.tensor_names(), EncoderInputs.tensor_names(), DecoderJointInputs.tensor_names()
 
 TOLERANCE = 1e-4
 
@@ -84,9 +87,9 @@ def random_feed(kind: str, manifest: Manifest, name: str) -> dict[str, np.ndarra
     frames = preset.streaming_cfg.step_frames
     sizes = {"batch": 2, "chunk_frames": frames, "spkcache_frames": dims.spkcache_len,
              "fifo_frames": dims.fifo_len, "enc_frames": preset.streaming_cfg.valid_out_len}
-    ints = {"chunk_lengths": frames, "length": frames, "spkcache_lengths": dims.spkcache_len // 2,
-            "fifo_lengths": dims.fifo_len // 2, "cache_last_channel_len": dims.enc_last_channel // 2, "targets": 1}
+    ints = {DI.chunk_lengths: frames, EI.length: frames, DI.spkcache_lengths: dims.spkcache_len // 2,
+            DI.fifo_lengths: dims.fifo_len // 2, EI.cache_last_channel_len: dims.enc_last_channel // 2, DJ.targets: 1}
     feed = example_feed(graph_specs(dims)[kind], sizes, ints)
-    for mel in {"chunk", "audio_signal"} & set(feed):
+    for mel in {DI.chunk, EI.audio_signal} & set(feed):
         feed[mel] = feed[mel] * 3 - 8  # log-mel-like
     return feed

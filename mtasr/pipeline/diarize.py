@@ -12,6 +12,7 @@ from mtasr.pipeline.slots import Field, SlotPool
 from mtasr.spec import DiarizerInputs, DiarizerOutputs, ModelDims
 
 F32, I64 = np.float32, np.int64
+DI = DiarizerInputs.tensor_names()  # the cache and FIFO rows are the graph's inputs of those names
 
 
 class SpeakerCachePool(SlotPool):
@@ -19,31 +20,31 @@ class SpeakerCachePool(SlotPool):
 
     def __init__(self, params: spkcache.SpeakerCacheParams, emb_dim: int, capacity: int) -> None:
         super().__init__({
-            "spkcache": Field((params.spkcache_len, emb_dim), F32),
+            DI.spkcache: Field((params.spkcache_len, emb_dim), F32),
             "spkcache_preds": Field((params.spkcache_len, params.n_spk), F32),
-            "fifo": Field((params.fifo_len, emb_dim), F32),
+            DI.fifo: Field((params.fifo_len, emb_dim), F32),
             "mean_sil_emb": Field((emb_dim,), F32),
             "n_sil_frames": Field((), I64),
-            "spkcache_lengths": Field((), I64),
-            "fifo_lengths": Field((), I64),
+            DI.spkcache_lengths: Field((), I64),
+            DI.fifo_lengths: Field((), I64),
             "compressed": Field((), np.bool_),  # NeMo: spkcache_preds exist from the first compression on
         }, capacity)
 
     def state(self, slot: int) -> spkcache.StreamingState:
         """The slot's state as NeMo's variable-length arrays (views of the pool, batch of one)."""
-        a, n_cache, n_fifo = self.arrays, int(self.arrays["spkcache_lengths"][slot]), int(
-            self.arrays["fifo_lengths"][slot])
+        a, n_cache, n_fifo = self.arrays, int(self.arrays[DI.spkcache_lengths][slot]), int(
+            self.arrays[DI.fifo_lengths][slot])
         preds = a["spkcache_preds"][slot : slot + 1, :n_cache] if a["compressed"][slot] else None
         return spkcache.StreamingState(
-            spkcache=a["spkcache"][slot : slot + 1, :n_cache], spkcache_preds=preds,
-            fifo=a["fifo"][slot : slot + 1, :n_fifo], fifo_preds=None,  # recomputed from the graph every step
+            spkcache=a[DI.spkcache][slot : slot + 1, :n_cache], spkcache_preds=preds,
+            fifo=a[DI.fifo][slot : slot + 1, :n_fifo], fifo_preds=None,  # recomputed from the graph every step
             mean_sil_emb=a["mean_sil_emb"][slot : slot + 1], n_sil_frames=a["n_sil_frames"][slot : slot + 1])
 
     def store(self, slot: int, state: spkcache.StreamingState) -> None:
         """Write an updated state back into the slot's rows (tails beyond the new lengths zeroed)."""
         a = self.arrays
-        for name, length_name, value in (("spkcache", "spkcache_lengths", state.spkcache[0]),
-                                          ("fifo", "fifo_lengths", state.fifo[0])):
+        for name, length_name, value in ((DI.spkcache, DI.spkcache_lengths, state.spkcache[0]),
+                                          (DI.fifo, DI.fifo_lengths, state.fifo[0])):
             n, old = value.shape[0], int(a[length_name][slot])
             a[name][slot, :n] = value
             a[name][slot, n:old] = 0
@@ -78,16 +79,16 @@ class DiarizerStage:
 
     def _step_group(self, work: list[tuple[int, Chunk]]) -> list[np.ndarray]:
         slots = np.array([slot for slot, _ in work], dtype=np.int64)
-        cache_len = self.pool.arrays["spkcache_lengths"][slots].copy()
-        fifo_len = self.pool.arrays["fifo_lengths"][slots].copy()
+        cache_len = self.pool.arrays[DI.spkcache_lengths][slots].copy()
+        fifo_len = self.pool.arrays[DI.fifo_lengths][slots].copy()
         frames = max(chunk.features.shape[1] for _, chunk in work)
         features = np.zeros((len(work), frames, work[0][1].features.shape[0]), dtype=F32)
         for i, (_, chunk) in enumerate(work):
             features[i, : chunk.features.shape[1]] = chunk.features.T
         inputs = DiarizerInputs(
             chunk=features, chunk_lengths=np.array([chunk.length for _, chunk in work], dtype=I64),
-            spkcache=self.pool.gather("spkcache", slots, int(cache_len.max())), spkcache_lengths=cache_len,
-            fifo=self.pool.gather("fifo", slots, int(fifo_len.max())), fifo_lengths=fifo_len)
+            spkcache=self.pool.gather(DI.spkcache, slots, int(cache_len.max())), spkcache_lengths=cache_len,
+            fifo=self.pool.gather(DI.fifo, slots, int(fifo_len.max())), fifo_lengths=fifo_len)
         result = run_graph(self.runner, self.graph, inputs, DiarizerOutputs)
         chunk_preds = []
         for i, slot in enumerate(slots.tolist()):

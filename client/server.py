@@ -29,7 +29,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from mtasr.spec import ADMIN_KEY_HEADER, API_KEY_HEADER, SESSION_KEY_HEADER, grpc_restricted_header
+from mtasr.pipeline.metrics import MODEL_LABEL
+from mtasr.spec import ADMIN_KEY_HEADER, API_KEY_HEADER, ORCHESTRATOR, SESSION_KEY_HEADER, grpc_restricted_header
 
 ROOT = Path(__file__).resolve().parents[1]
 LOOPBACK = "127.0.0.1"
@@ -127,15 +128,17 @@ class TritonServer:
     def metrics_url(self) -> str:
         return f"http://{self._host(self.address)}:{self.metrics_port}/metrics"
 
-    def metric(self, name: str, labels: str = "") -> float:
-        """One sample from the metrics port, e.g. `metric("mtasr_requests_refused_total", '{reason="full"}')`;
-        without `labels` the first series of `name`. KeyError when it is not there."""
+    def metric(self, name: str, labels: dict[str, str] | None = None, model: str | None = ORCHESTRATOR) -> float:
+        """One sample from the metrics port: the first series of `name` whose labels include `labels` and, unless
+        `model` is None, the streaming model's label, e.g. `metric("mtasr_requests_refused_total",
+        {"reason": "full"})`. KeyError when it is not there."""
         text = urllib.request.urlopen(self.metrics_url, timeout=5).read().decode()  # noqa: S310 - own server
-        tail = re.escape(labels) if labels else r"(?:\{[^}]*\})?"
-        found = re.findall(rf"^{re.escape(name)}{tail} (\S+)$", text, re.M)
-        if not found:
-            raise KeyError(f"metric {name}{labels} is not on {self.metrics_url}")
-        return float(found[0])
+        want = {**(labels or {}), **({MODEL_LABEL: model} if model else {})}
+        for series, value in re.findall(rf"^{re.escape(name)}(\{{[^}}]*\}})? (\S+)$", text, re.M):
+            have = dict(re.findall(r'(\w+)="([^"]*)"', series))
+            if want.items() <= have.items():
+                return float(value)
+        raise KeyError(f"metric {name} {want} is not on {self.metrics_url}")
 
     def admin_headers(self) -> dict[str, str]:
         """gRPC headers that pass the admin-protocol restriction (statistics, model config, ...)."""

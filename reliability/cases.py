@@ -405,7 +405,7 @@ def bad_input(h: Harness) -> dict:
     piece = SAMPLE_RATE
     pieces = [audio[i : i + piece] for i in range(0, len(audio), piece)]
     infer_piece(c, pieces[0], sid, key, start=True)
-    before = s.metric("mtasr_requests_refused_total", '{reason="bad_request"}')
+    before = s.metric("mtasr_requests_refused_total", {"reason": "bad_request"})
     statuses = {}
     for what, (inputs, start, corrid, status, message) in bad.items():
         exc = _refusal(lambda inputs=inputs, start=start, corrid=corrid: c.infer(
@@ -416,7 +416,7 @@ def bad_input(h: Harness) -> dict:
               f"{what}: {statuses[what]} {exc.message()[:300]}")
         check(s.proc.poll() is None, f"the server died on {what}")
     model_side = 6  # empty, NaN, Inf, over 2 s, neither, both: the rest are refused by Triton before the model
-    counted = s.metric("mtasr_requests_refused_total", '{reason="bad_request"}') - before
+    counted = s.metric("mtasr_requests_refused_total", {"reason": "bad_request"}) - before
     check(counted == model_side, f"{counted} model-side refusals counted, expected {model_side}")
     last = None
     for i, p in enumerate(pieces[1:], 1):

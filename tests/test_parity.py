@@ -55,6 +55,7 @@ def test_parity_covers_what_it_claims(tiny_parity):
 
 
 def test_int8_differences_do_not_fail_parity():
-    fig = Figures(tokens_same=3, tokens_total=3, int8=(1, 3))
+    fig = Figures(tokens_same=3, tokens_total=3, diarize_same=2, diarize_total=2, int8=(1, 3))
     assert fig.ok() and PARITY_LINE.match(fig.line())["int8_same"] == "1"
     assert PARITY_LINE.match(Figures(tokens_same=3, tokens_total=3).line())["int8_total"] is None
+    assert not Figures(tokens_same=3, tokens_total=3, diarize_same=1, diarize_total=2).ok()  # a turn differs

@@ -11,7 +11,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from mtasr.pipeline import array_friendly_malloc, single_threaded_blas
-from mtasr.pipeline.metrics import METRICS, MetricDef, MetricKind, ServingMetrics
+from mtasr.pipeline.metrics import METRICS, MODEL_LABEL, MetricDef, MetricKind, ServingMetrics
 from mtasr.pipeline.sequences import AudioRequest, Reply
 from mtasr.pipeline.service import sequence_manager, tensor_ranks
 from mtasr.pipeline.sessions import ErrorCode
@@ -46,16 +46,18 @@ class BlsRunner:
 class TritonMetricSink:
     """`MetricSink` over Triton's custom metrics (served on the metrics port with Triton's own)."""
 
-    def __init__(self, metrics: tuple[MetricDef, ...]) -> None:
+    def __init__(self, metrics: tuple[MetricDef, ...], model: str) -> None:
+        self.model = model  # every series is labelled with its model: multitalker and diarization share the names
         kind = {k: getattr(pb_utils.MetricFamily, k.name) for k in MetricKind}
         self.families = {m.name: pb_utils.MetricFamily(m.name, m.description, kind[m.kind]) for m in metrics}
         self.series: dict[tuple, object] = {}
 
     def _metric(self, metric: MetricDef, labels: dict[str, str] | None):
-        key = (metric.name, tuple(sorted((labels or {}).items())))
+        labels = {**(labels or {}), MODEL_LABEL: self.model}
+        key = (metric.name, tuple(sorted(labels.items())))
         if key not in self.series:
             extra = {"buckets": list(metric.buckets)} if metric.kind is MetricKind.HISTOGRAM else {}
-            self.series[key] = self.families[metric.name].Metric(labels=dict(labels or {}), **extra)
+            self.series[key] = self.families[metric.name].Metric(labels=labels, **extra)
         return self.series[key]
 
     def set(self, metric: MetricDef, value: float, labels: dict[str, str] | None = None) -> None:
@@ -111,7 +113,7 @@ class TritonPythonModel:
         single_threaded_blas()
         array_friendly_malloc()
         folder = Path(args["model_repository"]) / args["model_version"]
-        events = ServingMetrics(TritonMetricSink(METRICS))
+        events = ServingMetrics(TritonMetricSink(METRICS, args["model_name"]))
         self.manager = sequence_manager(folder, json.loads(args["model_config"]), BlsRunner(tensor_ranks(folder)),
                                         events)
         self.manager.start_reaper()

@@ -27,6 +27,8 @@ class MetricDef:
     buckets: tuple[float, ...] = ()  # histogram bucket upper bounds
 
 
+MODEL_LABEL = "model"  # the streaming model a series belongs to (multitalker, diarization): same names in both
+
 ACTIVE_SESSIONS = MetricDef("mtasr_active_sessions", MetricKind.GAUGE, "Live streaming sessions")
 ACTIVE_SPEAKERS = MetricDef("mtasr_active_speakers", MetricKind.GAUGE,
                             "Speaker instances (encoder + decoder state) over all live sessions")

@@ -114,7 +114,7 @@ class ModelDims:
         return dict(self.__dict__)
 
 
-F32, I64, I32, I16 = np.float32, np.int64, np.int32, np.int16
+F32, I64, I16 = np.float32, np.int64, np.int16
 BYTES = np.object_  # Triton TYPE_STRING (UTF-8 JSON here)
 BATCH = "batch"
 
@@ -280,7 +280,6 @@ def decoder_joint_spec(d: ModelDims) -> GraphSpec:
 ORCHESTRATOR = "multitalker"
 DIARIZATION = "diarization"  # the streaming diarization service
 MAX_CHUNK_SECONDS = 2.0  # largest audio piece one request may carry
-MIN_CHUNK_SECONDS = 0.0  # an empty piece is an error unless it closes the sequence (END)
 # gRPC headers of the serving protocol (gRPC metadata keys are lower case).
 SESSION_KEY_HEADER = "mtasr-session-key"  # per-session secret; Triton forwards it to the orchestrator
 API_KEY_HEADER = "mtasr-api-key"  # optional key on the inference protocol (Triton's restricted protocols)

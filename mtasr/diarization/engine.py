@@ -19,6 +19,7 @@ from mtasr.diarization.presets import DEFAULT_PRESET, DiarizationPreset, preset
 from mtasr.diarization.turns import PostProcessing, TurnTracker
 from mtasr.features import FeatureParams
 from mtasr.manifest import Manifest
+from mtasr.pipeline.engine import StepOutput
 from mtasr.pipeline.runner import GraphRunner, run_graph
 from mtasr.pipeline.slots import Field, SlotPool
 from mtasr.spec import SAMPLE_RATE, SUBSAMPLING, TIMINGS, DiarizerInputs, DiarizerOutputs, ModelDims
@@ -99,13 +100,6 @@ class DiarSession:
         return np.concatenate(self.activity) if self.activity else np.zeros((0, n_spk), F32)
 
 
-@dataclass
-class DiarStepOutput:
-    session_id: str
-    activity: np.ndarray  # (frames, n_spk) this step's speaker probabilities
-    active_speakers: list[int]
-
-
 class DiarizationEngine:
     """Batched streaming diarization over a slot pool sized for `capacity` sessions (grows if needed)."""
 
@@ -140,7 +134,7 @@ class DiarizationEngine:
             chunks += session.chunker.finish()
         session.pending.extend(chunks)
 
-    def step(self, sessions: list[DiarSession]) -> list[DiarStepOutput]:
+    def step(self, sessions: list[DiarSession]) -> list[StepOutput]:
         """The oldest pending chunk of each session; one graph call + cache update per chunk shape."""
         work = [(s, s.pending.pop(0)) for s in sessions if s.pending]
         groups: dict[tuple, list[tuple[DiarSession, DiarChunk]]] = {}
@@ -156,7 +150,7 @@ class DiarizationEngine:
             s.activity.append(p)
             s.speakers.update({int(k): True for k in np.flatnonzero(p.max(axis=0, initial=0.0) > 0.5)})
             s.words.update(s.total_preds(), last=False)
-            outputs.append(DiarStepOutput(s.session_id, p, sorted(s.speakers)))
+            outputs.append(StepOutput(s.session_id, p, sorted(s.speakers)))
         return outputs
 
     def finish(self, session: DiarSession) -> None:

@@ -108,10 +108,10 @@ def test_post_processing_equals_nemo_and_finals_never_change():
                 assert turns(probs[:, spk], post) == want_turns, (post, trial, spk)
             tracker = TurnTracker(2, post, post.horizon_sec, "s")
             sent = []
-            for t in range(1, probs.shape[0] + 1):
-                tracker.update(probs[:t])
+            for t in range(probs.shape[0]):
+                tracker.update(probs[t : t + 1])
                 sent += tracker.drain()
-            tracker.update(probs, last=True)
+            tracker.update(probs[:0], last=True)
             sent += tracker.drain()
             assert sorted(sent, key=lambda g: (g["start_time"], g["speaker"])) == tracker.seglst(), (post, trial)
 

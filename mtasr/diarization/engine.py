@@ -19,6 +19,7 @@ from mtasr.diarization.presets import DEFAULT_PRESET, DiarizationPreset, preset
 from mtasr.diarization.turns import PostProcessing, TurnTracker
 from mtasr.features import FeatureParams
 from mtasr.manifest import Manifest
+from mtasr.pipeline.chunker import queue_audio
 from mtasr.pipeline.engine import StepOutput
 from mtasr.pipeline.runner import GraphRunner, run_graph
 from mtasr.pipeline.slots import Field, SlotPool
@@ -128,11 +129,7 @@ class DiarizationEngine:
             session.closer()
 
     def push_audio(self, session: DiarSession, samples: np.ndarray, last: bool = False) -> None:
-        chunks = session.chunker.push(samples) if samples.size else []
-        session.samples += samples.size
-        if last:
-            chunks += session.chunker.finish()
-        session.pending.extend(chunks)
+        queue_audio(session, samples, last)
 
     def step(self, sessions: list[DiarSession]) -> list[StepOutput]:
         """The oldest pending chunk of each session; one graph call + cache update per chunk shape."""
@@ -149,13 +146,13 @@ class DiarizationEngine:
             p = preds[s.session_id]
             s.activity.append(p)
             s.speakers.update({int(k): True for k in np.flatnonzero(p.max(axis=0, initial=0.0) > 0.5)})
-            s.words.update(s.total_preds(), last=False)
+            s.words.update(p)
             outputs.append(StepOutput(s.session_id, p, sorted(s.speakers)))
         return outputs
 
     def finish(self, session: DiarSession) -> None:
         """After the last step of an ended session: every turn is final."""
-        session.words.update(session.total_preds(), last=True)
+        session.words.update(np.zeros((0, self.cfg.n_spk), F32), last=True)
 
     def _step_group(self, group: list[tuple[DiarSession, DiarChunk]]) -> list[np.ndarray]:
         slots = np.array([s.slot for s, _ in group], dtype=I64)

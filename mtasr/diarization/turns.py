@@ -117,22 +117,25 @@ class TurnTracker:
         self._sent = [0] * n_spk
         self._open: list[dict] = []
 
-    def update(self, total_preds: np.ndarray, last: bool = False) -> None:
-        """Feed the session's activity so far (frames, n_spk); `last`: the stream ended, every turn is final."""
-        new = total_preds[self._seen :]
-        self._seen = total_preds.shape[0]
+    def update(self, frames: np.ndarray, last: bool = False) -> None:
+        """Feed the frames (frames, n_spk) decided since the last call; `last`: the stream ended, every turn is
+        final."""
+        self._seen += frames.shape[0]
         decided = self._seen * SUBSAMPLING * TEN_MS
         self._open = []
         for spk, b in enumerate(self._bins):
-            b.feed(new[:, spk])
+            b.feed(frames[:, spk])
             closed, running = b.segments()
             kept = sorted(filter_segments(_merge(closed + ([running] if running else [])), self.post))
             # settled: nothing later can reach it (no running turn and no frame to come within the horizon)
             limit = decided if running is None else min(decided, running[0])
-            segs = [segment(f"speaker_{spk}", round(s, 2), round(e, 2), "", self.session_id) for s, e in kept]
             settled = sum(1 for _, e in kept if e + self.horizon < limit)
-            # once settled, a turn stays settled (a later running turn that starts beyond the horizon cannot reach it)
-            n_final = len(segs) if last else max(settled, len(self._final[spk]))
+            # once settled, a turn stays settled (a later running turn that starts beyond the horizon cannot reach it),
+            # so only the turns after the settled prefix are made again
+            known = len(self._final[spk])
+            segs = self._final[spk] + [segment(f"speaker_{spk}", round(s, 2), round(e, 2), "", self.session_id)
+                                       for s, e in kept[known:]]
+            n_final = len(segs) if last else max(settled, known)
             self._final[spk] = segs[:n_final]
             self._open.extend(segs[n_final:])
         self._open.sort(key=_order)

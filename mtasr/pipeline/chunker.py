@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
@@ -79,3 +80,29 @@ class FeatureChunker:
         # NeMo's preprocessor output has one more (zero) frame than the valid length, and the buffer keeps it.
         self._append(np.zeros((self.n_mels, 1), dtype=np.float32))
         return self._cut(final=True)
+
+
+class AudioChunker(Protocol):
+    """Audio pieces in, the chunks they complete out (`FeatureChunker`, the diarizer's `DiarChunker`)."""
+
+    def push(self, samples: np.ndarray) -> list: ...
+
+    def finish(self) -> list: ...
+
+
+class StreamingSession(Protocol):
+    """What `queue_audio` needs of a session (the multitalker and the diarization sessions both have it)."""
+
+    chunker: AudioChunker
+    samples: int
+    pending: list
+
+
+def queue_audio(session: StreamingSession, samples: np.ndarray, last: bool) -> None:
+    """Buffer a piece of a session's audio; the chunks it completes (all of them at the end) queue up in
+    `session.pending`."""
+    chunks = session.chunker.push(samples) if samples.size else []
+    session.samples += samples.size
+    if last:
+        chunks += session.chunker.finish()
+    session.pending.extend(chunks)

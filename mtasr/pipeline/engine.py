@@ -21,7 +21,7 @@ import numpy as np
 
 from mtasr import greedy
 from mtasr.features import FeatureParams
-from mtasr.pipeline.chunker import Chunk, FeatureChunker
+from mtasr.pipeline.chunker import Chunk, FeatureChunker, queue_audio
 from mtasr.pipeline.config import PipelineConfig
 from mtasr.pipeline.diarize import DiarizerStage
 from mtasr.pipeline.runner import GraphRunner
@@ -79,7 +79,6 @@ class Engine:
                  capacity: int = 8) -> None:
         self.cfg = config
         self.features = features
-        self.run = runner
         self.params = config.spkcache
         self.diarizer = DiarizerStage(self.params, config.dims, runner, config.graphs["diarizer"], capacity)
         self.asr = TranscribeStage(config, config.dims, runner, capacity * self.params.n_spk)
@@ -122,11 +121,7 @@ class Engine:
 
     def push_audio(self, session: Session, samples: np.ndarray, last: bool = False) -> None:
         """Stage 1: buffer audio; complete chunks queue up in `session.pending`."""
-        chunks = session.chunker.push(samples) if samples.size else []
-        session.samples += samples.size
-        if last:
-            chunks += session.chunker.finish()
-        session.pending.extend(chunks)
+        queue_audio(session, samples, last)
 
     # ------------------------------------------------------------------------------------------- a step
     def step(self, sessions: list[Session]) -> list[StepOutput]:

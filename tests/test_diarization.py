@@ -106,7 +106,7 @@ def test_post_processing_equals_nemo_and_finals_never_change():
                 want = ts_vad_post_processing(torch.from_numpy(probs[:, spk]), OmegaConf.structured(post), 8)
                 want_turns = [(round(s, 2), round(e, 2)) for s, e in want.tolist()]
                 assert turns(probs[:, spk], post) == want_turns, (post, trial, spk)
-            tracker = TurnTracker(2, post, post.horizon_sec, "s")
+            tracker = TurnTracker(2, post, "s")
             sent = []
             for t in range(probs.shape[0]):
                 tracker.update(probs[t : t + 1])

@@ -115,14 +115,9 @@ class DiarizationEngine:
         """A fresh stream; turns are in audio time whatever `timing` says (NeMo's ASR arithmetic has no meaning
         for a diarizer)."""
         session = DiarSession(session_id, DiarChunker(self.features, self.cfg.preset), self.pool.acquire(),
-                              TurnTracker(self.cfg.n_spk, self.cfg.post, self.finality_sec, session_id))
+                              TurnTracker(self.cfg.n_spk, self.cfg.post, session_id))
         session.closer = weakref.finalize(session, self.pool.release, session.slot)
         return session
-
-    @property
-    def finality_sec(self) -> float:
-        """How far behind the decided frames a turn can still change (merging across short gaps, padding)."""
-        return self.cfg.post.horizon_sec
 
     def close(self, session: DiarSession) -> None:
         if session.closer is not None:

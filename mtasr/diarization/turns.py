@@ -106,10 +106,9 @@ def turns(probs: np.ndarray, post: PostProcessing) -> list[tuple[float, float]]:
 class TurnTracker:
     """Per session: speaker turns from the growing activity; final turns are handed out once, in time order."""
 
-    def __init__(self, n_spk: int, post: PostProcessing, horizon_sec: float, session_id: str = "") -> None:
+    def __init__(self, n_spk: int, post: PostProcessing, session_id: str = "") -> None:
         self.n_spk = n_spk
         self.post = post
-        self.horizon = horizon_sec
         self.session_id = session_id
         self._bins = [_Binarizer(post) for _ in range(n_spk)]
         self._seen = 0
@@ -129,7 +128,7 @@ class TurnTracker:
             kept = sorted(filter_segments(_merge(closed + ([running] if running else [])), self.post))
             # settled: nothing later can reach it (no running turn and no frame to come within the horizon)
             limit = decided if running is None else min(decided, running[0])
-            settled = sum(1 for _, e in kept if e + self.horizon < limit)
+            settled = sum(1 for _, e in kept if e + self.post.horizon_sec < limit)
             # once settled, a turn stays settled (a later running turn that starts beyond the horizon cannot reach it),
             # so only the turns after the settled prefix are made again
             known = len(self._final[spk])

@@ -109,6 +109,21 @@ def descendants(pid: int) -> list[int]:
     return out
 
 
+def process_tree_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds used so far by `pid` and its descendants (live ones: read before they exit)."""
+    import os
+
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for p in descendants(pid):
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime (clock ticks)
+    return total / tick
+
+
 def tree_rss(pid: int) -> int:
     """Sum of VmRSS (bytes) over `pid` and its descendants (tritonserver + Python backend stubs)."""
     total = 0

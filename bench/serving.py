@@ -7,15 +7,19 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from mtasr.manifest import FP32
+
 
 @contextmanager
-def served(graphs: Path, preset: str | None = None, speaker_mode: str = "kernel", **limits) -> Iterator:
-    """A running `TritonServer` on a cpu repository built from `graphs` in a temporary folder; `limits` are
-    `build`'s `max_sessions` / `idle_timeout_s`."""
+def served(graphs: Path, preset: str | None = None, speaker_mode: str = "kernel", precision: str = FP32,
+           **limits) -> Iterator:
+    """A running `TritonServer` on a cpu repository built from `graphs` (at `precision`) in a temporary folder;
+    `limits` are `build`'s `max_sessions` / `idle_timeout_s`."""
     from client.server import TritonServer
     from model_repository.build import build
 
     with tempfile.TemporaryDirectory() as tmp:
-        repo = build(graphs, "cpu", Path(tmp) / "repo", preset=preset, speaker_mode=speaker_mode, **limits)
+        repo = build(graphs, "cpu", Path(tmp) / "repo", preset=preset, speaker_mode=speaker_mode,
+                     precision=precision, **limits)
         with TritonServer(repo, log_path=Path(tmp) / "server.log") as server:
             yield server

@@ -3,25 +3,38 @@
     python -m client.loadgen --url 127.0.0.1:8001 --min 1 --max 64 --seconds 10 [--audio a.flac] [--chunk-ms 160]
     python -m client.loadgen --url 127.0.0.1:8001 --sessions 4          # one run with 4 sessions, no search
 
-Prints a JSON dict. A run is real time when every session succeeded, the p99 per-chunk latency (send -> response,
-over all sessions) is below the latency budget, and every session's last reply came within that budget of its
-audio's end (wall / audio <= 1 + budget / audio, or `--rtf-max`). The budget is the chunk duration unless
-`--budget-ms` is given: with 160 ms pieces and the [70,13] preset one piece in seven carries a whole 1.12 s step.
+All sessions run in this one process on one asyncio event loop (a channel and stream each, no thread per
+session), so the generator takes little of the CPU it shares with a local server (its own CPU seconds are in the
+result); sessions start spread over one model step (`--spread-s`). Prints a JSON dict. A run is real time when
+every session succeeded, the p99 per-chunk latency (send -> response, over all sessions) is below the latency
+budget, and every session's last reply came within that budget of its audio's end (wall / audio <= 1 + budget /
+audio, or `--rtf-max`). The budget is the chunk duration unless `--budget-ms` is given: with 160 ms pieces and the
+[70,13] preset one piece in seven carries a whole 1.12 s step.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import sys
-import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from client.stream import ClientError, StreamResult, stream_audio
-from mtasr.spec import SAMPLE_RATE
+from client.stream import (
+    ClientError,
+    Connection,
+    audio_inputs,
+    new_sequence_id,
+    new_session_key,
+    stream_audio,
+)
+from mtasr.spec import ORCHESTRATOR, SAMPLE_RATE, SESSION_KEY_HEADER
+
+STEP_SPREAD_S = 1.12  # session starts spread over one [70,13] model step: independent clients' steps interleave
 
 
 def make_audios(seconds: float, chunk_ms: float, audio: Path | str | None = None,
@@ -39,40 +52,94 @@ def make_audios(seconds: float, chunk_ms: float, audio: Path | str | None = None
     return [c[: max(piece, len(c) // piece * piece)].astype(np.float32) for c in clips]
 
 
-def run_sessions(url: str, n: int, audios: list[np.ndarray], chunk_ms: float = 160.0, rtf_max: float | None = None,
-                 stagger: bool = True, progress: bool = True, budget_ms: float | None = None) -> dict:
-    """`n` concurrent real-time sessions (own gRPC stream and sequence id each); their latency and RTF figures."""
-    from tqdm import tqdm
+@dataclass
+class _Run:
+    """One load session's figures."""
 
+    audio_seconds: float
+    latencies_ms: list[float] = field(default_factory=list)
+    wall_seconds: float = 0.0
+    error: str | None = None
+
+
+async def _session(conn: Connection, clip: np.ndarray, piece: int, delay_s: float, timeout: float) -> _Run:
+    """One real-time session on its own channel and gRPC stream: pieces sent at their audio time, every reply
+    timed; the replies are not decoded (the load generator measures the server, not the client's parsing)."""
+    import tritonclient.grpc.aio as aioclient  # noqa: F401 - fail here, not inside the stream, when it is missing
+    from tritonclient.utils import InferenceServerException
+
+    run = _Run(audio_seconds=len(clip) / SAMPLE_RATE)
+    starts = list(range(0, len(clip), piece))
+    sent_at: dict[str, float] = {}
+    await asyncio.sleep(delay_s)
+    client = conn.aio_client()
+    headers = {**conn.headers(), SESSION_KEY_HEADER: new_session_key()}
+    sequence_id = new_sequence_id()
+    t0 = time.perf_counter()
+
+    async def requests():
+        for i, s in enumerate(starts):
+            await asyncio.sleep(max(0.0, t0 + s / SAMPLE_RATE - time.perf_counter()))
+            rid = str(i)
+            sent_at[rid] = time.perf_counter()
+            yield {"model_name": ORCHESTRATOR, "inputs": audio_inputs(clip[s : s + piece]), "request_id": rid,
+                   "sequence_id": sequence_id, "sequence_start": i == 0, "sequence_end": i == len(starts) - 1}
+
+    try:
+        replies = client.stream_infer(requests(), stream_timeout=timeout, headers=headers)
+        async for result, error in replies:
+            if error is not None:
+                run.error = error.message() if isinstance(error, InferenceServerException) else str(error)
+                replies.cancel()
+                break
+            run.latencies_ms.append((time.perf_counter() - sent_at[result.get_response().id]) * 1000)
+        # the loop ends when the server closes the stream after the last reply. Cancelling the call instead, right
+        # after the last reply, can crash Triton 2.51 (a race between the cancellation and the request's release)
+    except InferenceServerException as exc:
+        run.error = exc.message()
+    except Exception as exc:  # noqa: BLE001 - a failed session (dead server, broken stream) is a result
+        run.error = f"{type(exc).__name__}: {exc}"
+    finally:
+        await client.close()
+    run.wall_seconds = time.perf_counter() - t0
+    if run.error is None and len(run.latencies_ms) < len(starts):
+        run.error = f"stream ended after {len(run.latencies_ms)} of {len(starts)} replies"
+    return run
+
+
+async def _drive(conn: Connection, clips: list[np.ndarray], piece: int, spread_s: float,
+                 timeout: float) -> list[_Run]:
+    n = len(clips)
+    return list(await asyncio.gather(*(_session(conn, c, piece, spread_s * i / n, timeout)
+                                       for i, c in enumerate(clips))))
+
+
+def run_sessions(url: str | Connection, n: int, audios: list[np.ndarray], chunk_ms: float = 160.0,
+                 rtf_max: float | None = None, spread_s: float = STEP_SPREAD_S, progress: bool = True,
+                 budget_ms: float | None = None, timeout: float = 600.0) -> dict:
+    """`n` concurrent real-time sessions (own channel, gRPC stream, sequence id and session key each), all driven
+    by one asyncio event loop in this process (no thread per session); their latency and RTF figures.
+
+    The sessions' starts are spread evenly over `spread_s`: by default one model step, as independent clients'
+    would be (their model steps interleave); a spread of one piece or less makes every session's step fall in the
+    same piece, the worst burst the batcher can meet."""
+    conn = Connection(url) if isinstance(url, str) else url
     piece = int(round(chunk_ms * SAMPLE_RATE / 1000))
     clips = [audios[i % len(audios)] for i in range(n)]
-    bar = tqdm(total=sum(-(-len(c) // piece) for c in clips), desc=f"{n} sessions", unit="chunk",
-               disable=not progress, leave=False, file=sys.stderr)
-    results: list[StreamResult | None] = [None] * n
-    errors: list[str] = []
-
-    def session(i: int) -> None:
-        if stagger:  # spread the sessions' chunk boundaries over one chunk, as independent clients would be
-            time.sleep(chunk_ms / 1000 * i / n)
-        try:
-            results[i] = stream_audio(url, clips[i], session_id=f"load{i}", chunk_ms=chunk_ms,
-                                      realtime=True, on_reply=lambda *_: bar.update())
-        except Exception as exc:  # noqa: BLE001 - a failed session (server error, dead server) is a result
-            errors.append(f"{type(exc).__name__}: {exc}")
-
-    threads = [threading.Thread(target=session, args=(i,), daemon=True) for i in range(n)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    bar.close()
-    done = [r for r in results if r is not None]
+    if progress:
+        print(f"loadgen: {n} sessions ...", file=sys.stderr, flush=True)
+    cpu0, t0 = time.process_time(), time.perf_counter()
+    runs = asyncio.run(_drive(conn, clips, piece, spread_s, timeout))
+    cpu_s, wall_s = time.process_time() - cpu0, time.perf_counter() - t0
+    errors = [r.error for r in runs if r.error]
+    done = [r for r in runs if r.error is None]
     lat = np.concatenate([np.asarray(r.latencies_ms, np.float64) for r in done]) if done else np.zeros(0)
     rtf = [r.wall_seconds / r.audio_seconds for r in done if r.audio_seconds]
     p50, p95, p99 = (float(np.percentile(lat, q)) for q in (50, 95, 99)) if lat.size else (float("nan"),) * 3
     out = {"sessions": n, "chunk_ms": chunk_ms, "chunks": int(lat.size), "p50_ms": p50, "p95_ms": p95,
            "p99_ms": p99, "max_ms": float(lat.max()) if lat.size else float("nan"), "rtf": rtf,
-           "rtf_max": max(rtf) if rtf else float("nan"), "errors": errors}
+           "rtf_max": max(rtf) if rtf else float("nan"), "errors": errors, "spread_s": spread_s,
+           "loadgen_cpu_s": round(cpu_s, 2), "loadgen_cores": round(cpu_s / wall_s, 3)}  # the generator's share
     budget = budget_ms or chunk_ms
     limits = [rtf_max or 1 + budget / 1000 / r.audio_seconds for r in done if r.audio_seconds]
     out["budget_ms"] = budget
@@ -83,13 +150,13 @@ def run_sessions(url: str, n: int, audios: list[np.ndarray], chunk_ms: float = 1
 
 
 def search(url: str, lo: int, hi: int, audios: list[np.ndarray], chunk_ms: float = 160.0,
-           rtf_max: float | None = None,
-           progress: bool = True, budget_ms: float | None = None) -> dict:
+           rtf_max: float | None = None, progress: bool = True, budget_ms: float | None = None,
+           spread_s: float = STEP_SPREAD_S) -> dict:
     """Largest N in [lo, hi] whose run is real time: double from `lo` until one fails, then bisect."""
     runs: dict[int, dict] = {}
 
     def ok(n: int) -> bool:
-        runs[n] = run_sessions(url, n, audios, chunk_ms, rtf_max, progress=progress, budget_ms=budget_ms)
+        runs[n] = run_sessions(url, n, audios, chunk_ms, rtf_max, spread_s, progress=progress, budget_ms=budget_ms)
         if progress:
             r = runs[n]
             print(f"N={n}: p99 {r['p99_ms']:.1f} ms, max rtf {r['rtf_max']:.3f}, "
@@ -123,6 +190,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sessions", type=int, help="one run with this many sessions (no search)")
     ap.add_argument("--min", type=int, default=1, dest="lo", help="search range start")
     ap.add_argument("--max", type=int, default=64, dest="hi", help="search range end")
+    ap.add_argument("--spread-s", type=float, default=STEP_SPREAD_S,
+                    help="sessions start evenly spread over this many seconds (default: one 1.12 s model step)")
     ap.add_argument("--budget-ms", type=float, help="p99 latency limit for real time (default: --chunk-ms)")
     ap.add_argument("--rtf-max", type=float, help="largest wall / audio counted as real time (default: 1 + budget)")
     ap.add_argument("--no-progress", action="store_true")
@@ -135,11 +204,11 @@ def main(argv: list[str] | None = None) -> int:
         warm = audios[0][: 3 * SAMPLE_RATE]  # one session first: the server's first calls allocate
         stream_audio(args.url, warm, chunk_ms=args.chunk_ms)
         if args.sessions:
-            result = run_sessions(args.url, args.sessions, audios, args.chunk_ms, args.rtf_max,
+            result = run_sessions(args.url, args.sessions, audios, args.chunk_ms, args.rtf_max, args.spread_s,
                                   progress=not args.no_progress, budget_ms=args.budget_ms)
         else:
             result = search(args.url, args.lo, args.hi, audios, args.chunk_ms, args.rtf_max, not args.no_progress,
-                            args.budget_ms)
+                            args.budget_ms, args.spread_s)
     except (ClientError, ValueError) as exc:
         print(f"loadgen: error: {exc}", file=sys.stderr)
         return 2

@@ -80,6 +80,15 @@ class Connection:
                                                     root_certificates=str(self.tls_ca) if self.tls_ca else None)
         return grpcclient.InferenceServerClient(self.url)
 
+    def aio_client(self):
+        """The asyncio gRPC client for the same address and TLS settings (one event loop drives many sessions)."""
+        import tritonclient.grpc.aio as aioclient
+
+        if self.tls or self.tls_ca:
+            return aioclient.InferenceServerClient(self.url, ssl=True,
+                                                   root_certificates=str(self.tls_ca) if self.tls_ca else None)
+        return aioclient.InferenceServerClient(self.url)
+
 
 def validate_stream_options(chunk_ms: float, sequence_id: int | None = None) -> None:
     """ClientError for options the server would refuse or Triton cannot carry."""
@@ -144,7 +153,8 @@ def infer_inputs(record: TensorRecord) -> list:
     return out
 
 
-def _inputs(piece: np.ndarray) -> list:
+def audio_inputs(piece: np.ndarray) -> list:
+    """One audio piece as the orchestrator's gRPC inputs."""
     return infer_inputs(OrchestratorInputs(audio=np.asarray(piece, dtype=np.float32)[None]))
 
 
@@ -152,7 +162,7 @@ def infer_piece(client, samples: np.ndarray, sequence_id: int, session_key: str 
                 end: bool = False, headers: dict[str, str] | None = None, model: str = ORCHESTRATOR):
     """One unary request of a sequence (16 kHz mono float32 piece) with its session key; the InferResult."""
     key = {SESSION_KEY_HEADER: session_key} if session_key else {}
-    return client.infer(model, _inputs(samples), sequence_id=sequence_id, sequence_start=start, sequence_end=end,
+    return client.infer(model, audio_inputs(samples), sequence_id=sequence_id, sequence_start=start, sequence_end=end,
                         headers={**(headers or {}), **key})
 
 
@@ -247,7 +257,7 @@ def stream_audio(conn: Connection | str, samples: np.ndarray, sequence_id: int |
             rid = f"{i}"
             sent_at[rid] = time.perf_counter()
             try:
-                client.async_stream_infer(model, _inputs(samples[s : s + piece]), request_id=rid,
+                client.async_stream_infer(model, audio_inputs(samples[s : s + piece]), request_id=rid,
                                           sequence_id=sequence_id, sequence_start=i == 0,
                                           sequence_end=i == len(starts) - 1,
                                           parameters={TIMING_PARAMETER: timing} if timing and i == 0 else None)

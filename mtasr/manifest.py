@@ -17,6 +17,7 @@ from mtasr.spec import ModelDims, preset_name
 MANIFEST_FILE = "manifest.json"
 GRAPH_ROLES = ("diarizer", "encoder", "decoder_joint")  # the graphs one served pipeline runs, by role (= kind)
 PRECISIONS = ("fp32", "int8")  # which graphs a deployment serves on the CPU (`Manifest.graph_names`)
+FP32, INT8 = PRECISIONS
 INT8_ROLES = ("diarizer", "encoder")  # roles with int8 twins; decoder_joint stays fp32 (see export.int8)
 _REQUIRED: Any = object()
 
@@ -265,7 +266,7 @@ class Manifest:
                  "decoder_joint": self.asr.decoder_joint}
         if precision not in PRECISIONS:
             raise ValueError(f"unknown precision {precision!r}; use one of {PRECISIONS}")
-        if precision == "int8":
+        if precision == INT8:
             missing = [names[r] for r in INT8_ROLES if names[r] not in self.int8]
             if missing:
                 raise ValueError(f"no int8 copy of {', '.join(missing)} (export with --int8)")

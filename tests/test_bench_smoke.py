@@ -163,7 +163,12 @@ def test_bench_run_smoke(graphs, tmp_path):
     md = run.markdown(results, paths)
     assert "Smoke run" in md and "## Roofline (tiny)" in md and "## Diarization service (tiny)" in md
     assert "## int8 vs fp32 graphs (tiny" in md and results["int8_tiny"]["steps"]["encoder"]["int8_ms"] > 0
+    assert "int8 GEMM 2048³ peak" in md and "Burst:" in md  # the int8 roofline rows; the load's burst run
+    tiny = results["native_vs_served_tiny"]
+    assert tiny["int8_speedup"] > 0 and 0 <= tiny["int8_word_agreement"] <= 1
+    assert results["load"]["burst"]["server_ms_per_request"] > 0
     line = run.final_line(results["summary"])
-    assert re.fullmatch(r"bench: served_vs_native=\S+ full_rtf=na realtime_sessions_tiny=\d+ p99_ms=\S+ "
-                        r"peak_fraction=[0-9.]+ diarize_sessions_tiny=\d+ diarize_sessions_full=na", line), line
+    assert re.fullmatch(r"bench: served_vs_native=\S+ full_rtf=na full_rtf_int8=na int8_speedup=[0-9.]+ "
+                        r"realtime_sessions_tiny=\d+ p99_ms=\S+ peak_fraction=[0-9.]+ diarize_sessions_tiny=\d+ "
+                        r"diarize_sessions_full=na", line), line
     assert results["diarization_tiny"]["by_sessions"][2]["step_ms"] > 0

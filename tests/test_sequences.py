@@ -148,6 +148,26 @@ def test_idle_timeout_frees_state(engine):
     assert m.handle([_req(12, np.zeros((1, 160), np.float32))])[0].error is None
 
 
+def test_a_slow_step_is_not_the_clients_silence(engine):
+    """The idle clock restarts when a request is answered: a step longer than the idle timeout (a loaded server, a
+    graph's first call) does not let the reaper drop the session it just served."""
+    clock = Clock()
+    real_step = engine.step
+
+    def slow_step(sessions):
+        clock.now += 6.0  # the step takes longer than the 5 s idle timeout
+        return real_step(sessions)
+
+    m = SequenceManager(engine, SessionPolicy(idle_timeout_s=5.0), clock=clock)
+    engine.step = slow_step
+    try:
+        assert m.handle([_req(13, np.zeros((1, 17920), np.float32), start=True)])[0].error is None
+    finally:
+        del engine.step
+    assert clock.now >= 6.0 and m.expire_idle() == []  # the reaper's pass right after the reply
+    assert m.handle([_req(13, np.zeros((1, 160), np.float32))])[0].error is None
+
+
 def test_reaper_frees_idle_sessions_without_a_request(engine):
     """Expiry is eager: a background pass frees abandoned state; nothing else has to arrive."""
     sink = DictSink()

@@ -232,6 +232,7 @@ class SequenceManager:
         if touched:
             self.events.stepped(time.perf_counter() - t0)
         for i, live in touched:
+            live.last_seen = self.clock()  # the server's own step time is not the client's silence
             req = requests[i]
             if req.end:
                 self.engine.finish(live.session)

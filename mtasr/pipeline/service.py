@@ -40,8 +40,9 @@ def _diarization(folder: Path, params: DiarizationParams, idle_timeout_s: float,
     """The standalone diarizer runs in this process (ONNX Runtime, from `folder/graphs/<graph>/`)."""
     manifest = Manifest.load(folder)
     cfg = DiarizationConfig.from_manifest(manifest, params.diarization_preset)
-    engine = DiarizationEngine(cfg, FeatureParams.load(folder / manifest.features.diarizer),
-                               OrtRunner(folder / "graphs", threads=params.intra_op_threads),
+    runner = OrtRunner(folder / "graphs", threads=params.intra_op_threads)
+    runner.session(cfg.graph)  # loaded with the model, not by the first session's first step
+    engine = DiarizationEngine(cfg, FeatureParams.load(folder / manifest.features.diarizer), runner,
                                capacity=params.max_sessions)
     policy = SessionPolicy(max_sessions=params.max_sessions, idle_timeout_s=idle_timeout_s)
     return SequenceManager(engine, policy, events=events)  # type: ignore[arg-type]
@@ -58,6 +59,8 @@ def _multitalker(folder: Path, params: OrchestratorParams, bls: GraphRunner, idl
     big = OrtRunner(folder / "graphs", threads=params.intra_op_threads)
     small = OrtRunner(folder / "graphs", threads=1)
     local = {params.graphs[r]: small if r == "decoder_joint" else big for r in params.in_process_models}
+    for graph, runner in local.items():  # loaded with the model (a full-size encoder takes seconds), not by the
+        runner.session(graph)  # first session's first step
     engine = Engine(cfg, FeatureParams.load(folder / manifest.features.asr), RoutedRunner(bls, local),
                     capacity=params.max_sessions)
     policy = SessionPolicy(max_sessions=params.max_sessions, idle_timeout_s=idle_timeout_s)

@@ -12,6 +12,7 @@ import pytest
 from conftest import parse_pbtxt
 from google.protobuf.json_format import MessageToDict
 
+from export.int8 import pointwise_conv, pointwise_convs_as_matmuls
 from model_repository import build as builder
 from mtasr.audio import synth_conversation
 from mtasr.manifest import Manifest
@@ -38,10 +39,44 @@ def test_manifest_records_the_int8_twins(graphs):
     assert all(m.graphs[twin] == m.graphs[name] for name, twin in TWINS.items())
     assert m.graph_names("70_13", "int8") == {"diarizer": "diarizer_int8", "encoder": "encoder_70_13_int8",
                                               "decoder_joint": "decoder_joint"}  # decoder_joint stays fp32
-    for name, twin in TWINS.items():  # the constant-weight MatMuls are int8, convolutions stay float
-        ops, fp32 = _ops(graphs / twin / "model.onnx"), _ops(graphs / name / "model.onnx")
+    for name, twin in TWINS.items():  # constant-weight MatMuls (pointwise convolutions too) are int8, the other
+        ops, fp32 = _ops(graphs / twin / "model.onnx"), _ops(graphs / name / "model.onnx")  # convolutions float
+        model = onnx.load(str(graphs / name / "model.onnx"))
+        inits = {t.name: t for t in model.graph.initializer}
+        pointwise = sum(pointwise_conv(n, inits) is not None for n in model.graph.node)
         assert ops["MatMulInteger"] > 0 and ops["DynamicQuantizeLinear"] > 0, (twin, ops)
-        assert ops["ConvInteger"] == 0 and ops["Conv"] == fp32["Conv"] > 0, (twin, ops)
+        assert pointwise > 0 and ops["ConvInteger"] == 0 and ops["Conv"] == fp32["Conv"] - pointwise > 0, (twin, ops)
+
+
+def _conv_model(rng: np.random.Generator) -> onnx.ModelProto:
+    """x (1, 8, 5) -> pointwise Conv with bias -> depthwise Conv (k=3) -> pointwise Conv without bias -> y."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = {"w1": rng.standard_normal((16, 8, 1)), "b1": rng.standard_normal(16), "wd": rng.standard_normal((16, 1, 3)),
+         "w2": rng.standard_normal((4, 16, 1))}
+    nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["h1"], "pw1"),
+             helper.make_node("Conv", ["h1", "wd"], ["h2"], "dw", group=16, pads=[1, 1]),
+             helper.make_node("Conv", ["h2", "w2"], ["y"], "pw2")]
+    graph = helper.make_graph(nodes, "convs", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 5])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 5])],
+                              initializer=[numpy_helper.from_array(v.astype(np.float32), k) for k, v in w.items()])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_pointwise_convolutions_become_matmuls_with_the_same_outputs():
+    from mtasr.pipeline.runner import ort_session
+
+    rng = np.random.default_rng(0)
+    model = _conv_model(rng)
+    x = {"x": rng.standard_normal((1, 8, 5)).astype(np.float32)}
+    before = ort_session(model.SerializeToString(), optimize=False).run(None, x)[0]
+    assert pointwise_convs_as_matmuls(model) == 2  # the depthwise convolution is left alone
+    onnx.checker.check_model(model)
+    assert [n.op_type for n in model.graph.node] == ["Transpose", "MatMul", "Add", "Transpose", "Conv", "Transpose",
+                                                     "MatMul", "Transpose"]
+    assert {t.name for t in model.graph.initializer} == {"b1", "wd", "pw1/pointwise_weight", "pw2/pointwise_weight"}
+    after = ort_session(model.SerializeToString(), optimize=False).run(None, x)[0]
+    np.testing.assert_allclose(after, before, rtol=1e-5, atol=1e-5)
 
 
 def test_int8_repository(graphs, tmp_path):

@@ -37,15 +37,25 @@ def encoder_feeds(cfg: PipelineConfig, batch: int, seed: int = 0) -> dict[str, n
     return feed
 
 
-def median_ms(fn, repeats: int) -> float:
-    """Median wall time of `repeats` calls of `fn` in ms, after one warm-up call."""
+def call_ms(fn, repeats: int) -> list[float]:
+    """Wall times of `repeats` calls of `fn` in ms, after one warm-up call."""
     fn()  # warm-up (allocations for this batch size)
     times = []
     for _ in range(repeats):
         t = time.perf_counter()
         fn()
         times.append((time.perf_counter() - t) * 1000)
-    return statistics.median(times)
+    return times
+
+
+def median_ms(fn, repeats: int) -> float:
+    """Median wall time of `repeats` calls of `fn` in ms, after one warm-up call."""
+    return statistics.median(call_ms(fn, repeats))
+
+
+def best_ms(fn, repeats: int) -> float:
+    """Fastest of `repeats` calls of `fn` in ms (after a warm-up): a peak is the best the machine did."""
+    return min(call_ms(fn, repeats))
 
 
 def run(graphs: Path | str, preset: str | None = None, speakers: tuple[int, ...] | None = None,

@@ -6,12 +6,13 @@ real time (a step of S sessions within the chunk's audio, chunk_len x 80 ms = 0.
 
 In process, ONNX Runtime on this machine's cores, as the `diarization` model runs it (no gRPC): an upper bound
 on the served session count. The steady-state roofline: the graph's GFLOPs per step (counted from an ONNX
-Runtime profile) over the measured fp32 GEMM peak.
+Runtime profile) over the measured fp32 GEMM peak (`--precision int8`: the int8 twin against the int8 GEMM peak).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -19,12 +20,13 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.int8 import int8_gemm_peak
 from bench.roofline import matmul_peak, profile_flops
 from mtasr.audio import synth_conversation
 from mtasr.diarization import DiarizationConfig, DiarizationEngine
 from mtasr.examples import example_feed
 from mtasr.features import FeatureParams
-from mtasr.manifest import Manifest
+from mtasr.manifest import FP32, INT8, PRECISIONS, Manifest
 from mtasr.pipeline import OrtRunner, single_threaded_blas
 from mtasr.spec import FRAME_SEC, SUBSAMPLING, DiarizerInputs, diarizer_spec
 
@@ -52,11 +54,15 @@ def steady_step_ms(engine: DiarizationEngine, n_sessions: int, steps: int) -> fl
 
 
 def run(graphs: Path, preset: str = "low", sessions: tuple[int, ...] = (1, 8, 32), steps: int = 5,
-        max_sessions: int = 512) -> dict:
+        max_sessions: int = 512, precision: str = FP32) -> dict:
+    """Step cost by session count, the largest real-time count and the roofline, on the fp32 standalone diarizer
+    or (`precision` int8) its int8 twin, as `make serve PRECISION=int8` serves it."""
     single_threaded_blas()
     graphs = Path(graphs)
     manifest = Manifest.load(graphs)
     cfg = DiarizationConfig.from_manifest(manifest, preset)
+    if precision == INT8:
+        cfg = dataclasses.replace(cfg, graph=manifest.int8[cfg.graph])
     engine = DiarizationEngine(cfg, FeatureParams.load(graphs / manifest.features.diarizer), OrtRunner(graphs),
                                capacity=max(sessions))
     budget_ms = cfg.preset.chunk_len * FRAME_SEC * 1000
@@ -78,24 +84,26 @@ def run(graphs: Path, preset: str = "low", sessions: tuple[int, ...] = (1, 8, 32
     feeds = example_feed(diarizer_spec(d), {"batch": 1, "chunk_frames": frames, "spkcache_frames": p.spkcache_len,
                                             "fifo_frames": p.fifo_len},
                          {DI.chunk_lengths: frames, DI.spkcache_lengths: p.spkcache_len, DI.fifo_lengths: p.fifo_len})
-    gflops = profile_flops(graphs / cfg.graph / "model.onnx", feeds)["gflops"]
-    peak = matmul_peak()["peak_gflops"]
+    gflops = profile_flops(graphs / manifest.diarizer.standalone_graph / "model.onnx", feeds)["gflops"]
+    peak = int8_gemm_peak()["int8_gops"] if precision == INT8 else matmul_peak()["peak_gflops"]
     floor_ms = gflops / peak * 1000
     best = min(v["ms_per_session"] for v in by_sessions.values())
-    return {"preset": preset, "latency_sec": p.latency_sec, "budget_ms": budget_ms, "by_sessions": by_sessions,
+    return {"preset": preset, "precision": precision, "graph": cfg.graph, "latency_sec": p.latency_sec,
+            "budget_ms": budget_ms, "by_sessions": by_sessions,
             "max_realtime_sessions": lo, "gflops_per_session_step": round(gflops, 4), "peak_gflops": peak,
             "roofline_ms_per_session": round(floor_ms, 4), "roofline_sessions": int(budget_ms / floor_ms),
             "best_fraction_of_roofline": round(floor_ms / best, 3)}
 
 
 def table(r: dict, size: str) -> str:
-    lines = [f"Preset `{r['preset']}` ({r['latency_sec']} s latency): a step must finish within "
-             f"{r['budget_ms']:.0f} ms of audio. Steady state (speaker cache and FIFO full), in process.", "",
+    lines = [f"Preset `{r['preset']}` ({r['latency_sec']} s latency), graph `{r.get('graph')}`: a step must finish "
+             f"within {r['budget_ms']:.0f} ms of audio. Steady state (speaker cache and FIFO full), in process.", "",
              "| sessions per step | step ms | ms per session | real time |", "|---|---|---|---|"]
     for n, v in r["by_sessions"].items():
         lines.append(f"| {n} | {v['step_ms']} | {v['ms_per_session']} | {'yes' if v['realtime'] else 'no'} |")
     lines += ["", f"Largest real-time session count ({size}): **{r['max_realtime_sessions']}**. Roofline: "
-              f"{r['gflops_per_session_step']} GFLOP per session-step at {r['peak_gflops']} GFLOP/s = "
+              f"{r['gflops_per_session_step']} GFLOP per session-step at the measured "
+              f"{'int8' if r.get('precision') == INT8 else 'fp32'} GEMM peak {r['peak_gflops']} G(FL)OP/s = "
               f"{r['roofline_ms_per_session']} ms, i.e. at most {r['roofline_sessions']} sessions; the best batch "
               f"reaches {r['best_fraction_of_roofline']:.0%} of it."]
     return "\n".join(lines)
@@ -107,8 +115,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--preset", default="low")
     ap.add_argument("--sessions", type=int, nargs="+", default=[1, 8, 32])
     ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--precision", choices=PRECISIONS, default=FP32, help="int8: the standalone diarizer's int8 twin")
     args = ap.parse_args(argv)
-    print(json.dumps(run(args.graphs, args.preset, tuple(args.sessions), args.steps)))
+    print(json.dumps(run(args.graphs, args.preset, tuple(args.sessions), args.steps, precision=args.precision)))
     return 0
 
 

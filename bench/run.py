@@ -42,7 +42,7 @@ class Sizes:
     full_seconds: float = 12.0
     steady_seconds: float = 60.0  # full size: long enough to fill the speaker cache and FIFO (steady state)
     load_seconds: float = 10.0
-    load_max: int = 64
+    load_max: int = 128
     budget_ms: float = 250.0
     burst_spread_s: float = 0.16  # the burst run: every session's model step in the same 160 ms piece
     perf_concurrency: str = "1:8:1"
@@ -53,13 +53,15 @@ class Sizes:
     memory_sessions: tuple[int, ...] = (1, 8, 32)
     batching_sessions: tuple[int, ...] = (1, 2, 4, 8)
     diarize_sessions: tuple[int, ...] = (1, 8, 32)
+    diarize_sessions_full: tuple[int, ...] = (1, 2)
     diarize_steps: int = 5
     diarize_max: int = 512
 
 
 SMOKE = Sizes(native_seconds=3.0, full_seconds=3.0, steady_seconds=3.0, load_seconds=3.0, load_max=2,
               perf_concurrency="1:1:1", perf_interval_ms=1500, repeats=2, memory_sessions=(1, 2),
-              batching_sessions=(1, 2), diarize_sessions=(1, 2), diarize_steps=1, diarize_max=2)
+              batching_sessions=(1, 2), diarize_sessions=(1, 2), diarize_sessions_full=(1,), diarize_steps=1,
+              diarize_max=2)
 
 
 def ensure_graphs(folder: Path, size: str) -> Path:
@@ -136,7 +138,7 @@ def memory_part(graphs: Path, sizes: Sizes) -> dict:
 
 def run_all(tiny: Path, full: Path | None, sizes: Sizes, out: Path) -> dict:
     from bench import batching, diarization, int8, native_vs_served, overhead, perf, roofline
-    from mtasr.manifest import Manifest
+    from mtasr.manifest import INT8, Manifest
 
     results: dict = {"_out": out, "machine": machine(), "preset": PRESET, "smoke": sizes == SMOKE}
     _part(results, "native_vs_served_tiny", native_vs_served.run, tiny, sizes.native_seconds, PRESET, "kernel")
@@ -148,11 +150,17 @@ def run_all(tiny: Path, full: Path | None, sizes: Sizes, out: Path) -> dict:
         _part(results, "roofline_full", roofline.run, full, PRESET, 2, sizes.repeats)
     _part(results, "roofline_tiny", roofline.run, tiny, PRESET, 2, sizes.repeats)
     for size, graphs in (("tiny", tiny), ("full", full)):
-        if graphs is not None:
-            _part(results, f"diarization_{size}", diarization.run, graphs, "low", sizes.diarize_sessions,
-                  sizes.diarize_steps, sizes.diarize_max)
-        if graphs is not None and Manifest.load(graphs).int8:
+        if graphs is None:
+            continue
+        # full size: a session-step takes ~0.5 s and each count first fills the cache (~30 steps): few counts
+        counts = sizes.diarize_sessions if size == "tiny" else sizes.diarize_sessions_full
+        _part(results, f"diarization_{size}", diarization.run, graphs, "low", counts, sizes.diarize_steps,
+              sizes.diarize_max)
+        if Manifest.load(graphs).int8:
             _part(results, f"int8_{size}", int8.run, graphs, PRESET, 2, 2 * sizes.repeats)
+            if size == "full":
+                _part(results, "diarization_full_int8", diarization.run, graphs, "low", counts,
+                      sizes.diarize_steps, sizes.diarize_max, INT8)
     _part(results, "overhead", overhead.run, tiny, PRESET, 8, sizes.load_seconds)
     _part(results, "batching", batching.run, tiny, PRESET, None, sizes.batching_sessions, sizes.repeats)
     _part(results, "memory", memory_part, tiny, sizes)
@@ -202,7 +210,7 @@ def summary(r: dict) -> dict:
             "peak_fraction": roof["steps"]["encoder"]["peak_fraction"],
             "peak_fraction_size": "full" if "roofline_full" in r else "tiny", **_floors(r),
             **{f"diarize_sessions_{size}": r[f"diarization_{size}"]["max_realtime_sessions"]
-               if f"diarization_{size}" in r else None for size in ("tiny", "full")}}
+               if f"diarization_{size}" in r else None for size in ("tiny", "full", "full_int8")}}
 
 
 LINE_KEYS = ("served_vs_native", "full_rtf", "full_rtf_int8", "int8_speedup", "realtime_sessions_tiny", "p99_ms",
@@ -273,9 +281,16 @@ def bound_sentences(r: dict) -> list[str]:
                    f"floor of {s['full_rtf_floor_int8']} (the same arithmetic at the measured int8 GEMM peak); the "
                    "0.4 goal needs the steps' float remainder (attention products, convolutions, normalisation) and "
                    "the int8 MatMuls near their peak — see the int8 roofline rows and operator shares below.")
-    load = r["load"]
-    out.append(f"- Tiny load: {load['max_realtime_sessions']} real-time sessions; the bound is the CPU that both the "
-               "server and the load generator use (CPU per request in the burst line below).")
+    load, burst = r["load"], r["load"].get("burst")
+    if burst and burst["chunks"]:
+        per_request = burst["server_ms_per_request"] + burst["loadgen_ms_per_request"]
+        requests_per_s = 1000 / burst["chunk_ms"]
+        cpu_bound = int((os.cpu_count() or 1) * 1000 / per_request / requests_per_s)
+        out.append(f"- Tiny load: {load['max_realtime_sessions']} real-time sessions (p99 < {load['budget_ms']:.0f} "
+                   f"ms). CPU bound: {per_request:.2f} ms of CPU per {burst['chunk_ms']:.0f} ms request (server "
+                   f"{burst['server_ms_per_request']} + load generator {burst['loadgen_ms_per_request']}) on "
+                   f"{os.cpu_count()} cores = {cpu_bound} sessions; before that the p99 budget binds, since a model "
+                   "step's request waits behind the other sessions' steps.")
     return out
 
 
@@ -331,14 +346,16 @@ def markdown(r: dict, plot_paths: list[Path]) -> str:
     for size in ("tiny", "full"):
         if f"roofline_{size}" in r:
             lines += ["", f"## Roofline ({size})", "", roofline.table(r[f"roofline_{size}"])]
-    for size in ("tiny", "full"):
+    for size in ("tiny", "full", "full_int8"):
         if f"diarization_{size}" in r:
-            lines += ["", f"## Diarization service ({size})", "", diarization.table(r[f"diarization_{size}"], size)]
+            lines += ["", f"## Diarization service ({size.replace('_', ', ')})", "",
+                      diarization.table(r[f"diarization_{size}"], size.replace("_", ", "))]
         if f"int8_{size}" in r:
             lines += ["", f"## int8 vs fp32 graphs ({size}; `python -m bench.int8`)", "",
                       "One steady-state step, fp32 and int8 sessions called in turn in one process, medians "
-                      f"of {r[f'int8_{size}']['repeats']}; int8 = `export --int8` (MatMul weights int8 per channel, "
-                      "activations quantised per call), served with `make serve PRECISION=int8`.", "",
+                      f"of {r[f'int8_{size}']['repeats']}; int8 = `export --int8` (MatMul and pointwise-convolution "
+                      "weights int8 per channel, activations quantised per call), served with "
+                      "`make serve PRECISION=int8`.", "",
                       int8.table(r[f"int8_{size}"])]
             if "peak" in r[f"int8_{size}"]:
                 lines += ["", int8.roofline_table(r[f"int8_{size}"])]

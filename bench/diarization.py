@@ -5,8 +5,9 @@ real time (a step of S sessions within the chunk's audio, chunk_len x 80 ms = 0.
     python -m bench.diarization --graphs DIR [--preset low] [--sessions 1 8 32]
 
 In process, ONNX Runtime on this machine's cores, as the `diarization` model runs it (no gRPC): an upper bound
-on the served session count. The steady-state roofline: the graph's GFLOPs per step (counted from an ONNX
-Runtime profile) over the measured fp32 GEMM peak (`--precision int8`: the int8 twin against the int8 GEMM peak).
+on the served session count. The steady-state roofline: the graph's GFLOPs per session-step (counted from an ONNX
+Runtime profile at the shapes the engine fed its last steady-state step) over the measured fp32 GEMM peak
+(`--precision int8`: the int8 twin against the int8 GEMM peak).
 """
 
 from __future__ import annotations
@@ -24,13 +25,21 @@ from bench.int8 import int8_gemm_peak
 from bench.roofline import matmul_peak, profile_flops
 from mtasr.audio import synth_conversation
 from mtasr.diarization import DiarizationConfig, DiarizationEngine
-from mtasr.examples import example_feed
 from mtasr.features import FeatureParams
 from mtasr.manifest import FP32, INT8, PRECISIONS, Manifest
 from mtasr.pipeline import OrtRunner, single_threaded_blas
-from mtasr.spec import FRAME_SEC, SUBSAMPLING, DiarizerInputs, diarizer_spec
+from mtasr.spec import FRAME_SEC
 
-DI = DiarizerInputs.tensor_names()  # tensor names by attribute
+
+class RecordingRunner:
+    """A graph runner that keeps the feeds of its last call (the shapes a step really ran at)."""
+
+    def __init__(self, runner: OrtRunner) -> None:
+        self.runner, self.last_feeds = runner, {}
+
+    def __call__(self, graph: str, feeds: dict[str, np.ndarray], outputs: list[str]) -> list[np.ndarray]:
+        self.last_feeds = feeds
+        return self.runner(graph, feeds, outputs)
 
 
 def steady_step_ms(engine: DiarizationEngine, n_sessions: int, steps: int) -> float:
@@ -63,7 +72,8 @@ def run(graphs: Path, preset: str = "low", sessions: tuple[int, ...] = (1, 8, 32
     cfg = DiarizationConfig.from_manifest(manifest, preset)
     if precision == INT8:
         cfg = dataclasses.replace(cfg, graph=manifest.int8[cfg.graph])
-    engine = DiarizationEngine(cfg, FeatureParams.load(graphs / manifest.features.diarizer), OrtRunner(graphs),
+    runner = RecordingRunner(OrtRunner(graphs))
+    engine = DiarizationEngine(cfg, FeatureParams.load(graphs / manifest.features.diarizer), runner,
                                capacity=max(sessions))
     budget_ms = cfg.preset.chunk_len * FRAME_SEC * 1000
     by_sessions = {}
@@ -78,17 +88,14 @@ def run(graphs: Path, preset: str = "low", sessions: tuple[int, ...] = (1, 8, 32
     while hi - lo > max(1, lo // 8):  # within 12 %
         mid = (lo + hi) // 2
         lo, hi = (mid, hi) if steady_step_ms(engine, mid, steps) <= budget_ms else (lo, mid)
-    p = cfg.preset
-    frames = (p.chunk_left_context + p.chunk_len + p.chunk_right_context) * SUBSAMPLING
-    d = cfg.dims
-    feeds = example_feed(diarizer_spec(d), {"batch": 1, "chunk_frames": frames, "spkcache_frames": p.spkcache_len,
-                                            "fifo_frames": p.fifo_len},
-                         {DI.chunk_lengths: frames, DI.spkcache_lengths: p.spkcache_len, DI.fifo_lengths: p.fifo_len})
+    # the arithmetic of one session-step at the shapes the engine really feeds (its last call, one session)
+    steady_step_ms(engine, 1, 1)
+    feeds = {k: v[:1] for k, v in runner.last_feeds.items()}
     gflops = profile_flops(graphs / manifest.diarizer.standalone_graph / "model.onnx", feeds)["gflops"]
     peak = int8_gemm_peak()["int8_gops"] if precision == INT8 else matmul_peak()["peak_gflops"]
     floor_ms = gflops / peak * 1000
     best = min(v["ms_per_session"] for v in by_sessions.values())
-    return {"preset": preset, "precision": precision, "graph": cfg.graph, "latency_sec": p.latency_sec,
+    return {"preset": preset, "precision": precision, "graph": cfg.graph, "latency_sec": cfg.preset.latency_sec,
             "budget_ms": budget_ms, "by_sessions": by_sessions,
             "max_realtime_sessions": lo, "gflops_per_session_step": round(gflops, 4), "peak_gflops": peak,
             "roofline_ms_per_session": round(floor_ms, 4), "roofline_sessions": int(budget_ms / floor_ms),

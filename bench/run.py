@@ -42,7 +42,9 @@ class Sizes:
     full_seconds: float = 12.0
     steady_seconds: float = 60.0  # full size: long enough to fill the speaker cache and FIFO (steady state)
     load_seconds: float = 10.0
-    load_max: int = 128
+    # 64: above it (128, then 96 sessions) tritonserver 2.51 died (SIGSEGV) in the bench of 2026-11-29; the served
+    # default admits 32 (`max_sessions`)
+    load_max: int = 64
     budget_ms: float = 250.0
     burst_spread_s: float = 0.16  # the burst run: every session's model step in the same 160 ms piece
     perf_concurrency: str = "1:8:1"

@@ -65,7 +65,6 @@ class _Run:
 async def _session(conn: Connection, clip: np.ndarray, piece: int, delay_s: float, timeout: float) -> _Run:
     """One real-time session on its own channel and gRPC stream: pieces sent at their audio time, every reply
     timed; the replies are not decoded (the load generator measures the server, not the client's parsing)."""
-    import tritonclient.grpc.aio as aioclient  # noqa: F401 - fail here, not inside the stream, when it is missing
     from tritonclient.utils import InferenceServerException
 
     run = _Run(audio_seconds=len(clip) / SAMPLE_RATE)

@@ -88,8 +88,8 @@ def run(graphs: Path, preset: str = "low", sessions: tuple[int, ...] = (1, 8, 32
     while hi - lo > max(1, lo // 8):  # within 12 %
         mid = (lo + hi) // 2
         lo, hi = (mid, hi) if steady_step_ms(engine, mid, steps) <= budget_ms else (lo, mid)
-    # the arithmetic of one session-step at the shapes the engine really feeds (its last call, one session)
-    steady_step_ms(engine, 1, 1)
+    # the arithmetic of one session-step at the shapes the engine really fed: one row of its last (steady-state)
+    # call; the feeds may be views of the pool's slots, which keep their values until another session starts
     feeds = {k: v[:1] for k, v in runner.last_feeds.items()}
     gflops = profile_flops(graphs / manifest.diarizer.standalone_graph / "model.onnx", feeds)["gflops"]
     peak = int8_gemm_peak()["int8_gops"] if precision == INT8 else matmul_peak()["peak_gflops"]

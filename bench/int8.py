@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.batching import best_ms, encoder_feeds
-from bench.roofline import diarizer_feeds, profile_flops
+from bench.roofline import diarizer_feeds, kernel_events, profile_flops
 from mtasr.manifest import INT8, Manifest
 from mtasr.pipeline import PipelineConfig
 from mtasr.pipeline.runner import ort_session
@@ -76,20 +76,9 @@ def int8_gemm_peak(n: int = 2048, repeats: int = 10, threads: int = 0) -> dict:
 def op_profile(path: Path, feeds: dict[str, np.ndarray], threads: int = 0, runs: int = 3) -> dict[str, float]:
     """Share of one step's operator time per operator type (optimised session, as served; `runs` profiled runs
     after a warm-up), largest first."""
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as tmp:
-        sess = ort_session(path, threads, profile_prefix=str(Path(tmp) / "prof"))
-        for _ in range(runs + 1):
-            sess.run(None, feeds)
-        events = json.loads(Path(sess.end_profiling()).read_text())
     by_op: dict[str, float] = {}
-    runs_seen = [e for e in events if e.get("cat") == "Session" and e.get("name") == "model_run"]
-    skip_until = runs_seen[0]["ts"] + runs_seen[0]["dur"] if runs_seen else 0  # the warm-up run
-    for e in events:
-        op = e.get("args", {}).get("op_name")
-        if e.get("cat") == "Node" and op and e.get("name", "").endswith("_kernel_time") and e["ts"] >= skip_until:
-            by_op[op] = by_op.get(op, 0.0) + e["dur"]
+    for e in kernel_events(path, feeds, runs, threads=threads):
+        by_op[e["args"]["op_name"]] = by_op.get(e["args"]["op_name"], 0.0) + e["dur"]
     total = sum(by_op.values()) or 1.0
     return {op: round(v / total, 3) for op, v in sorted(by_op.items(), key=lambda kv: -kv[1])}
 

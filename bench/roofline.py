@@ -68,23 +68,35 @@ def _weight_shapes(path: Path) -> dict[str, list[int]]:
     return {n.name: inits[n.input[1]] for n in graph.node if len(n.input) > 1 and n.input[1] in inits}
 
 
+KERNEL_SUFFIX = "_kernel_time"
+
+
+def kernel_events(path: Path, feeds: dict[str, np.ndarray], runs: int = 1, optimize: bool = True,
+                  threads: int = 0, warm_up: bool = True) -> list[dict]:
+    """ONNX Runtime's per-node kernel events of `runs` profiled runs of the graph at `path` on `feeds` (after one
+    unrecorded warm-up run when `warm_up`), each with its `op_name` in `args`."""
+    with tempfile.TemporaryDirectory() as tmp:
+        sess = ort_session(path, threads, optimize=optimize, profile_prefix=str(Path(tmp) / "prof"))
+        for _ in range(runs + warm_up):
+            sess.run(None, feeds)
+        events = json.loads(Path(sess.end_profiling()).read_text())
+    first = next((e for e in events if e.get("cat") == "Session" and e.get("name") == "model_run"), None)
+    after = first["ts"] + first["dur"] if warm_up and first else 0
+    return [e for e in events if e.get("cat") == "Node" and "op_name" in e.get("args", {})
+            and e.get("name", "").endswith(KERNEL_SUFFIX) and e["ts"] >= after]
+
+
 def profile_flops(path: Path, feeds: dict[str, np.ndarray]) -> dict:
     """GFLOPs of one run of the graph at `path` on `feeds`, from an unoptimised ONNX Runtime profile."""
-    with tempfile.TemporaryDirectory() as tmp:
-        sess = ort_session(path, optimize=False, profile_prefix=str(Path(tmp) / "prof"))
-        sess.run(None, feeds)
-        events = json.loads(Path(sess.end_profiling()).read_text())
     weights = _weight_shapes(path)
     by_op: dict[str, float] = {}
-    for e in events:
-        args = e.get("args", {})
-        if e.get("cat") != "Node" or "op_name" not in args or not e.get("name", "").endswith("_kernel_time"):
-            continue
+    for e in kernel_events(path, feeds, optimize=False, warm_up=False):
+        args = e["args"]
         shapes = [list(next(iter(d.values()))) for d in args.get("input_type_shape", [])]
         outs = [list(next(iter(d.values()))) for d in args.get("output_type_shape", [])]
         if not shapes or not outs:
             continue
-        node = e["name"][: -len("_kernel_time")]
+        node = e["name"][: -len(KERNEL_SUFFIX)]
         weight = weights.get(node) or (shapes[1] if len(shapes) > 1 else None)
         f = _node_flops(args["op_name"], shapes[0], outs[0], weight)
         if f:

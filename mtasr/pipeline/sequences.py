@@ -209,7 +209,6 @@ class SequenceManager:
                 if req.start:
                     self.live[req.corrid] = live
                     self.events.started()
-                live.last_seen = self.clock()
                 self.engine.push_audio(live.session, samples, last=req.end)
                 seen.add(req.corrid)
                 touched.append((i, live))

@@ -19,7 +19,7 @@ from tritonclient.grpc import InferenceServerClient, InferInput
 from tritonclient.utils import InferenceServerException
 
 from bench.memory import descendants
-from client.loadgen import make_audios, run_sessions
+from client.loadgen import STEP_SPREAD_S, make_audios, run_sessions
 from client.server import ADMIN_PROTOCOLS, free_ports
 from client.stream import (
     Connection,
@@ -314,7 +314,7 @@ def start_flood_spares_live_sessions(h: Harness) -> dict:
     together: dict = {}
     runner = threading.Thread(target=lambda: together.update(run_sessions(s.grpc_url, n, audios, progress=False)))
     runner.start()
-    time.sleep(0.5)  # the live sessions are admitted first
+    time.sleep(STEP_SPREAD_S + 0.5)  # the live sessions (their starts spread over one step) are admitted first
     flooder.start()
     runner.join(120)
     stop.set()

@@ -288,6 +288,9 @@ ADMIN_KEY_HEADER = "mtasr-admin-key"  # key on the admin protocols (statistics, 
 # audio, utterances, interim/final replies) or "nemo" (NeMo SpeakerTaggedASR's arithmetic, for parity).
 TIMING_PARAMETER = "mtasr_timing"
 TIMINGS = ("audio", "nemo")
+# Request parameter of a START capping the speaker instances the session may run (an int >= 1; absent or 0: no cap
+# beyond the diarizer's outputs, which is NeMo's behaviour). Guards long two-person calls against phantom speakers.
+MAX_SPEAKERS_PARAMETER = "mtasr_max_speakers"
 
 
 def grpc_restricted_header(key: str) -> str:

@@ -43,7 +43,6 @@ def run(graphs: Path, seconds: float, preset: str, mode: str, speakers: int = 2,
     from bench import serving
     from client.stream import stream_audio
     from export.reference import from_manifest
-    from mtasr.features import FeatureParams
     from mtasr.manifest import Manifest
     from mtasr.pipeline import Engine, OrtRunner, PipelineConfig
 
@@ -59,7 +58,7 @@ def run(graphs: Path, seconds: float, preset: str, mode: str, speakers: int = 2,
 
     def local_run():
         cfg = PipelineConfig.from_manifest(manifest, preset=preset, masked_asr=masked)
-        engine = Engine(cfg, FeatureParams.load(graphs / manifest.features.asr), OrtRunner(graphs))
+        engine = Engine.from_folder(graphs, OrtRunner(graphs), cfg)
 
         def in_process(x):
             s = engine.new_session("s", timing="nemo")

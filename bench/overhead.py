@@ -20,7 +20,6 @@ from pathlib import Path
 
 import numpy as np
 
-from mtasr.features import FeatureParams
 from mtasr.pipeline import Engine, OrtRunner, PipelineConfig, single_threaded_blas
 from mtasr.pipeline.sequences import AudioRequest, SequenceManager
 from mtasr.pipeline.sessions import SessionPolicy
@@ -54,7 +53,7 @@ def run(graphs: Path, preset: str = "70_13", sessions: int = 8, seconds: float =
     single_threaded_blas()  # as the multitalker model does
     cfg = PipelineConfig.from_folder(graphs, preset=preset)
     runner = TimedRunner(OrtRunner(graphs))
-    engine = Engine(cfg, FeatureParams.load(Path(graphs) / "features_asr.npz"), runner)
+    engine = Engine.from_folder(graphs, runner, cfg)
     piece = int(chunk_ms * SAMPLE_RATE / 1000)
     audios = [synth_conversation(seconds, n_speakers=2, seed=i) for i in range(sessions)]
     n_pieces = -(-len(audios[0]) // piece)

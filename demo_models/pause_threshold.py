@@ -18,7 +18,6 @@ import numpy as np
 import soundfile as sf
 
 from demo_models.evaluate import EVAL_SEED
-from mtasr.features import FeatureParams
 from mtasr.pipeline import Engine, OrtRunner, PipelineConfig
 from mtasr.pipeline.words import session_frames, timed_words
 
@@ -84,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         write_split(args.data, args.sessions, "heldout", EVAL_SEED, 20.0)
     sessions = [json.loads(line) for line in summary.read_text().splitlines()]
     cfg = PipelineConfig.from_folder(args.graphs, preset="70_13")
-    engine = Engine(cfg, FeatureParams.load(args.graphs / "features_asr.npz"), OrtRunner(args.graphs))
+    engine = Engine.from_folder(args.graphs, OrtRunner(args.graphs), cfg)
     pairs = gaps(sessions, engine)
     rows = table(pairs)
     inside, across = [g for g, b in pairs if not b] or [0.0], [g for g, b in pairs if b] or [0.0]

@@ -11,6 +11,7 @@ import numpy as np
 from export.features_export import feature_params_from_nemo
 from export.int8 import INT8_SUFFIX, to_int8
 from export.onnx_export import export_graph, to_fp16
+from export.rnnt_weights import rnnt_weights_from_nemo
 from export.wrappers import DecoderJointStep, DiarizerStep, EncoderStep
 from mtasr.examples import example_feed
 from mtasr.files import atomic_folder
@@ -171,6 +172,7 @@ def _export_into(diar, asr, work: Path, presets: list[tuple[int, int]], fp16: bo
     features = FeatureFiles()
     feature_params_from_nemo(asr.preprocessor).save(work / features.asr)
     feature_params_from_nemo(diar.preprocessor).save(work / features.diarizer)
+    rnnt_weights_from_nemo(asr).save(work / features.rnnt_weights)
 
     def diarizer_example(frames: int) -> dict[str, np.ndarray]:
         return _example(specs["diarizer"], {"chunk_frames": frames, "spkcache_frames": dims.spkcache_len,

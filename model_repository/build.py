@@ -135,7 +135,7 @@ def build(graphs: Path, target: str, out: Path, preset: str | None = None, speak
                 _place(f, version / f.name, copy)
             if target == "cpu" and model not in in_process:
                 shutil.copy2(ONNX_MODEL_PY, version / "model.py")
-        for name in (manifest.features.asr, manifest.features.diarizer):
+        for name in (manifest.features.asr, manifest.features.diarizer, manifest.features.rnnt_weights):
             shutil.copy2(graphs / name, orchestrator / name)
         # The orchestrator's manifest also records how this repository serves (read by mtasr-reference, tensorrt).
         dataclasses.replace(manifest, serving=Serving(preset, speaker_mode, timing, precision)).save(orchestrator)

@@ -186,10 +186,12 @@ class AsrInfo:
 
 @dataclass(frozen=True)
 class FeatureFiles:
-    """Feature parameter files (`mtasr.features.FeatureParams`) beside the manifest."""
+    """Parameter files beside the manifest: the feature parameters (`mtasr.features.FeatureParams`) and the RNNT
+    decoder's weights (`mtasr.rnnt.RnntWeights`)."""
 
     asr: str = "features_asr.npz"
     diarizer: str = "features_diarizer.npz"
+    rnnt_weights: str = "rnnt_weights.npz"
 
 
 @dataclass(frozen=True)

@@ -1,15 +1,19 @@
-"""`mtasr.greedy` equals NeMo's streaming `greedy_batch` (label looping) token for token and frame for frame."""
+"""`mtasr.rnnt` equals NeMo's streaming `greedy_batch` (label looping) token for token and frame for frame, with the
+served arithmetic (`ArrayRnnt` on the exported weights) and with a fused step function (`StepRnnt`, the
+`decoder_joint` graph's contract); `mtasr.greedy` gives NeMo's text and word offsets."""
 
 from __future__ import annotations
 
 import copy
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from mtasr.greedy import DecoderState, greedy_decode, init_state, tokens_to_text, tokens_to_words
+from mtasr.greedy import tokens_to_text, tokens_to_words
+from mtasr.rnnt import ArrayRnnt, DecoderState, RnntWeights, StepRnnt, greedy_decode, init_state
 
 torch = pytest.importorskip("torch")
 
@@ -58,13 +62,53 @@ def nemo_chunk(m, encoded: np.ndarray, lengths: np.ndarray, prev: list | None) -
     )
 
 
-def assert_same(hyps: list, state: DecoderState, where: str) -> None:
+@dataclass
+class Decoded:
+    """A batch's decoder state and every row's hypothesis so far (what the pipeline keeps per speaker)."""
+
+    state: DecoderState
+    tokens: list[list[int]] = field(default_factory=list)
+    frame_indices: list[list[int]] = field(default_factory=list)
+
+    @classmethod
+    def start(cls, batch: int, layers: int, hidden: int, blank: int) -> Decoded:
+        return cls(init_state(batch, layers, hidden, blank), [[] for _ in range(batch)], [[] for _ in range(batch)])
+
+    def decode(self, math, encoded, lengths, blank, max_symbols=MAX_SYMBOLS, window=None) -> Decoded:
+        emitted = greedy_decode(math, encoded, lengths, self.state, blank, max_symbols, window=window)
+        for row, (tokens, frames) in enumerate(emitted.per_row(self.state.batch)):
+            self.tokens[row].extend(tokens)
+            self.frame_indices[row].extend(frames)
+        return self
+
+    def select(self, rows: list[int]) -> Decoded:
+        s = self.state
+        idx = np.asarray(rows)
+        return Decoded(DecoderState(s.last_token[idx].copy(), s.h[idx].copy(), s.c[idx].copy(), s.frames[idx].copy()),
+                       [list(self.tokens[i]) for i in rows], [list(self.frame_indices[i]) for i in rows])
+
+    @staticmethod
+    def concat(parts: list[Decoded]) -> Decoded:
+        cat = np.concatenate
+        state = DecoderState(cat([p.state.last_token for p in parts]), cat([p.state.h for p in parts]),
+                             cat([p.state.c for p in parts]), cat([p.state.frames for p in parts]))
+        return Decoded(state, [t for p in parts for t in p.tokens], [f for p in parts for f in p.frame_indices])
+
+
+def maths(m) -> dict[str, object]:
+    """The served arithmetic (weights exported from the model) and the fused step over NeMo's own modules."""
+    from export.rnnt_weights import rnnt_weights_from_nemo
+
+    return {"array": ArrayRnnt(rnnt_weights_from_nemo(m)), "step": StepRnnt(torch_step(m))}
+
+
+def assert_same(hyps: list, state: Decoded, where: str) -> None:
     for row, hyp in enumerate(hyps):
         assert state.tokens[row] == hyp.y_sequence.tolist(), f"{where} row {row}: tokens differ"
         assert state.frame_indices[row] == torch.as_tensor(hyp.timestamp).tolist(), f"{where} row {row}: frames"
 
 
-def emission_stats(state: DecoderState, lengths) -> np.ndarray:
+def emission_stats(state: Decoded, lengths) -> np.ndarray:
     """Histogram of labels per frame over all rows (index = labels emitted at that frame)."""
     rows = zip(state.frame_indices, lengths, strict=True)
     counts = [np.bincount(np.asarray(f, dtype=np.int64), minlength=n) for f, n in rows]
@@ -75,24 +119,27 @@ def random_encoded(seed: int, batch: int, frames: int, dim: int) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal((batch, frames, dim)).astype(np.float32)
 
 
+@pytest.mark.parametrize("math", ["array", "step"])
 @pytest.mark.parametrize("window", [None, 1, 3])
 @pytest.mark.parametrize("chunk", [14, 1])
-def test_streaming_equals_nemo(model, chunk, window):
+def test_streaming_equals_nemo(model, chunk, window, math):
     """Rows of different lengths, chunk by chunk: same tokens and global frame indices after every chunk."""
+    if math == "step" and chunk == 1 and window is not None:
+        pytest.skip("the step function is a reference: one frame-by-frame case is enough")
     lengths = np.array(LENGTHS)
     blank, layers, hidden = model.decoder.blank_idx, model.decoder.pred_rnn_layers, model.decoder.pred_hidden
     encoded = random_encoded(0, len(lengths), int(lengths.max()), model.joint.encoder_hidden)
-    step = torch_step(model)
-    state, hyps = init_state(len(lengths), layers, hidden, blank), None
+    rnnt = maths(model)[math]
+    state, hyps = Decoded.start(len(lengths), layers, hidden, blank), None
     n_chunks = -(-int(lengths.max()) // chunk)
     assert n_chunks >= 20
     for k in range(n_chunks):
         part = np.ascontiguousarray(encoded[:, k * chunk : (k + 1) * chunk])
         part_len = np.clip(lengths - k * chunk, 0, chunk)
         hyps = nemo_chunk(model, part, part_len, hyps)
-        greedy_decode(step, part, part_len, state, blank, MAX_SYMBOLS, window=window)
+        state.decode(rnnt, part, part_len, blank, window=window)
         assert_same(hyps, state, f"chunk {k}")
-    np.testing.assert_array_equal(state.frames, lengths)
+    np.testing.assert_array_equal(state.state.frames, lengths)
     vocab = model.tokenizer.vocab
     for row, hyp in enumerate(hyps):
         assert tokens_to_text(state.tokens[row], vocab) == hyp.text == model.tokenizer.ids_to_text(state.tokens[row])
@@ -113,8 +160,8 @@ def test_regrouped_rows_and_late_joiners(model):
     rng = np.random.default_rng(1)
     n_streams, chunk, n_chunks = 5, 6, 24
     encoded = random_encoded(2, n_streams, chunk * n_chunks, model.joint.encoder_hidden)
-    step = torch_step(model)
-    states: dict[int, DecoderState] = {}
+    rnnt = maths(model)["array"]
+    states: dict[int, Decoded] = {}
     hyps: dict[int, object] = {}
     pos = np.zeros(n_streams, dtype=np.int64)  # frames consumed per stream
     for k in range(n_chunks):
@@ -127,8 +174,8 @@ def test_regrouped_rows_and_late_joiners(model):
         for i, s in enumerate(group):
             part[i, : lengths[i]] = encoded[s, pos[s] : pos[s] + lengths[i]]
             pos[s] += lengths[i]
-        merged = DecoderState.concat([states.get(s) or init_state(1, layers, hidden, blank) for s in group])
-        greedy_decode(step, part, lengths, merged, blank, MAX_SYMBOLS)
+        merged = Decoded.concat([states.get(s) or Decoded.start(1, layers, hidden, blank) for s in group])
+        merged.decode(rnnt, part, lengths, blank)
         out = nemo_chunk(model, part, lengths, [hyps.get(s) for s in group])
         assert_same(out, merged, f"chunk {k}")
         for i, s in enumerate(group):
@@ -142,7 +189,7 @@ def test_words_equal_nemo_word_offsets(model):
     blank, layers, hidden = model.decoder.blank_idx, model.decoder.pred_rnn_layers, model.decoder.pred_hidden
     lengths = np.array(LENGTHS)
     encoded = random_encoded(3, len(lengths), int(lengths.max()), model.joint.encoder_hidden)
-    state = greedy_decode(torch_step(model), encoded, lengths, init_state(3, layers, hidden, blank), blank)
+    state = Decoded.start(3, layers, hidden, blank).decode(maths(model)["array"], encoded, lengths, blank)
     hyps = nemo_chunk(model, encoded, lengths, None)
     assert_same(hyps, state, "offline")
     n_words = 0
@@ -169,36 +216,69 @@ def test_edge_cases():
 
     encoded = np.zeros((3, 4, 2), dtype=np.float32)
     encoded[:, :, 0] = [[0, 2, 2, 5], [1, 0, 0, 0], [15, 30, 0, 0]]
-    state = greedy_decode(step, encoded, np.array([4, 0, 2]), init_state(3, 1, 1, blank), blank, max_symbols=None)
+    state = Decoded.start(3, 1, 1, blank).decode(StepRnnt(step), encoded, np.array([4, 0, 2]), blank,
+                                                 max_symbols=None)
     assert state.frame_indices == [[1, 1, 3, 3, 3], [], [0] * 15 + [1] * 15]
-    assert state.tokens[0] == [1, 2, 3, 0, 1] and state.frames.tolist() == [4, 0, 2]
+    assert state.tokens[0] == [1, 2, 3, 0, 1] and state.state.frames.tolist() == [4, 0, 2]
     more = np.full((3, 1, 2), 100, dtype=np.float32)
-    state = greedy_decode(step, more, np.array([1, 1, 1]), state, blank, max_symbols=3, frame_offset=100)
-    assert [f[-3:] for f in state.frame_indices] == [[100] * 3] * 3 and state.tokens[1] == [1, 2, 3]
-    assert state.tokens[0][-3:] == [2, 3, 0] and state.frames.tolist() == [5, 1, 3]
+    state.decode(StepRnnt(step), more, np.array([1, 1, 1]), blank, max_symbols=3)
+    assert [f[-3:] for f in state.frame_indices] == [[4] * 3, [0] * 3, [2] * 3] and state.tokens[1] == [1, 2, 3]
+    assert state.tokens[0][-3:] == [2, 3, 0] and state.state.frames.tolist() == [5, 1, 3]
     zeros = lambda f, y, h, c: (np.zeros((len(y), vocab + 1), np.float32), h, c)  # noqa: E731
-    tied = greedy_decode(zeros, encoded, np.array([2, 1, 0]), init_state(3, 1, 1, blank), blank, max_symbols=2)
+    tied = Decoded.start(3, 1, 1, blank).decode(StepRnnt(zeros), encoded, np.array([2, 1, 0]), blank, max_symbols=2)
     assert tied.tokens == [[0] * 4, [0] * 2, []]  # a tie goes to the first index (token 0, not blank): torch.max
-    two = DecoderState.concat([state.select([2]), state.select([0])])
-    assert two.tokens == [state.tokens[2], state.tokens[0]] and two.h.shape == (2, 1, 1)
+
+
+class CountedRnnt:
+    """An `RnntMath` that counts its joint products and prediction-net steps (and the rows each covered)."""
+
+    def __init__(self, inner) -> None:
+        self.inner, self.xp = inner, inner.xp
+        self.joints = self.predicts = self.predicted_rows = 0
+
+    def project(self, encoded):
+        return self.inner.project(encoded)
+
+    def predict(self, tokens, h, c):
+        self.predicts += 1
+        self.predicted_rows += len(tokens)
+        return self.inner.predict(tokens, h, c)
+
+    def labels(self, f, rows, frames, g):
+        self.joints += 1
+        return self.inner.labels(f, rows, frames, g)
 
 
 def test_window_saves_calls(model):
-    """The look-ahead window gives the frame-by-frame decisions in fewer calls (mostly-blank model)."""
+    """The look-ahead window gives the frame-by-frame decisions in fewer joint products (mostly-blank model); with
+    the whole chunk as window: one joint product per emitted-symbol iteration plus one, and one prediction-net step
+    per iteration over just the rows that emitted."""
     blank, layers, hidden = model.decoder.blank_idx, model.decoder.pred_rnn_layers, model.decoder.pred_hidden
     encoded = random_encoded(1, 3, 14, model.joint.encoder_hidden)
-    step, calls, states = torch_step(model), {}, {}
+    maths_by_window, states = {}, {}
     for window in (1, 4, None):
-        calls[window] = 0
-
-        def counted(*args, window=window):
-            calls[window] += 1
-            return step(*args)
-
-        states[window] = greedy_decode(counted, encoded, np.array([14, 9, 0]), init_state(3, layers, hidden, blank),
-                                       blank, MAX_SYMBOLS, window=window)
+        maths_by_window[window] = counted = CountedRnnt(maths(model)["array"])
+        states[window] = Decoded.start(3, layers, hidden, blank).decode(counted, encoded, np.array([14, 9, 0]), blank,
+                                                                        window=window)
     for window in (4, None):
         assert states[window].tokens == states[1].tokens
         assert states[window].frame_indices == states[1].frame_indices
     tokens = max(len(t) for t in states[1].tokens)
-    assert calls[None] <= tokens + 1 < calls[1] and calls[None] <= calls[4] <= calls[1], calls
+    emitted = sum(len(t) for t in states[1].tokens)
+    whole, one = maths_by_window[None], maths_by_window[1]
+    assert whole.joints <= tokens + 1 < one.joints and whole.joints <= maths_by_window[4].joints <= one.joints
+    assert whole.predicts <= whole.joints + 1  # the chunk's start, then at most one per joint product
+    assert whole.predicted_rows == 3 + emitted  # the chunk's start, then only the rows that emitted
+
+
+def test_weights_round_trip(model, tmp_path):
+    """The exported weights file loads back to the same arrays, and decodes like the weights it was made from."""
+    from export.rnnt_weights import rnnt_weights_from_nemo
+
+    weights = rnnt_weights_from_nemo(model)
+    weights.save(tmp_path / "w.npz")
+    loaded = RnntWeights.load(tmp_path / "w.npz")
+    assert len(loaded.lstm) == model.decoder.pred_rnn_layers
+    for a, b in zip(loaded.lstm, weights.lstm, strict=True):
+        assert all(np.array_equal(getattr(a, n), getattr(b, n)) for n in ("w_ih", "w_hh", "b_ih", "b_hh"))
+    assert np.array_equal(loaded.out_w, weights.out_w) and not loaded.embedding[model.decoder.blank_idx].any()

@@ -7,14 +7,13 @@ import pytest
 from conftest import assert_same_seglst
 
 from mtasr.audio import synth_conversation
-from mtasr.features import FeatureParams
 from mtasr.pipeline import Engine, OrtRunner, PipelineConfig
 
 
 def _engine(work, preset: str, masked: bool) -> Engine:
     graphs = work / "graphs"
     cfg = PipelineConfig.from_folder(graphs, preset=preset, masked_asr=masked)
-    return Engine(cfg, FeatureParams.load(graphs / "features_asr.npz"), OrtRunner(graphs))
+    return Engine.from_folder(graphs, OrtRunner(graphs), cfg)
 
 
 def _stream(engine: Engine, audio: np.ndarray, piece: int, session_id: str = "s") -> list[dict]:

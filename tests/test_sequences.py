@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 
 from mtasr.audio import synth_conversation
-from mtasr.features import FeatureParams
 from mtasr.pipeline import Engine, OrtRunner, PipelineConfig
 from mtasr.pipeline.metrics import (
     ACTIVE_SESSIONS,
@@ -60,7 +59,7 @@ class Clock:
 def engine(tiny_parity):
     graphs = tiny_parity["work"] / "graphs"
     cfg = PipelineConfig.from_folder(graphs, preset="70_13")
-    return Engine(cfg, FeatureParams.load(graphs / "features_asr.npz"), OrtRunner(graphs))
+    return Engine.from_folder(graphs, OrtRunner(graphs), cfg)
 
 
 def _key(corrid: int) -> str:
@@ -227,8 +226,7 @@ def test_failing_graph_call_drops_only_its_sequences(tiny_parity):
     instead of raising out of the Triton model."""
     graphs = tiny_parity["work"] / "graphs"
     runner = FailingRunner(OrtRunner(graphs))
-    engine = Engine(PipelineConfig.from_folder(graphs, preset="70_13"),
-                    FeatureParams.load(graphs / "features_asr.npz"), runner)
+    engine = Engine.from_folder(graphs, runner, preset="70_13")
     m = SequenceManager(engine)
     m.handle([_req(21, np.zeros((1, 1600), np.float32), start=True)])
     runner.failing = True

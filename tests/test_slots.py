@@ -8,16 +8,14 @@ import gc
 import numpy as np
 import pytest
 
-from mtasr.features import FeatureParams
-from mtasr.pipeline import Engine, OrtRunner, PipelineConfig
+from mtasr.pipeline import Engine, OrtRunner
 from mtasr.pipeline.slots import Field, SlotPool
 
 
 @pytest.fixture(scope="module")
 def engine(tiny_parity):
     graphs = tiny_parity["work"] / "graphs"
-    return Engine(PipelineConfig.from_folder(graphs), FeatureParams.load(graphs / "features_asr.npz"),
-                  OrtRunner(graphs), capacity=2)
+    return Engine.from_folder(graphs, OrtRunner(graphs), capacity=2)
 
 
 def _pool(capacity: int = 2) -> SlotPool:

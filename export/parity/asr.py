@@ -1,5 +1,6 @@
-"""Stages 4-5: the encoder graph and numpy greedy RNNT (decoder_joint graph) against NeMo's `conformer_stream_step`,
-chained over >= 20 steps, in both speaker modes; tokens and their frames must be identical."""
+"""Stages 4-5: the encoder graph and batched greedy RNNT against NeMo's `conformer_stream_step`, chained over >= 20
+steps, in both speaker modes; tokens and their frames must be identical. The served decoder (`mtasr.rnnt.ArrayRnnt`
+on the exported weights) is checked, and the `decoder_joint` graph beside it (values per call, same tokens)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import torch
 from export.exporter import set_preset
 from export.parity.figures import Figures, maxabs, run_record, session, to_np
 from export.wrappers import DecoderJointStep
-from mtasr import greedy
+from mtasr import rnnt
 from mtasr.manifest import Manifest
 from mtasr.masking import mask_features
 from mtasr.spec import (
@@ -90,7 +91,10 @@ def check_encoder_and_tokens(fig: Figures, asr, graphs: Path, manifest: Manifest
     our = dict(cache_last_channel=to_np(ch.transpose(0, 1)).copy(), cache_last_time=to_np(tm.transpose(0, 1)).copy(),
                cache_last_channel_len=to_np(chl).astype(np.int64))
     hyps = None
-    dec = greedy.init_state(rows, dims.pred_layers, dims.pred_hidden, blank)
+    served = rnnt.ArrayRnnt(rnnt.RnntWeights.load(graphs / manifest.features.rnnt_weights))
+    graph = rnnt.StepRnnt(step_fn)
+    decoders = {m: rnnt.init_state(rows, dims.pred_layers, dims.pred_hidden, blank) for m in (served, graph)}
+    decoded: dict = {m: [([], []) for _ in range(rows)] for m in decoders}
     rng = np.random.default_rng(7)
     steps = 0
     with _Recorder(asr.encoder) as rec:
@@ -140,13 +144,20 @@ def check_encoder_and_tokens(fig: Figures, asr, graphs: Path, manifest: Manifest
             fig.bump("encoder", maxabs(n2, to_np(c2.transpose(0, 1))), check + "_cache")
             if not np.array_equal(n3, to_np(c3)):
                 raise AssertionError(f"{check}: cache_last_channel_len {n3} vs {to_np(c3)}")
-            dec = greedy.greedy_decode(step_fn, encoded, encoded_len, dec, blank, max_symbols)
+            for math, dec in decoders.items():
+                emitted = rnnt.greedy_decode(math, encoded, encoded_len, dec, blank, max_symbols)
+                for (tokens, frames), (new_tokens, new_frames) in zip(decoded[math], emitted.per_row(rows),
+                                                                     strict=True):
+                    tokens.extend(new_tokens)
+                    frames.extend(new_frames)
             steps += 1
+    if decoded[graph] != decoded[served]:
+        fig.failures.append(f"{check}: the decoder_joint graph's tokens differ from the served decoder's")
     same = total = 0
     for r, hyp in enumerate(hyps):
         ref_tokens = [int(x) for x in _as_list(hyp.y_sequence)]
         ref_frames = [int(x) for x in _as_list(hyp.timestamp)]
-        got = list(zip(dec.tokens[r], dec.frame_indices[r], strict=True))
+        got = list(zip(*decoded[served][r], strict=True))
         want = list(zip(ref_tokens, ref_frames, strict=True))
         total += max(len(want), len(got))
         same += sum(1 for a, b in zip(got, want, strict=False) if a == b)

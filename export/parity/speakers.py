@@ -22,7 +22,6 @@ from export.exporter import configure_diarizer_streaming, export_all
 from export.loading import load_asr, load_diarizer
 from export.reference import Reference
 from mtasr.audio import synth_conversation
-from mtasr.features import FeatureParams
 from mtasr.manifest import Manifest
 from mtasr.pipeline import Engine, OrtRunner, PipelineConfig
 from mtasr.pipeline.engine import Session
@@ -104,7 +103,7 @@ def run_pipeline(graphs: Path, audio: np.ndarray, session_id: str,
     the diarizer activity of every step."""
     cfg = PipelineConfig.from_folder(graphs, preset=f"{PRESET[0]}_{PRESET[1]}", masked_asr=False,
                                      precision=precision)
-    engine = Engine(cfg, FeatureParams.load(graphs / "features_asr.npz"), OrtRunner(graphs))
+    engine = Engine.from_folder(graphs, OrtRunner(graphs), cfg)
     session = engine.new_session(session_id, timing="audio")
     activity = []
     for pos in range(0, audio.size, PIECE):

@@ -16,11 +16,14 @@ from __future__ import annotations
 
 import weakref
 from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 
 from mtasr import greedy
 from mtasr.features import FeatureParams
+from mtasr.manifest import Manifest
 from mtasr.pipeline.chunker import Chunk, FeatureChunker, queue_audio
 from mtasr.pipeline.config import PipelineConfig
 from mtasr.pipeline.diarize import DiarizerStage
@@ -29,6 +32,7 @@ from mtasr.pipeline.targets import active_speakers, speaker_targets, update_wind
 from mtasr.pipeline.transcribe import AsrRow, SpeakerInstance, TranscribeStage
 from mtasr.pipeline.transcript import Transcript
 from mtasr.pipeline.words import LiveTranscript
+from mtasr.rnnt import ArrayRnnt, RnntMath, RnntWeights
 from mtasr.spec import SAMPLE_RATE, TIMINGS
 
 
@@ -75,13 +79,25 @@ class StepOutput:
 class Engine:
     """The served pipeline: stages over state pools sized for `capacity` sessions (they grow if needed)."""
 
-    def __init__(self, config: PipelineConfig, features: FeatureParams, runner: GraphRunner,
+    def __init__(self, config: PipelineConfig, features: FeatureParams, runner: GraphRunner, rnnt: RnntMath,
                  capacity: int = 8) -> None:
         self.cfg = config
         self.features = features
         self.params = config.spkcache
         self.diarizer = DiarizerStage(self.params, config.dims, runner, config.graphs["diarizer"], capacity)
-        self.asr = TranscribeStage(config, config.dims, runner, capacity * self.params.n_spk)
+        self.asr = TranscribeStage(config, config.dims, runner, rnnt, capacity * self.params.n_spk)
+
+    @classmethod
+    def from_folder(cls, folder: str | Path, runner: GraphRunner, config: PipelineConfig | None = None,
+                    capacity: int = 8, xp: ModuleType = np, **config_options) -> Engine:
+        """The engine of an exported folder (or a repository's orchestrator version folder): its pipeline config
+        (`config`, or `PipelineConfig.from_manifest` with `config_options`), feature parameters and RNNT decoder
+        weights; the decoder's arithmetic and the device-side state in array module `xp`."""
+        manifest = Manifest.load(folder)
+        config = config or PipelineConfig.from_manifest(manifest, **config_options)
+        weights = RnntWeights.load(Path(folder) / manifest.features.rnnt_weights)
+        return cls(config, FeatureParams.load(Path(folder) / manifest.features.asr), runner, ArrayRnnt(weights, xp),
+                   capacity)
 
     # ------------------------------------------------------------------------------------------ sessions
     def new_session(self, session_id: str, timing: str = TIMINGS[0]) -> Session:

@@ -61,7 +61,6 @@ def _multitalker(folder: Path, params: OrchestratorParams, bls: GraphRunner, idl
     local = {params.graphs[r]: small if r == "decoder_joint" else big for r in params.in_process_models}
     for graph, runner in local.items():  # loaded with the model (a full-size encoder takes seconds), not by the
         runner.session(graph)  # first session's first step
-    engine = Engine(cfg, FeatureParams.load(folder / manifest.features.asr), RoutedRunner(bls, local),
-                    capacity=params.max_sessions)
+    engine = Engine.from_folder(folder, RoutedRunner(bls, local), cfg, capacity=params.max_sessions)
     policy = SessionPolicy(max_sessions=params.max_sessions, idle_timeout_s=idle_timeout_s)
     return SequenceManager(engine, policy, events=events, timing=params.timing)

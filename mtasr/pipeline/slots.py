@@ -2,8 +2,10 @@
 
 A pool holds one array per state field, shaped `(capacity, *row_shape)`; a session or speaker instance owns a
 slot (a row index) from `acquire()` to `release()`. A step gathers its active rows into the graph's input batch
-and scatters the graph's outputs back; nothing is concatenated per speaker. The arrays come from one array
-module (`xp`, numpy here), so a device array library with numpy's interface can back the pools for GPU serving.
+and scatters the graph's outputs back; nothing is concatenated per speaker. A field marked `device` lives in the
+pool's array module `xp` (numpy on the CPU, CuPy where the graphs run on a GPU: those rows never cross to the
+host); the other fields are host numpy arrays (what host code reads every step: lengths, counters, tokens).
+Slot indices are host numpy arrays; they are moved to the device for device fields.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ class Field:
     shape: tuple[int, ...]
     dtype: Any
     fill: float | int = 0
+    device: bool = False  # lives in the pool's array module (`xp`), not in host memory
 
     @property
     def row_bytes(self) -> int:
@@ -46,10 +49,17 @@ class SlotPool:
         self.copied_bytes = 0
         self._grow(max(int(capacity), 1))
 
+    def module(self, name: str) -> ModuleType:
+        """The array module of field `name`."""
+        return self.xp if self.fields[name].device else np
+
+    def _index(self, name: str, slots: np.ndarray) -> Any:
+        return slots if self.module(name) is np else self.xp.asarray(slots)
+
     def _grow(self, capacity: int) -> None:
         old = self.capacity
         for name, f in self.fields.items():
-            grown = self.xp.zeros((capacity, *f.shape), dtype=f.dtype)  # untouched pages cost no memory
+            grown = self.module(name).zeros((capacity, *f.shape), dtype=f.dtype)  # untouched pages cost no memory
             if old:
                 grown[:old] = self.arrays[name]
             self.arrays[name] = grown
@@ -89,11 +99,25 @@ class SlotPool:
         whole = length is None or length == array.shape[1]
         if whole and np.array_equal(slots, np.arange(first, first + len(slots))):
             return array[first : first + len(slots)]
-        out = array[slots] if whole else array[slots, :length]
+        index = self._index(name, slots)
+        out = array[index] if whole else array[index, :length]
         self.copied_bytes += int(out.nbytes)
         return out
 
     def scatter(self, name: str, slots: np.ndarray, values: Any) -> None:
-        """Write a batch back into rows `slots` of `name`."""
-        self.arrays[name][slots] = values
+        """Write a batch back into rows `slots` of `name` (nothing is copied when `values` is those rows' view)."""
+        array = self.arrays[name]
+        first = int(slots[0]) if len(slots) else 0
+        if getattr(values, "base", None) is array and np.array_equal(slots, np.arange(first, first + len(slots))):
+            if values.shape == array[first : first + len(slots)].shape and _same_start(values, array, first):
+                return  # written in place through a gathered view
+        array[self._index(name, slots)] = values
         self.copied_bytes += int(values.nbytes)
+
+
+def _same_start(view: Any, array: Any, first: int) -> bool:
+    """Whether `view` starts at row `first` of `array` (a view over those very rows)."""
+    try:
+        return view.__array_interface__["data"][0] == array[first:].__array_interface__["data"][0]
+    except AttributeError:  # device arrays: compare their data pointers
+        return bool(view.data.ptr == array[first:].data.ptr)

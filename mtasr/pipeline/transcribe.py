@@ -1,23 +1,24 @@
 """Stages 4 and 5: ONE encoder call over every active speaker instance of every session, then batched greedy
-RNNT decoding. Encoder caches and decoder state live in a slot pool, one row per speaker instance."""
+RNNT decoding (`mtasr.rnnt`). Encoder caches and decoder state live in a slot pool, one row per speaker instance:
+the encoder caches and the LSTM state in the pool's array module (on the device where the graphs run there), the
+last label and the decoded-frame count on the host."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from types import ModuleType
 
 import numpy as np
 
-from mtasr import greedy
 from mtasr.masking import mask_features
 from mtasr.pipeline.chunker import Chunk
 from mtasr.pipeline.config import PipelineConfig
 from mtasr.pipeline.runner import GraphRunner, run_graph
 from mtasr.pipeline.slots import Field, SlotPool
 from mtasr.pipeline.targets import SpeakerTargets, encoder_targets
+from mtasr.rnnt import DecoderState, RnntMath, greedy_decode
 from mtasr.spec import (
     NEXT_SUFFIX,
-    DecoderJointInputs,
-    DecoderJointOutputs,
     EncoderInputs,
     EncoderOutputs,
     ModelDims,
@@ -25,7 +26,8 @@ from mtasr.spec import (
 )
 
 ENCODER_STATE = carried_state(EncoderInputs, EncoderOutputs)
-DECODER_STATE = ("last_token", "h", "c", "frames")  # the array fields of greedy.DecoderState
+DECODER_STATE = ("last_token", "h", "c", "frames")  # the fields of mtasr.rnnt.DecoderState
+DEVICE_STATE = {"h", "c", *ENCODER_STATE} - {"cache_last_channel_len"}  # what only the graphs and the decoder read
 
 
 @dataclass
@@ -52,23 +54,25 @@ class AsrRow:
 class SpeakerPool(SlotPool):
     """Encoder caches and greedy-decoder state of every speaker instance of every session."""
 
-    def __init__(self, dims: ModelDims, blank_id: int, capacity: int) -> None:
+    def __init__(self, dims: ModelDims, blank_id: int, capacity: int, xp: ModuleType = np) -> None:
         specs = {t.name: t for t in EncoderInputs.specs(dims)}
-        encoder = {name: Field(specs[name].shape[1:], specs[name].dtype)
+        encoder = {name: Field(specs[name].shape[1:], specs[name].dtype, device=name in DEVICE_STATE)
                    for name in ENCODER_STATE}
         lstm = (dims.pred_layers, dims.pred_hidden)
-        decoder = dict(zip(DECODER_STATE, (Field((), np.int64, blank_id), Field(lstm, np.float32),
-                                           Field(lstm, np.float32), Field((), np.int64)), strict=True))
-        super().__init__({**encoder, **decoder}, capacity)
+        decoder = dict(zip(DECODER_STATE, (Field((), np.int64, blank_id), Field(lstm, np.float32, device=True),
+                                           Field(lstm, np.float32, device=True), Field((), np.int64)), strict=True))
+        super().__init__({**encoder, **decoder}, capacity, xp)
 
 
 class TranscribeStage:
     """Batched encoder + greedy decoding over speaker instances held in a `SpeakerPool`."""
 
-    def __init__(self, cfg: PipelineConfig, dims: ModelDims, runner: GraphRunner, capacity: int) -> None:
+    def __init__(self, cfg: PipelineConfig, dims: ModelDims, runner: GraphRunner, rnnt: RnntMath,
+                 capacity: int) -> None:
         self.cfg = cfg
         self.runner = runner
-        self.pool = SpeakerPool(dims, cfg.blank_id, capacity)
+        self.rnnt = rnnt
+        self.pool = SpeakerPool(dims, cfg.blank_id, capacity, rnnt.xp)
 
     def new_instance(self) -> SpeakerInstance:
         return SpeakerInstance(self.pool.acquire())
@@ -98,17 +102,12 @@ class TranscribeStage:
         out = run_graph(self.runner, cfg.graphs["encoder"], inputs, EncoderOutputs)
         for name in ENCODER_STATE:
             pool.scatter(name, slots, getattr(out, name + NEXT_SUFFIX))
-        state = greedy.DecoderState(**{name: pool.gather(name, slots) for name in DECODER_STATE},
-                                    tokens=[r.instance.tokens for r in rows],
-                                    frame_indices=[r.instance.frame_indices for r in rows])
-        greedy.greedy_decode(self._decoder_step, out.encoded, out.encoded_len, state, cfg.blank_id, cfg.max_symbols,
-                             window=cfg.decoder_window)
+        state = DecoderState(**{name: pool.gather(name, slots) for name in DECODER_STATE})
+        emitted = greedy_decode(self.rnnt, out.encoded, out.encoded_len, state, cfg.blank_id, cfg.max_symbols,
+                                window=cfg.decoder_window)
         for name in DECODER_STATE:
             pool.scatter(name, slots, getattr(state, name))
-        for r in rows:
+        for r, (tokens, frames) in zip(rows, emitted.per_row(len(rows)), strict=True):
+            r.instance.tokens.extend(tokens)
+            r.instance.frame_indices.extend(frames)
             r.instance.started = True
-
-    def _decoder_step(self, frame, targets, h, c):
-        out = run_graph(self.runner, self.cfg.graphs["decoder_joint"],
-                        DecoderJointInputs(encoder_frame=frame, targets=targets, h_in=h, c_in=c), DecoderJointOutputs)
-        return out.logits, out.h_out, out.c_out

@@ -151,7 +151,7 @@ class NativeSession:
         if self.seq is None:
             options = SequenceOptions(self.start.model, self.start.timing or "audio", self.start.max_speakers,
                                       self.start.session_id)
-            self.seq = TritonSequence(self.conn, options, self.limits.piece, self.limits.max_pending)
+            self.seq = TritonSequence(self.conn, options, self.limits.piece, self.limits.max_pending).open()
             self.writer = asyncio.create_task(self._write())
         await self.seq.send(np.frombuffer(frame, dtype="<i2").astype(np.int16))
 

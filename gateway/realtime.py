@@ -172,7 +172,7 @@ class RealtimeSession:
             await asyncio.sleep(wait)
         if self.seq is None:
             self.seq = TritonSequence(self.conn, SequenceOptions(ORCHESTRATOR, "audio"), self.limits.piece,
-                                      self.limits.max_pending)
+                                      self.limits.max_pending).open()
             self.writer = asyncio.create_task(self._write(self.seq))
         if pcm.size:
             await self.seq.send(pcm)

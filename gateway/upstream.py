@@ -25,7 +25,8 @@ from mtasr.spec import (
     OrchestratorOutputs,
 )
 
-FULL_MARK = "server full"  # the orchestrator's admission refusal ("UNAVAILABLE: server full (N sessions) ...")
+# the orchestrator's admission refusals: "server full (N sessions) ...", "server at capacity (...)"
+FULL_MARKS = ("server full", "server at capacity")
 
 
 class UpstreamError(RuntimeError):
@@ -37,7 +38,7 @@ class UpstreamError(RuntimeError):
 
     @property
     def full(self) -> bool:
-        return self.refused and FULL_MARK in str(self).lower()
+        return self.refused and any(mark in str(self).lower() for mark in FULL_MARKS)
 
 
 @dataclass
@@ -139,13 +140,18 @@ class TritonSequence:
                 return
             yield item
 
-    async def _put(self, samples: np.ndarray, end: bool) -> None:
-        if self._dead:
-            raise UpstreamError("the sequence has failed", refused=False)
+    def open(self) -> TritonSequence:
+        """Make the channel and the (lazily started) gRPC stream; call before iterating `replies()`."""
         if self._client is None:
             self._client = self.conn.aio_client()
             headers = {**self.conn.headers(), SESSION_KEY_HEADER: self.session_key}
             self._replies = self._client.stream_infer(self._requests(), headers=headers)
+        return self
+
+    async def _put(self, samples: np.ndarray, end: bool) -> None:
+        if self._dead:
+            raise UpstreamError("the sequence has failed", refused=False)
+        self.open()
         rid = str(self._sent)
         self._seconds[rid] = samples.size / SAMPLE_RATE
         request = {"model_name": self.options.model, "request_id": rid, "sequence_id": self.sequence_id,
@@ -193,8 +199,8 @@ class TritonSequence:
                 if error is not None:
                     raise UpstreamError(str(error.message() if hasattr(error, "message") else error), refused=True)
                 out = OrchestratorOutputs.from_lookup(result.as_numpy)
-                segs, interim, transcript = (json.loads(getattr(out, n).reshape(-1)[0])
-                                             for n in OrchestratorOutputs.json_names())
+                segs, interim, transcript = (json.loads(x.reshape(-1)[0])
+                                             for x in (out.segments, out.interim, out.transcript))
                 seconds = self._seconds.pop(result.get_response().id, 0.0)
                 self.seconds_answered += seconds
                 self._answered += 1

@@ -7,7 +7,7 @@ ifeq ($(FULL),1)
 SIZE := full
 endif
 
-.PHONY: setup demo test parity export lint clean train-demo eval espeak nginx reliability cluster-test
+.PHONY: setup demo test parity export lint clean train-demo eval espeak nginx chromium reliability cluster-test
 
 # .venv for export/tests + .venv-serve and .triton/ for the server (serve-setup, below).
 setup: $(STAMP) serve-setup
@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install -q --upgrade pip
 	# CPU torch first (a local wheel here); the constraints keep pip from pulling a CUDA build later.
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -c constraints.txt -e '.[export,client,dev,eval]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[export,client,dev,eval,gateway]'
 	touch $(STAMP)
 
 # Export (tiny random-init, or DIAR_NEMO=... ASR_NEMO=...), serve on a local tritonserver, stream a committed
@@ -25,7 +25,7 @@ $(STAMP): pyproject.toml constraints.txt
 demo: setup
 	$(PY) -m client.demo
 
-test: setup espeak nginx
+test: setup espeak nginx chromium
 	$(PY) -m pytest -q
 
 # ONNX Runtime + numpy vs NeMo PyTorch streaming, chained; FULL=1 for the full-size architectures. Also fp16 and int8
@@ -43,7 +43,7 @@ export: setup
 		$(if $(filter int8,$(PRECISION)),--int8)
 
 lint: setup
-	.venv/bin/ruff check mtasr export tests demo_models client bench model_repository reliability edge
+	.venv/bin/ruff check mtasr export tests demo_models client bench model_repository reliability edge gateway
 
 # Synthetic speech for the demo models (Debian package).
 espeak:
@@ -53,6 +53,11 @@ espeak:
 nginx:
 	command -v nginx >/dev/null && command -v openssl >/dev/null || (apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nginx openssl)
+
+# Headless Chromium + its driver (Debian) for the gateway's browser test.
+chromium:
+	command -v chromium >/dev/null && command -v chromedriver >/dev/null || (apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium chromium-driver)
 
 # Train the small demo models on CPU (<= 60 min on 2 cores): writes demo_models/checkpoints/{diar,asr}_demo.nemo
 # and training.json; the shipped copies are demo_models/{diar,asr}_demo.nemo.
@@ -108,6 +113,8 @@ API_KEY_FILE ?=
 TLS_CERT ?=
 TLS_KEY ?=
 DIARIZATION_PRESET ?= low
+# The WebSocket gateway beside tritonserver (page at http://127.0.0.1:8080/); GATEWAY_PORT= (empty): none.
+GATEWAY_PORT ?= 8080
 
 .PHONY: serve-setup serve
 
@@ -132,7 +139,7 @@ serve: serve-setup
 		--diarization-preset $(DIARIZATION_PRESET)
 	$(SERVE_PY) -m client.server --repo $(REPO) --address $(ADDRESS) --http-port $(HTTP_PORT) \
 		--grpc-port $(GRPC_PORT) --metrics-port $(METRICS_PORT) $(if $(API_KEY_FILE),--api-key-file $(API_KEY_FILE)) \
-		$(if $(TLS_CERT),--tls-cert $(TLS_CERT) --tls-key $(TLS_KEY))
+		$(if $(TLS_CERT),--tls-cert $(TLS_CERT) --tls-key $(TLS_KEY)) $(if $(GATEWAY_PORT),--gateway-port $(GATEWAY_PORT))
 
 # --- Benchmarks (issue 4). Figures, not tests: see BENCHMARKS.md. FULL=1 adds the full-size parts (exports the
 # full random-init graphs into artifacts/bench_full if missing: ~12 GB disk, ~13 GB RAM, tens of minutes).

@@ -246,6 +246,27 @@ def _read_key(path: Path | None, env: str) -> str | None:
     return os.environ.get(env) or None
 
 
+def _with_gateway(server: TritonServer, address: str, port: int) -> None:
+    """Run the WebSocket gateway beside `server` until either exits (the other is then stopped by its PID)."""
+    from gateway.process import GatewayProcess
+
+    args: list[str] = []
+    if server.tls:
+        cert, key = server.tls
+        args += ["--tls-cert", str(cert), "--tls-key", str(key), "--triton-tls-ca", str(cert)]
+    env = {"MTASR_API_KEY": server.api_key} if server.api_key else {}
+    log = server.log_path.with_name(server.log_path.name.replace("tritonserver", "gateway"))
+    with GatewayProcess(server.grpc_url, port, address, tuple(args), log_path=log, env=env,
+                        tls=bool(server.tls)) as gw:
+        print(f"gateway ready (pid {gw.pid}): page {gw.url('/', 'https' if server.tls else 'http')}  native "
+              f"{gw.url('/v1/stream')}  OpenAI-compatible {gw.url('/v1/realtime')}; "
+              f"{'the API key is required' if server.api_key else 'no API key'}; log {log}", flush=True)
+        while server.proc.poll() is None and gw.proc.poll() is None:
+            time.sleep(0.5)
+        if gw.proc.returncode is not None:
+            print(f"gateway exited ({gw.proc.returncode}): {gw.log_tail(400)}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m client.server", description="Run tritonserver in the foreground.")
     ap.add_argument("--repo", type=Path, required=True, help="model repository (model_repository.build)")
@@ -272,6 +293,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="Python environment of the orchestrator's stub (default: %(default)s)")
     ap.add_argument("--tls-cert", type=Path, help="PEM certificate: serve gRPC over TLS (with --tls-key)")
     ap.add_argument("--tls-key", type=Path, help="PEM private key of --tls-cert")
+    ap.add_argument("--gateway-port", type=int,
+                    help="also run the WebSocket gateway (python -m gateway: the web page, /v1/stream, /v1/realtime) "
+                         "on this port of --address, with the same API key and TLS files")
     args = ap.parse_args(argv)
     if (args.tls_cert is None) != (args.tls_key is None):
         ap.error("--tls-cert and --tls-key go together")
@@ -295,7 +319,10 @@ def main(argv: list[str] | None = None) -> int:
                   f"{server.grpc_url}{' (TLS)' if server.tls else ''}  metrics {server.metrics_url}; admin key "
                   f"{key_note}; inference {'needs the API key' if server.api_key else 'open'}; log "
                   f"{server.log_path}; Ctrl-C stops it", flush=True)
-            server.proc.wait()
+            if args.gateway_port is None:
+                server.proc.wait()
+            else:
+                _with_gateway(server, args.address, args.gateway_port)
     except KeyboardInterrupt:
         pass
     except (RuntimeError, TimeoutError, FileNotFoundError) as exc:

@@ -3,6 +3,8 @@
 - Triton replicas: a StatefulSet (stable names, so the edge can address each replica) with a headless Service,
   readiness on Triton's ready endpoint, a PodDisruptionBudget, scaling on `mtasr_active_sessions` (a Prometheus
   adapter must expose it as a pods metric);
+- the WebSocket gateway (`python -m gateway`: the page, the native protocol, the OpenAI-compatible mode) as a second
+  container of each replica's pod, talking to its own Triton on localhost, reached through the edge;
 - the edge: an nginx Deployment whose ConfigMap holds deploy/edge/mtasr-edge.conf.template as it is (nginx's
   image renders it from the MTASR_EDGE_* environment at start) and a LoadBalancer Service.
 
@@ -29,12 +31,27 @@ EDGE = f"{APP}-edge"
 NGINX_IMAGE = "nginx:1.27.3"
 PORTS = {"http": 8000, "grpc": 8001, "metrics": 8002}
 EDGE_PORT = 8443
+GATEWAY_PORT = 8080
 SECRET = f"{APP}-keys"  # keys admin-key (Triton's admin protocols) and api-key (inference, at the edge)
 TLS_SECRET = f"{EDGE}-tls"  # a kubernetes.io/tls Secret with the edge's certificate
 
 
-def replica_addresses(replicas: int, namespace: str) -> list[str]:
-    return [f"{TRITON}-{i}.{HEADLESS}.{namespace}.svc.cluster.local:{PORTS['grpc']}" for i in range(replicas)]
+def replica_addresses(replicas: int, namespace: str, port: int = PORTS["grpc"]) -> list[str]:
+    return [f"{TRITON}-{i}.{HEADLESS}.{namespace}.svc.cluster.local:{port}" for i in range(replicas)]
+
+
+def gateway_container(image: str) -> dict:
+    """The gateway beside Triton in the pod: same image, its own command; the API key from the keys Secret."""
+    return {
+        "name": "gateway", "image": image,
+        "command": ["/opt/venv/bin/python", "-m", "gateway", "--triton", f"127.0.0.1:{PORTS['grpc']}",
+                    "--address", "0.0.0.0", "--port", str(GATEWAY_PORT), "--client-ip-header", "X-Real-IP"],
+        "ports": [{"name": "ws", "containerPort": GATEWAY_PORT}],
+        "env": [{"name": "MTASR_API_KEY", "valueFrom": {"secretKeyRef": {"name": SECRET, "key": "api-key"}}}],
+        "resources": {"limits": {"memory": "1Gi"}, "requests": {"cpu": "500m", "memory": "256Mi"}},
+        "readinessProbe": {"httpGet": {"path": "/healthz", "port": "ws"}, "periodSeconds": 5},
+        "securityContext": {"allowPrivilegeEscalation": False, "runAsNonRoot": True},
+    }
 
 
 def manifests(replicas: int = 2, image: str = "mtasr-serve:latest", namespace: str = "default") -> list[dict]:
@@ -59,14 +76,15 @@ def manifests(replicas: int = 2, image: str = "mtasr-serve:latest", namespace: s
                     "livenessProbe": {"httpGet": {"path": "/v2/health/live", "port": "http"},
                                       "initialDelaySeconds": 60, "periodSeconds": 10},
                     "securityContext": {"allowPrivilegeEscalation": False, "runAsNonRoot": True},
-                }],
+                }, gateway_container(image)],
             }},
         },
     }
     headless = {
         "apiVersion": "v1", "kind": "Service", "metadata": {"name": HEADLESS, "labels": labels},
         "spec": {"clusterIP": "None", "publishNotReadyAddresses": True, "selector": labels,
-                 "ports": [{"name": k, "port": v, "targetPort": k} for k, v in PORTS.items()]},
+                 "ports": [{"name": k, "port": v, "targetPort": k} for k, v in PORTS.items()]
+                 + [{"name": "ws", "port": GATEWAY_PORT, "targetPort": "ws"}]},
     }
     pdb = {"apiVersion": "policy/v1", "kind": "PodDisruptionBudget", "metadata": {"name": TRITON},
            "spec": {"maxUnavailable": 1, "selector": {"matchLabels": labels}}}
@@ -77,7 +95,8 @@ def manifests(replicas: int = 2, image: str = "mtasr-serve:latest", namespace: s
                  "metrics": [{"type": "Pods", "pods": {"metric": {"name": "mtasr_active_sessions"},
                                                        "target": {"type": "AverageValue", "averageValue": "24"}}}]},
     }
-    settings = EdgeSettings(upstream_lines(replica_addresses(replicas, namespace)), listen=str(EDGE_PORT))
+    settings = EdgeSettings(upstream_lines(replica_addresses(replicas, namespace)), listen=str(EDGE_PORT),
+                            gateways=upstream_lines(replica_addresses(replicas, namespace, GATEWAY_PORT)))
     env = [{"name": k, "value": v} for k, v in settings.env().items() if k != "MTASR_EDGE_API_KEY"]
     env.append({"name": "MTASR_EDGE_API_KEY", "valueFrom": {"secretKeyRef": {"name": SECRET, "key": "api-key"}}})
     config = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": EDGE},

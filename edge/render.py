@@ -33,6 +33,7 @@ class EdgeSettings:
     req_rate: str = "20r/s"  # new streams/calls per client address
     req_burst: int = 64
     max_stream_body: str = "512m"  # a whole streaming session (nginx sums a stream's messages)
+    gateways: str = "server 127.0.0.1:8080;"  # nginx `server ...;` lines, one per WebSocket gateway
 
     def env(self) -> dict[str, str]:
         return {f"MTASR_EDGE_{f.name.upper()}": str(getattr(self, f.name)) for f in fields(self)}
@@ -64,8 +65,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cert", default=EdgeSettings.tls_cert)
     ap.add_argument("--key", default=EdgeSettings.tls_key)
     ap.add_argument("--api-key", default="")
+    ap.add_argument("--gateway", action="append", default=[], help="host:port of a WebSocket gateway (repeat)")
     args = ap.parse_args(argv)
-    settings = EdgeSettings(upstream_lines(args.upstream), args.listen, args.cert, args.key, args.api_key)
+    settings = EdgeSettings(upstream_lines(args.upstream), args.listen, args.cert, args.key, args.api_key,
+                            **({"gateways": upstream_lines(args.gateway)} if args.gateway else {}))
     sys.stdout.write(render(settings))
     return 0
 

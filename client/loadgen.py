@@ -2,6 +2,8 @@
 
     python -m client.loadgen --url 127.0.0.1:8001 --min 1 --max 64 --seconds 10 [--audio a.flac] [--chunk-ms 160]
     python -m client.loadgen --url 127.0.0.1:8001 --sessions 4          # one run with 4 sessions, no search
+    python -m client.loadgen --websocket ws://127.0.0.1:8080/v1/stream --sessions 32 \
+        --cpu-pid gateway=PID --cpu-pid tritonserver=PID   # through the WebSocket gateway; CPU per session-second
 
 All sessions run in this one process on one asyncio event loop (a channel and stream each, no thread per
 session), so the generator takes little of the CPU it shares with a local server (its own CPU seconds are in the
@@ -148,6 +150,116 @@ def run_sessions(url: str | Connection, n: int, audios: list[np.ndarray], chunk_
     return out
 
 
+def process_cpu_seconds(pid: int) -> float:
+    """CPU seconds (user + system) of `pid` and every live process in its process group (tritonserver's Python
+    stubs are in the server's group)."""
+    import os
+
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()  # after "pid (comm) "
+        if int(entry.name) == pid or int(fields[2]) == pid:  # fields[2]: the process group
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / tick
+
+
+async def _ws_session(url: str, clip: np.ndarray, piece: int, delay_s: float, timeout: float,
+                      start: dict | None) -> _Run:
+    """One real-time session over the gateway's native protocol: PCM16 frames of `piece` samples at their audio
+    time, `end`, every event until the close. `latencies_ms` are the activity events' lag beyond the session's
+    smallest (the model's own look-ahead is in every lag; what is beyond it is queueing)."""
+    import websockets
+
+    run = _Run(audio_seconds=len(clip) / SAMPLE_RATE)
+    pcm = np.clip(np.round(clip * 32768.0), -32768, 32767).astype("<i2")
+    await asyncio.sleep(delay_s)
+    lags: list[float] = []
+    decided = 0.0
+    t0 = time.perf_counter()
+    try:
+        async with websockets.connect(url, max_size=None, open_timeout=timeout) as ws:
+            async def receive():
+                try:
+                    await events()
+                except websockets.ConnectionClosed as exc:  # closed after an error event
+                    run.error = run.error or f"connection closed: {exc}"
+
+            async def events():
+                nonlocal decided
+                async for message in ws:
+                    event = json.loads(message)
+                    if event["type"] == "activity":
+                        decided += len(event["frames"]) * 0.08
+                        lags.append(time.perf_counter() - (t0 + decided))
+                    elif event["type"] == "error":
+                        run.error = f"{event['code']}: {event['message']}"
+                    elif event["type"] == "end":
+                        run.wall_seconds = time.perf_counter() - t0
+
+            receiver = asyncio.create_task(receive())
+            if start:
+                await ws.send(json.dumps({"type": "start", **start}))
+            for s in range(0, len(pcm), piece):
+                await asyncio.sleep(max(0.0, t0 + s / SAMPLE_RATE - time.perf_counter()))
+                await ws.send(pcm[s: s + piece].tobytes())
+            await ws.send(json.dumps({"type": "end"}))
+            await asyncio.wait_for(receiver, timeout)
+    except Exception as exc:  # noqa: BLE001 - a failed session is a result
+        run.error = run.error or f"{type(exc).__name__}: {exc}"
+    if run.error is None and not run.wall_seconds:
+        run.error = "no end event"
+    floor = min(lags) if lags else 0.0
+    run.latencies_ms = [(lag - floor) * 1000 for lag in lags]
+    return run
+
+
+def run_ws_sessions(url: str, n: int, audios: list[np.ndarray], chunk_ms: float = 160.0,
+                    spread_s: float = STEP_SPREAD_S, budget_ms: float | None = None, timeout: float = 600.0,
+                    cpu_pids: dict[str, int] | None = None, start: dict | None = None, progress: bool = True) -> dict:
+    """`n` concurrent real-time sessions through the WebSocket gateway (one asyncio loop, like `run_sessions`);
+    latency beyond each session's own floor, RTF, and the CPU seconds per session-second of audio of this process
+    and of each `cpu_pids` process (with its process group)."""
+    piece = int(round(chunk_ms * SAMPLE_RATE / 1000))
+    clips = [audios[i % len(audios)] for i in range(n)]
+    if progress:
+        print(f"loadgen: {n} websocket sessions ...", file=sys.stderr, flush=True)
+    pids = cpu_pids or {}
+    before = {k: process_cpu_seconds(p) for k, p in pids.items()}
+    cpu0, t0 = time.process_time(), time.perf_counter()
+
+    async def drive():
+        return await asyncio.gather(*(_ws_session(url, c, piece, spread_s * i / n, timeout, start)
+                                      for i, c in enumerate(clips)))
+
+    runs = asyncio.run(drive())
+    cpu_s, wall_s = time.process_time() - cpu0, time.perf_counter() - t0
+    session_seconds = sum(r.audio_seconds for r in runs)
+    cpu = {k: process_cpu_seconds(p) - before[k] for k, p in pids.items()}
+    errors = [r.error for r in runs if r.error]
+    done = [r for r in runs if r.error is None]
+    lat = np.concatenate([np.asarray(r.latencies_ms, np.float64) for r in done]) if done else np.zeros(0)
+    rtf = [r.wall_seconds / r.audio_seconds for r in done if r.audio_seconds]
+    budget = budget_ms or chunk_ms
+    p50, p95, p99 = (float(np.percentile(lat, q)) for q in (50, 95, 99)) if lat.size else (float("nan"),) * 3
+    limits = [1 + (budget + 1120) / 1000 / r.audio_seconds for r in done]  # + one model step of look-ahead
+    out = {"sessions": n, "transport": "websocket", "chunk_ms": chunk_ms, "p50_ms": p50, "p95_ms": p95,
+           "p99_ms": p99, "rtf_max": max(rtf) if rtf else float("nan"), "errors": errors, "budget_ms": budget,
+           "session_seconds": round(session_seconds, 2), "wall_s": round(wall_s, 2),
+           "loadgen_cpu_s": round(cpu_s, 2),
+           "cpu_s": {k: round(v, 2) for k, v in cpu.items()},
+           "cpu_ms_per_session_second": {k: round(1000 * v / session_seconds, 3) for k, v in cpu.items()}}
+    out["realtime"] = bool(not errors and len(done) == n and rtf and p99 < budget
+                           and all(r <= m for r, m in zip(rtf, limits, strict=True)))
+    return out
+
+
 def search(url: str, lo: int, hi: int, audios: list[np.ndarray], chunk_ms: float = 160.0,
            rtf_max: float | None = None, progress: bool = True, budget_ms: float | None = None,
            spread_s: float = STEP_SPREAD_S) -> dict:
@@ -193,11 +305,32 @@ def main(argv: list[str] | None = None) -> int:
                     help="sessions start evenly spread over this many seconds (default: one 1.12 s model step)")
     ap.add_argument("--budget-ms", type=float, help="p99 latency limit for real time (default: --chunk-ms)")
     ap.add_argument("--rtf-max", type=float, help="largest wall / audio counted as real time (default: 1 + budget)")
+    ap.add_argument("--websocket", metavar="WS_URL",
+                    help="drive sessions through the WebSocket gateway at this URL (e.g. ws://127.0.0.1:8080/v1/stream)"
+                         " instead of gRPC; needs --sessions")
+    ap.add_argument("--cpu-pid", action="append", default=[], metavar="NAME=PID",
+                    help="with --websocket: also report this process's (and its process group's) CPU per "
+                         "session-second, e.g. gateway=1234 tritonserver=1200 (repeat)")
     ap.add_argument("--no-progress", action="store_true")
     ap.add_argument("--out", type=Path, help="also write the JSON here")
     args = ap.parse_args(argv)
     if args.lo < 1 or args.hi < args.lo:
         ap.error("need 1 <= --min <= --max")
+    if args.websocket:
+        if not args.sessions:
+            ap.error("--websocket needs --sessions")
+        try:
+            pids = {k: int(v) for k, v in (x.split("=", 1) for x in args.cpu_pid)}
+        except ValueError:
+            ap.error("--cpu-pid takes NAME=PID")
+        audios = make_audios(args.seconds, args.chunk_ms, args.audio)
+        result = run_ws_sessions(args.websocket, args.sessions, audios, args.chunk_ms, args.spread_s, args.budget_ms,
+                                 cpu_pids=pids, progress=not args.no_progress)
+        text = json.dumps(result, indent=1)
+        print(text)
+        if args.out:
+            args.out.write_text(text)
+        return 0
     try:
         audios = make_audios(args.seconds, args.chunk_ms, args.audio)
         warm = audios[0][: 3 * SAMPLE_RATE]  # one session first: the server's first calls allocate

@@ -27,6 +27,7 @@ from mtasr.spec import (
 
 # the orchestrator's admission refusals: "server full (N sessions) ...", "server at capacity (...)"
 FULL_MARKS = ("server full", "server at capacity")
+CLOSE_WAIT_S = 5.0  # for the server to close a completed stream before the gateway cancels it
 
 
 class UpstreamError(RuntimeError):
@@ -180,10 +181,12 @@ class TritonSequence:
         return True
 
     def abort(self) -> None:
-        """The sequence failed: nothing more is queued, and a sender waiting on the full queue is let go."""
+        """The sequence failed: nothing more is queued, a sender waiting on the full queue is let go, and the
+        request stream is completed so that the server closes the gRPC stream itself."""
         self._dead = True
         while not self._queue.empty():
             self._queue.get_nowait()
+        self._queue.put_nowait(None)
 
     def discard_pending(self) -> None:
         """Drop audio not yet sent (OpenAI's input_audio_buffer.clear)."""
@@ -197,7 +200,9 @@ class TritonSequence:
         try:
             async for result, error in self._replies:
                 if error is not None:
-                    raise UpstreamError(str(error.message() if hasattr(error, "message") else error), refused=True)
+                    text = str(error.message() if hasattr(error, "message") else error)
+                    # the sequence id is the gateway's secret: never in what the client is told
+                    raise UpstreamError(text.replace(str(self.sequence_id), "<this session>"), refused=True)
                 out = OrchestratorOutputs.from_lookup(result.as_numpy)
                 segs, interim, transcript = (json.loads(x.reshape(-1)[0])
                                              for x in (out.segments, out.interim, out.transcript))
@@ -215,15 +220,30 @@ class TritonSequence:
             raise UpstreamError(_grpc_message(exc), refused=False) from None
 
     async def close(self) -> None:
-        """Release the channel (after the END reply, or to abandon a failed sequence)."""
-        if self._client is not None:
-            if not (self._ended and self._answered == self._sent) and self._replies is not None:
+        """Release the channel. A stream whose requests are complete (END sent, or aborted) is left to the server
+        to close (bounded wait); only a stream still open for requests is cancelled (the gateway is stopping)."""
+        if self._client is None:
+            return
+        if self._replies is not None and not (self._ended and self._answered == self._sent):
+            if self._ended or self._dead:
+                try:
+                    await asyncio.wait_for(self._drain(), CLOSE_WAIT_S)
+                except (asyncio.TimeoutError, TimeoutError):
+                    self._replies.cancel()
+            else:
                 self._replies.cancel()
-            try:
-                await self._client.close()
-            except Exception:  # noqa: BLE001 - closing a broken channel must not hide the real error
+        try:
+            await self._client.close()
+        except Exception:  # noqa: BLE001 - closing a broken channel must not hide the real error
+            pass
+        self._client = None
+
+    async def _drain(self) -> None:
+        try:
+            async for _ in self._replies:
                 pass
-            self._client = None
+        except Exception:  # noqa: BLE001 - the refusals of the aborted requests, or a dead server
+            pass
 
 
 def _grpc_message(exc: BaseException) -> str:

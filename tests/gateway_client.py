@@ -56,22 +56,28 @@ async def native_session(url: str, pcm: np.ndarray, start: dict | None = None, f
         out.subprotocol = ws.subprotocol
 
         async def receive():
-            async for message in ws:
-                out.events.append(json.loads(message))
+            try:
+                async for message in ws:
+                    out.events.append(json.loads(message))
+            except websockets.ConnectionClosed:  # a close other than 1000: its code is the result
+                pass
 
         receiver = asyncio.create_task(receive())
         if start is not None:
             await ws.send(json.dumps({"type": "start", **start}))
         loop = asyncio.get_running_loop()
         t0 = loop.time()
-        for k, i in enumerate(range(0, len(pcm), frame)):
-            if inject and k in inject:
-                await ws.send(inject[k])
-            if realtime:
-                await asyncio.sleep(max(0.0, t0 + i / 16000 / realtime - loop.time()))
-            await ws.send(pcm[i: i + frame].tobytes())
-        if send_end:
-            await ws.send(json.dumps({"type": "end"}))
+        try:
+            for k, i in enumerate(range(0, len(pcm), frame)):
+                if inject and k in inject:
+                    await ws.send(inject[k])
+                if realtime:
+                    await asyncio.sleep(max(0.0, t0 + i / 16000 / realtime - loop.time()))
+                await ws.send(pcm[i: i + frame].tobytes())
+            if send_end:
+                await ws.send(json.dumps({"type": "end"}))
+        except websockets.ConnectionClosed:  # the server closed first (an error): what it sent is the result
+            pass
         await asyncio.wait_for(receiver, 300)
     out.close_code = ws.close_code
     return out

@@ -441,3 +441,15 @@ def test_make_serve_starts_the_gateway(tiny_parity, tmp_path):
     finally:
         os.killpg(proc.pid, signal.SIGTERM)  # our own process group (make, the launcher, its children)
         proc.wait(60)
+
+
+def test_loadgen_websocket_reports_cpu_per_session_second(stack):
+    """`client.loadgen --websocket` at smoke size: every session succeeds, CPU figures for the named processes."""
+    from client.loadgen import make_audios, run_ws_sessions
+
+    gw, triton = stack["gw"], stack["triton"]
+    out = run_ws_sessions(stack["url"], 4, make_audios(3.0, 160.0, variants=2), spread_s=0.2, progress=False,
+                          cpu_pids={"gateway": gw.pid, "tritonserver": triton.pid})
+    assert out["errors"] == [] and 10.0 <= out["session_seconds"] <= 12.0
+    assert out["cpu_ms_per_session_second"]["gateway"] > 0 and out["cpu_ms_per_session_second"]["tritonserver"] > 0
+    assert out["rtf_max"] >= 0.95  # real time: sessions take their audio's duration

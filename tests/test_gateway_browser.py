@@ -94,7 +94,8 @@ def test_microphone_transcript_equals_mtasr_client(browser_stack, driver):
     assert got == want
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     assert driver.save_screenshot(str(ARTIFACTS / "page_microphone.png"))
-    colours = driver.execute_script("return [...document.querySelectorAll('#transcript .seg')].map(e => e.style.color)")
+    colours = driver.execute_script("return [...document.querySelectorAll('#transcript .seg')]"
+                                    ".map(e => e.style.color)")
     assert len(colours) == len(got) and len(set(colours)) >= 2  # speakers in their own colours
     assert driver.execute_script("return mtasr.activity.length") * 0.08 >= seconds - 1.0
 

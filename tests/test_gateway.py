@@ -140,6 +140,9 @@ def test_gateway_pins_agree():
 
 
 # ------------------------------------------------------------------------------------------------ for real
+server = pytest.mark.server  # these start a tritonserver and the gateway (nginx too): tests/conftest.py's tiers
+
+
 @pytest.fixture(scope="module")
 def stack(tiny_parity, tmp_path_factory):
     work = tmp_path_factory.mktemp("gateway")
@@ -151,6 +154,7 @@ def _ref(stack, audio, **kw):
     return stream_audio(stack["triton"].grpc_url, audio, session_id=kw.pop("session_id", "stream"), **kw).seglst
 
 
+@server
 @pytest.mark.parametrize("name", ["two_speakers_overlap", "three_speakers"])
 def test_native_equals_mtasr_client(stack, name):
     audio = read_audio(DATA / f"{name}.flac")
@@ -168,6 +172,7 @@ def test_native_equals_mtasr_client(stack, name):
     assert_same_seglst(got.transcript, stream_audio(stack["triton"].grpc_url, audio, session_id=name).seglst)
 
 
+@server
 def test_diarize_task_equals_mtasr_client_diarize(stack):
     audio = as_float(pcm16(read_audio(DATA / "three_speakers.flac")))
     want = _ref(stack, audio, model=DIARIZATION)
@@ -175,6 +180,7 @@ def test_diarize_task_equals_mtasr_client_diarize(stack):
     assert want and got.transcript == want and all(s["words"] == "" for s in want)
 
 
+@server
 def test_nemo_timing(stack):
     audio = as_float(pcm16(read_audio(DATA / "two_speakers_overlap.flac")))
     want = _ref(stack, audio, timing="nemo")
@@ -182,6 +188,7 @@ def test_nemo_timing(stack):
     assert want and got.transcript == want and not got.of("final") and got.of("interim")[-1]["segments"] == want
 
 
+@server
 def test_16_concurrent_connections_equal_solo(stack):
     audios = [pcm16(synth_conversation(4.0 + i % 3, n_speakers=2 + i % 2, seed=70 + i)) for i in range(16)]
     solo = [run_native(stack["url"], a).transcript for a in audios]
@@ -195,6 +202,7 @@ def test_16_concurrent_connections_equal_solo(stack):
     assert all(r.close_code == 1000 and not r.of("error") for r in both)
 
 
+@server
 def test_bad_frames_get_errors_and_the_session_stays_consistent(stack):
     audio = pcm16(read_audio(DATA / "two_speakers_overlap.flac"))
     clean = run_native(stack["url"], audio).transcript
@@ -206,6 +214,7 @@ def test_bad_frames_get_errors_and_the_session_stays_consistent(stack):
     assert got.transcript == clean and got.close_code == 1000
 
 
+@server
 def test_max_speakers_is_sent_on_start(stack):
     audio = pcm16(read_audio(DATA / "three_speakers.flac"))
     got = run_native(stack["url"], audio, start={"max_speakers": 1})
@@ -215,6 +224,7 @@ def test_max_speakers_is_sent_on_start(stack):
         pytest.xfail(f"the server does not honour mtasr_max_speakers yet ({len(speakers)} speakers with a cap of 1)")
 
 
+@server
 def test_client_vanishing_frees_the_sequence_at_once(stack):
     """No close frame, no END from the client: the gateway ENDs the sequence itself, long before the server's 5 s
     idle timeout would."""
@@ -239,6 +249,7 @@ def test_client_vanishing_frees_the_sequence_at_once(stack):
     assert triton.metric("mtasr_sessions_expired_total") == 0
 
 
+@server
 def test_rate_limit_paces_a_fast_sender(stack, tmp_path):
     audio = pcm16(synth_conversation(5.0, n_speakers=2, seed=3))
     with GatewayProcess(stack["triton"].grpc_url, args=("--realtime-factor", "4", "--burst-s", "1"),
@@ -250,6 +261,7 @@ def test_rate_limit_paces_a_fast_sender(stack, tmp_path):
     assert took >= (5.0 - 1.0) / 4 - 0.05, took  # 4 s past the burst at 4x real time
 
 
+@server
 def test_keys_origins_and_connection_limits(stack, tmp_path):
     key = "k" * 8 + "-secret-token-1"
     (tmp_path / "key").write_text(key + "\n")
@@ -299,6 +311,7 @@ def test_keys_origins_and_connection_limits(stack, tmp_path):
         assert "default-src 'self'" in page.headers["Content-Security-Policy"]
 
 
+@server
 def test_idle_timeout_ends_the_session(stack, tmp_path):
     audio = pcm16(synth_conversation(2.0, n_speakers=2, seed=6))
     with GatewayProcess(stack["triton"].grpc_url, args=("--idle-timeout-s", "1"), python=serve_python(),
@@ -308,6 +321,7 @@ def test_idle_timeout_ends_the_session(stack, tmp_path):
     assert got.transcript and got.end["usage"]["seconds"] == 2.0
 
 
+@server
 def test_tls(stack, tmp_path):
     from edge.cluster import tls_pair
 
@@ -322,6 +336,7 @@ def test_tls(stack, tmp_path):
     assert got.transcript == run_native(stack["url"], audio).transcript
 
 
+@server
 def test_triton_going_away_gives_error_and_1011(tiny_parity, tmp_path):
     audio = pcm16(read_audio(DATA / "long_three_speakers.flac"))
     with served_stack(tiny_parity["work"] / "graphs", tmp_path) as (triton, gw):
@@ -337,6 +352,7 @@ def test_triton_going_away_gives_error_and_1011(tiny_parity, tmp_path):
     assert got.close_code == 1011 and not got.of("end")
 
 
+@server
 def test_openai_realtime_mode(stack):
     """An OpenAI Realtime transcription client: session.update, base64 PCM16 at 24 kHz, commit; its segment events
     equal mtasr-client on the audio the gateway resampled, and every item's deltas add up to its transcript."""
@@ -395,6 +411,7 @@ def test_openai_realtime_mode(stack):
         assert events[-1]["type"] == "error" and events[-1]["error"]["event_id"] == "e1"
 
 
+@server
 @pytest.mark.skipif(shutil.which("nginx") is None and not os.environ.get("CI"), reason="no nginx: run `make nginx`")
 def test_edge_proxies_websocket_upgrades(stack, tmp_path):
     """The deploy/edge template in front of the gateway: wss:// through nginx (TLS), the page through it too."""
@@ -418,6 +435,7 @@ def test_edge_proxies_websocket_upgrades(stack, tmp_path):
     assert got.transcript == run_native(stack["url"], audio).transcript and got.close_code == 1000
 
 
+@server
 def test_make_serve_starts_the_gateway(tiny_parity, tmp_path):
     """`make serve` (tritonserver + gateway through the launcher): a native client gets mtasr-client's segments."""
     from client.server import free_ports
@@ -443,6 +461,7 @@ def test_make_serve_starts_the_gateway(tiny_parity, tmp_path):
         proc.wait(60)
 
 
+@server
 def test_loadgen_websocket_reports_cpu_per_session_second(stack):
     """`client.loadgen --websocket` at smoke size: every session succeeds, CPU figures for the named processes."""
     from client.loadgen import make_audios, run_ws_sessions

@@ -25,8 +25,9 @@ CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 ARTIFACTS = ROOT / "artifacts" / "gateway"
 SAMPLE = "two_speakers_overlap"
 
-pytestmark = pytest.mark.skipif((CHROMIUM is None or CHROMEDRIVER is None) and not os.environ.get("CI"),
-                                reason="no chromium/chromedriver: run `make chromium`")
+pytestmark = [pytest.mark.server,  # a tritonserver, the gateway and a browser: tests/conftest.py's tiers
+              pytest.mark.skipif((CHROMIUM is None or CHROMEDRIVER is None) and not os.environ.get("CI"),
+                                 reason="no chromium/chromedriver: run `make chromium`")]
 
 
 @pytest.fixture(scope="module")

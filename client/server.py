@@ -4,7 +4,7 @@
         grpc_client = tritonclient.grpc.InferenceServerClient(server.grpc_url)
 
     python -m client.server --repo artifacts/repo [--address 127.0.0.1] [--http-port 8000 --grpc-port 8001
-        --metrics-port 8002] [--api-key-file F] [--admin-key-file F] [--tls-cert C --tls-key K]
+        --metrics-port 8002] [--api-key-file F] [--admin-key-file F] [--tls-cert C --tls-key K] [--gateway-port 8080]
 
 Safe by default: every endpoint binds to loopback unless an address is given; the admin protocols (shared
 memory, model repository, logging, trace, statistics, model config) need the admin key (random unless given);

@@ -96,10 +96,11 @@ def serve_python() -> str:
 
 
 @contextmanager
-def served_stack(graphs: Path, work: Path, gateway_args: tuple[str, ...] = (), **server):
+def served_stack(graphs: Path, work: Path, gateway_args: tuple[str, ...] = (), max_sessions: int = 32, **server):
     """A tritonserver on `graphs` ([70,13], kernel mode) and a gateway in front of it."""
     # admission by count only: these tests are about the gateway, not the server's capacity on a busy machine
-    repo = build(graphs, "cpu", work / "repo", preset="70_13", speaker_mode="kernel", admission_headroom=0.0)
+    repo = build(graphs, "cpu", work / "repo", preset="70_13", speaker_mode="kernel", admission_headroom=0.0,
+                 max_sessions=max_sessions)
     with TritonServer(repo, log_path=work / "server.log", **server) as triton, \
             GatewayProcess(triton.grpc_url, args=gateway_args, python=serve_python(),
                            log_path=work / "gateway.log") as gw:

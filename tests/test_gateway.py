@@ -353,6 +353,22 @@ def test_triton_going_away_gives_error_and_1011(tiny_parity, tmp_path):
 
 
 @server
+def test_server_full_gives_error_and_1013_without_the_sequence_id(tiny_parity, tmp_path):
+    audio = pcm16(read_audio(DATA / "three_speakers.flac"))
+    with served_stack(tiny_parity["work"] / "graphs", tmp_path, max_sessions=1) as (triton, gw):
+        async def go():
+            first = asyncio.create_task(native_session(gw.url("/v1/stream"), audio, realtime=2.0))
+            await asyncio.sleep(1.5)  # the first holds the only place
+            second = await native_session(gw.url("/v1/stream"), audio[:32000])
+            return await first, second
+
+        first, second = asyncio.run(go())
+    assert first.close_code == 1000 and first.transcript
+    assert [e["code"] for e in second.of("error")] == ["server_full"] and second.close_code == 1013
+    assert not re.search(r"\d{10,}", json.dumps(second.events))  # no sequence id in anything the client is told
+
+
+@server
 def test_openai_realtime_mode(stack):
     """An OpenAI Realtime transcription client: session.update, base64 PCM16 at 24 kHz, commit; its segment events
     equal mtasr-client on the audio the gateway resampled, and every item's deltas add up to its transcript."""

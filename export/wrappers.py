@@ -13,13 +13,17 @@ from torch import nn
 def concat_and_pad(embs: list[torch.Tensor], lengths: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """Export-friendly equivalent of NeMo's `SortformerModules.concat_and_pad`.
 
-    Row b of the result holds the first lengths[i][b] frames of each embs[i], back to back, then zeros;
-    the result is max(total length) frames long. Written as one gather so it traces to ONNX.
+    Row b of the result holds the first lengths[i][b] frames of each embs[i], back to back, then zeros. NeMo's
+    result is max(total length) frames long, a size read from the lengths' values; this one is sum T_i frames long
+    (the inputs' frame dims), so every shape of the traced graph follows from its input shapes (TensorRT can plan
+    its memory, ONNX Runtime's symbolic shape inference resolves every output). The extra frames are padding that
+    every later layer masks out by length; the first max(total) frames equal NeMo's. Written as one gather so it
+    traces to ONNX.
     """
     full = torch.cat(embs, dim=1)  # (B, sum T_i, D)
-    batch, _, dim = full.shape
+    batch, frames, dim = full.shape
     total = torch.stack(lengths).sum(0)  # (B,)
-    pos = torch.arange(total.max(), device=full.device).unsqueeze(0).expand(batch, -1)  # (B, T_out)
+    pos = torch.arange(frames, device=full.device).unsqueeze(0).expand(batch, -1)  # (B, sum T_i)
     index = torch.zeros_like(pos)
     valid = pos < total.unsqueeze(1)
     start = torch.zeros_like(total)  # first output position of segment i

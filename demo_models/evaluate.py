@@ -1,7 +1,7 @@
 """Score the demo models on held-out sessions: cpWER (meeteval) from SegLST and DER (0.25 s collar) from RTTM.
 
     python -m demo_models.evaluate [--sessions N] [--diar-nemo ...] [--asr-nemo ...] [--out DIR] [--no-served]
-                                   [--precision fp32|int8]
+                                   [--precision fp32|int8|fp16]
 
 Generates held-out sessions (demo_models.data, split `heldout`), then
 - served stack: exports the .nemo files to ONNX, builds a CPU model repository, starts tritonserver and streams
@@ -12,7 +12,10 @@ Both in audio timing: words at their audio times, utterances split at pauses (th
 hypotheses the same way, `mtasr-reference --timing audio`).
 Prints `eval: cpwer=<pct> cpwer_overlap=<pct> tcpwer=<pct> der=<pct> sessions=<n> pipeline=<served|nemo-reference>`
 for each (with `--precision int8` the served stack runs twice, fp32 then the int8 graphs, `pipeline=served-int8`,
-and a last line `eval-int8: cpwer_delta=... der_delta=...` gives int8 minus fp32 in points), where `cpwer` is over
+and a last line `eval-int8: cpwer_delta=... der_delta=...` gives int8 minus fp32 in points; with `--precision fp16`
+the fp32 and the fp16 graphs, the GPU target's, run through the in-process pipeline on ONNX Runtime CPU,
+`pipeline=in-process` and `pipeline=in-process-fp16`, and `eval-fp16: ...` gives fp16 minus fp32: no GPU is needed,
+and the in-process pipeline is the one the served tests prove equal to the served stack), where `cpwer` is over
 the sessions without overlap, `cpwer_overlap` over those with overlap, and
 `tcpwer` meeteval's time-constrained cpWER over all sessions (collar 5 s, as in CHiME-8: a hypothesis word counts
 only if its time falls within 5 s of the reference word's, words placed inside reference turns by characters);
@@ -188,21 +191,47 @@ def run_reference(sessions: list[dict], diar_nemo: Path, asr_nemo: Path, out: Pa
     return (time.monotonic() - t0) / max(audio_s, 1e-9)
 
 
-def export_graphs(diar_nemo: Path, asr_nemo: Path, graphs: Path) -> Path:
-    """Export the .nemo files at [70,13] with int8 copies into `graphs`, unless it already holds them."""
+def export_graphs(diar_nemo: Path, asr_nemo: Path, graphs: Path, presets: tuple[str, ...] = ("70,13",)) -> Path:
+    """Export the .nemo files at `presets` with int8 and fp16 copies into `graphs`, unless it already holds them."""
     import subprocess
     import sys
 
     from mtasr.manifest import Manifest, ManifestError
 
     try:
-        if Manifest.load(graphs).int8:
+        manifest = Manifest.load(graphs)
+        if manifest.int8 and any(g.endswith("_fp16") for g in manifest.graphs) and \
+                {p.replace(",", "_") for p in presets} <= set(manifest.presets):
             return graphs
     except ManifestError:
         pass
     subprocess.run([sys.executable, "-m", "export", "--nemo", str(diar_nemo), str(asr_nemo), "--out", str(graphs),
-                    "--presets", "70,13", "--int8"], check=True)
+                    "--presets", *presets, "--int8", "--fp16"], check=True)
     return graphs
+
+
+def run_in_process(sessions: list[dict], graphs: Path, out: Path, fp16: bool = False) -> float:
+    """The in-process pipeline (`mtasr.pipeline`, kernel mode, [70,13], timing audio) on every session with the
+    fp32 graphs or their fp16 copies (ONNX Runtime CPU): SegLST and RTTM per session as the client writes them.
+    Returns the real-time factor (process CPU time / audio seconds)."""
+    import soundfile as sf
+
+    from client.stream import rttm_lines
+    from export.parity.fp16 import Fp16Runner, stream
+    from mtasr.pipeline import OrtRunner
+
+    runner = Fp16Runner(graphs) if fp16 else OrtRunner(graphs)
+    out.mkdir(parents=True, exist_ok=True)
+    t0, audio_s = time.process_time(), 0.0
+    for s in sessions:
+        audio, rate = sf.read(s["audio_filepath"], dtype="float32")
+        assert rate == SAMPLE_RATE
+        audio_s += len(audio) / rate
+        session, activity = stream(graphs, runner, audio, s["session_id"], preset="70_13")
+        segs = [{**g, "session_id": s["session_id"]} for g in session.words.seglst()]
+        (out / f"{s['session_id']}.seglst.json").write_text(json.dumps(segs, indent=1))
+        (out / f"{s['session_id']}.rttm").write_text("\n".join(rttm_lines(s["session_id"], activity)) + "\n")
+    return (time.process_time() - t0) / max(audio_s, 1e-9)
 
 
 def run_served(sessions: list[dict], graphs: Path, work: Path, out: Path, triton_dir: Path, serve_venv: Path,
@@ -231,11 +260,12 @@ def run_served(sessions: list[dict], graphs: Path, work: Path, out: Path, triton
     return time.monotonic() - t0
 
 
-def delta_line(fp32: dict, int8: dict) -> str:
-    """int8 minus fp32, in points, for each figure of the eval line."""
+def delta_line(fp32: dict, other: dict, precision: str = "int8") -> str:
+    """`precision` minus fp32, in points, for each figure of the eval line."""
     keys = ("cpwer_clean", "cpwer_overlap", "tcpwer", "der")
     names = ("cpwer", "cpwer_overlap", "tcpwer", "der")
-    return "eval-int8: " + " ".join(f"{n}_delta={int8[k] - fp32[k]:+.1f}" for n, k in zip(names, keys, strict=True))
+    return f"eval-{precision}: " + " ".join(f"{n}_delta={other[k] - fp32[k]:+.1f}"
+                                            for n, k in zip(names, keys, strict=True))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -249,8 +279,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--masked", action="store_true", help="feature-masking mode instead of speaker kernels")
     ap.add_argument("--no-served", action="store_true", help="skip the Triton pipeline")
     ap.add_argument("--no-reference", action="store_true", help="skip NeMo's reference pipeline")
-    ap.add_argument("--precision", choices=("fp32", "int8"), default="fp32",
-                    help="int8: also serve the int8 diarizer and encoder graphs and print their scores beside fp32's")
+    ap.add_argument("--precision", choices=("fp32", "int8", "fp16"), default="fp32",
+                    help="int8: also serve the int8 diarizer and encoder graphs and print their scores beside fp32's; "
+                         "fp16: also run the fp32 and fp16 graphs in process (ONNX Runtime CPU) and print both")
     ap.add_argument("--triton-dir", type=Path, default=ROOT / ".triton")
     ap.add_argument("--serve-venv", type=Path, default=ROOT / ".venv-serve")
     args = ap.parse_args(argv)
@@ -263,8 +294,14 @@ def main(argv: list[str] | None = None) -> int:
         write_split(args.data, args.sessions, "heldout", EVAL_SEED, args.max_seconds)
     sessions = [json.loads(line) for line in summary.read_text().splitlines()]
     results, diarize = {}, {}
+    work = args.out / "served_work"
+    if args.precision == "fp16":
+        graphs = export_graphs(args.diar_nemo, args.asr_nemo, work / "model")
+        for label, fp16 in (("in-process", False), ("in-process-fp16", True)):
+            out = args.out / label.replace("-", "_")
+            rtf = run_in_process(sessions, graphs, out, fp16=fp16)
+            results[label] = {**score(sessions, out, label), "cpu_rtf": round(rtf, 3)}
     if not args.no_served:
-        work = args.out / "served_work"
         graphs = export_graphs(args.diar_nemo, args.asr_nemo, work / "model")
         for precision in ("fp32", "int8") if args.precision == "int8" else ("fp32",):
             label = "served" if precision == "fp32" else f"served-{precision}"
@@ -283,6 +320,8 @@ def main(argv: list[str] | None = None) -> int:
         print(eval_line(r, name))
     if "served-int8" in results:
         print(delta_line(results["served"], results["served-int8"]))
+    if "in-process-fp16" in results:
+        print(delta_line(results["in-process"], results["in-process-fp16"], "fp16"))
     for name, r in diarize.items():
         print(diarize_line(r, name))
     (args.out / "scores.json").write_text(json.dumps({**results, "diarize": diarize}, indent=1))

@@ -19,6 +19,11 @@ OPSET = 17
 TWO_GB = 2**31 - 1
 MODEL_FILE = "model.onnx"
 DATA_FILE = "model.onnx.data"
+# Ops the fp16 copies keep in fp32 besides ONNX Runtime's own block list: a LayerNormalization's variance sums the
+# squares of its input over the model dim, where fp16 overflows first (`export.fp16_ranges` measures it: on the
+# trained demo encoder, d_model 144 of the full model's 1024, the largest such sum is 1.9e4, 3.5x below 65504);
+# TensorRT plans built strongly typed from the fp16 graph keep the same types.
+FP32_OPS = ("LayerNormalization",)
 
 
 def check_signature(module: torch.nn.Module, spec: GraphSpec) -> None:
@@ -81,19 +86,47 @@ def _consolidate(path: Path) -> None:
                         location=DATA_FILE, size_threshold=1024)
 
 
-def to_fp16(src_dir: Path, dst_dir: Path) -> Path:
-    """fp16 copy of a graph with float32 inputs/outputs kept, so it serves under the same tensor spec."""
-    from onnxruntime.transformers.float16 import convert_float_to_float16
+def _fp32_weights(model: onnx.ModelProto, nodes: set[str]) -> None:
+    """Give the fp32-kept `nodes` fp32 copies of the fp16 initializers they read (the converter casts their
+    activations back to fp32 but leaves a shared weight such as a LayerNormalization's scale in fp16)."""
+    inits = {t.name: t for t in model.graph.initializer}
+    copies: dict[str, str] = {}
+    for node in model.graph.node:
+        if node.name not in nodes:
+            continue
+        for i, name in enumerate(node.input):
+            t = inits.get(name)
+            if t is None or t.data_type != onnx.TensorProto.FLOAT16:
+                continue
+            if name not in copies:
+                copy = onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(t).astype(np.float32), name + "_fp32")
+                model.graph.initializer.append(copy)
+                copies[name] = copy.name
+            node.input[i] = copies[name]
+
+
+def to_fp16(src_dir: Path, dst_dir: Path, keep_fp32: tuple[str, ...] = ()) -> Path:
+    """fp16 copy of a graph with float32 inputs/outputs kept, so it serves under the same tensor spec; the `FP32_OPS`
+    and the nodes named in `keep_fp32` stay in fp32 (casts around them)."""
+    from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
 
     src = Path(src_dir) / MODEL_FILE
+    large = sum(p.stat().st_size for p in Path(src_dir).iterdir()) // 2 >= TWO_GB
     model = onnx.load(str(src), load_external_data=True)
+    # The converter places its casts around the fp32-kept nodes from value_info: inferred on the graph without its
+    # external weights (shapes need only their dims; a proto over 2 GB cannot be inferred whole).
+    shapes = onnx.shape_inference.infer_shapes(onnx.load(str(src), load_external_data=False))
+    del model.graph.value_info[:]
+    model.graph.value_info.extend(shapes.graph.value_info)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        half = convert_float_to_float16(model, keep_io_types=True, disable_shape_infer=True)
+        half = convert_float_to_float16(model, keep_io_types=True, disable_shape_infer=True,
+                                        op_block_list=[*DEFAULT_OP_BLOCK_LIST, *FP32_OPS],
+                                        node_block_list=list(keep_fp32) or None)
+    _fp32_weights(half, {n.name for n in half.graph.node if n.op_type in FP32_OPS or n.name in keep_fp32})
     dst_dir = Path(dst_dir)
     shutil.rmtree(dst_dir, ignore_errors=True)
     dst_dir.mkdir(parents=True)
-    large = sum(p.stat().st_size for p in Path(src_dir).iterdir()) // 2 >= TWO_GB
     if large:
         onnx.save_model(half, str(dst_dir / MODEL_FILE), save_as_external_data=True, all_tensors_to_one_file=True,
                         location=DATA_FILE, size_threshold=1024)

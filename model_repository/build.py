@@ -5,7 +5,7 @@
     python -m model_repository.build --write-committed
 
 Models: `diarizer`, `encoder` (the chosen latency preset's graph), `decoder_joint` (fp16 graphs on gpu when
-exported; on tensorrt the fp32 graphs plus `build_plans.sh`, which builds their plans in the container; on cpu
+exported; on tensorrt the same graphs plus `build_plans.sh`, which builds their plans in the container; on cpu
 `--precision int8` serves the diarizer's and encoder's `_int8` twins, `export --int8`) and
 `multitalker` (config; `1/` holds `manifest.json`, the feature files and model.py, copied from
 `model_repository/multitalker/model.py` when that exists). Graph files are symlinked into `<model>/1/`
@@ -51,15 +51,15 @@ def graph_folders(manifest: Manifest, target: str, preset: str, precision: str =
     """Repository model name -> exported graph folder (the `_fp16` copy on gpu when there is one; the int8 twins of
     the diarizer and encoder with precision `int8`, cpu only)."""
     # The int8 graphs are ONNX Runtime's CPU integer kernels (dynamic quantisation); gpu serves fp16 and TensorRT
-    # builds its own plans from the fp32 graphs.
+    # builds its plans from the same fp16 graphs.
     if precision != PRECISIONS[0] and target != "cpu":
         raise BuildError(f"precision {precision} is served on target cpu only, not {target}")
     try:
         chosen = manifest.graph_names(preset, precision)
     except ValueError as exc:
         raise BuildError(str(exc)) from None
-    # ONNX Runtime on gpu serves the fp16 copy; TensorRT builds its fp16 plan from the fp32 graph
-    if target == "gpu":
+    # ONNX Runtime on gpu serves the fp16 copy; TensorRT builds its plan from it, strongly typed (tensorrt.py)
+    if target in ("gpu", "tensorrt"):
         chosen = {model: folder + "_fp16" if manifest.graphs.get(folder + "_fp16") == model else folder
                   for model, folder in chosen.items()}
     return chosen

@@ -7,7 +7,7 @@ ifeq ($(FULL),1)
 SIZE := full
 endif
 
-.PHONY: setup demo test parity export lint clean train-demo eval espeak nginx chromium reliability cluster-test
+.PHONY: setup demo test test-unit parity export lint clean train-demo eval espeak nginx chromium reliability cluster-test
 
 # .venv for export/tests + .venv-serve and .triton/ for the server (serve-setup, below).
 setup: $(STAMP) serve-setup
@@ -25,8 +25,12 @@ $(STAMP): pyproject.toml constraints.txt
 demo: setup
 	$(PY) -m client.demo
 
+# Every tier (what CI runs); test-unit: no tritonserver, nginx, browser or NeMo export (the rule: tests/conftest.py).
 test: setup espeak nginx chromium
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=15 --cpu-durations=15
+
+test-unit: $(STAMP)
+	$(PY) -m pytest -q -m "not export and not server" --durations=10 --cpu-durations=10
 
 # ONNX Runtime + numpy vs NeMo PyTorch streaming, chained; FULL=1 for the full-size architectures. Also fp16 and int8
 # copies against fp32 (reported: max abs per graph, the int8 pipeline's token agreement; not judged).
@@ -42,7 +46,7 @@ export: setup
 	$(PY) -m export --nemo $(DIAR_NEMO) $(ASR_NEMO) --out $(OUT) --presets $(PRESETS) --fp16 \
 		$(if $(filter int8,$(PRECISION)),--int8)
 
-lint: setup
+lint: $(STAMP)
 	.venv/bin/ruff check mtasr export tests demo_models client bench model_repository reliability edge gateway
 
 # Synthetic speech for the demo models (Debian package).

@@ -1,11 +1,12 @@
 """Reply bytes per request over a long session, audio timing vs NeMo timing, on one server.
 
-    python -m bench.reply_size --graphs artifacts/demo_trained [--minutes 10]
+    python -m bench.reply_size --graphs artifacts/demo_trained [--minutes 10] [--out bench/reply_size.json]
 
 The session is the committed samples played one after another (with 1 s of silence between) until `--minutes`;
 each timing streams it once in 160 ms pieces. Prints, per timing, the JSON bytes of `segments` + `interim` +
 `transcript` per reply: mean and max over the first and the last minute (the END reply, which carries the whole
-SegLST in audio timing, apart), and the total.
+SegLST in audio timing, apart), and the total. Writes them, with the machine and the command, to `--out`
+(committed: bench/reply_size.json, which the README's reply-size paragraph is rendered from by `bench.report`).
 """
 
 from __future__ import annotations
@@ -48,20 +49,32 @@ def profile(url: str, audio: np.ndarray, timing: str, chunk_ms: float = 160.0) -
             "segments": len(r.seglst)}
 
 
-def run(graphs: Path, minutes: float) -> dict:
+def run(graphs: Path, minutes: float, chunk_ms: float = 160.0) -> dict:
     from bench.serving import served
 
     audio = long_session(minutes)
     with served(graphs, "70_13") as server:
-        return {"minutes": minutes, **{t: profile(server.grpc_url, audio, t) for t in TIMINGS}}
+        return {"minutes": minutes, "chunk_ms": chunk_ms,
+                **{t: profile(server.grpc_url, audio, t, chunk_ms) for t in TIMINGS}}
 
 
 def main(argv: list[str] | None = None) -> int:
+    from bench.run import machine
+
     ap = argparse.ArgumentParser(prog="python -m bench.reply_size", description=__doc__.split("\n")[0])
     ap.add_argument("--graphs", type=Path, default=ROOT / "artifacts" / "demo_trained")
     ap.add_argument("--minutes", type=float, default=10.0)
+    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "reply_size.json",
+                    help="results file (default: the committed bench/reply_size.json)")
     args = ap.parse_args(argv)
-    print(json.dumps(run(args.graphs, args.minutes), indent=1))
+    graphs = args.graphs.resolve()
+    where = graphs.relative_to(ROOT).as_posix() if graphs.is_relative_to(ROOT) else graphs.name
+    result = {"machine": machine(), "graphs": where,
+              "command": f"python -m bench.reply_size --graphs {where} --minutes {args.minutes:g}",
+              **run(graphs, args.minutes)}
+    text = json.dumps(result, indent=1, allow_nan=False)
+    args.out.write_text(text + "\n")
+    print(text)
     return 0
 
 

@@ -21,6 +21,7 @@ import asyncio
 import json
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -262,12 +263,15 @@ def run_ws_sessions(url: str, n: int, audios: list[np.ndarray], chunk_ms: float 
 
 def search(url: str, lo: int, hi: int, audios: list[np.ndarray], chunk_ms: float = 160.0,
            rtf_max: float | None = None, progress: bool = True, budget_ms: float | None = None,
-           spread_s: float = STEP_SPREAD_S) -> dict:
-    """Largest N in [lo, hi] whose run is real time: double from `lo` until one fails, then bisect."""
+           spread_s: float = STEP_SPREAD_S, after_run: Callable[[int, dict], None] | None = None) -> dict:
+    """Largest N in [lo, hi] whose run is real time: double from `lo` until one fails, then bisect. `after_run`
+    (n, result) is called after each run; what it raises ends the search (e.g. the server died)."""
     runs: dict[int, dict] = {}
 
     def ok(n: int) -> bool:
         runs[n] = run_sessions(url, n, audios, chunk_ms, rtf_max, spread_s, progress=progress, budget_ms=budget_ms)
+        if after_run is not None:
+            after_run(n, runs[n])
         if progress:
             r = runs[n]
             print(f"N={n}: p99 {r['p99_ms']:.1f} ms, max rtf {r['rtf_max']:.3f}, "

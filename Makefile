@@ -70,10 +70,18 @@ train-demo: setup espeak
 	cp demo_models/checkpoints/diar_demo.nemo demo_models/checkpoints/asr_demo.nemo demo_models/
 
 # Held-out sessions through NeMo's streaming multitalker flow: cpWER (meeteval) and DER (0.25 s collar).
-# PRECISION=int8: the served stack also with the int8 graphs, its line beside fp32's and the delta.
+# PRECISION=int8: the served stack also with the int8 graphs, its line beside fp32's and the delta. PRECISION=fp16:
+# also the in-process pipeline with the fp32 and with the fp16 graphs (the GPU target's, on ONNX Runtime CPU).
 EVAL_SESSIONS ?= 20
 eval: setup espeak
 	$(PY) -m demo_models.evaluate --sessions $(EVAL_SESSIONS) --precision $(PRECISION)
+
+# The GPU path's checks that need no GPU, on the demo models: every graph's output shapes follow from its input
+# shapes; fp16 graphs against fp32 (tokens, eval cpWER, largest |x| of every tensor vs 65504). Last line:
+# `gpu-static: shapes_from_inputs=<k>/<graphs> fp16_tokens=<same>/<total> fp16_cpwer_delta=<x> fp16_headroom=<x>`.
+.PHONY: gpu-static
+gpu-static: setup espeak
+	$(PY) -m export.gpu_static --sessions $(EVAL_SESSIONS)
 
 # The fault suite against real tritonservers (identity, ownership, admission, expiry, bad input, faults, soak):
 # one line per case, then `reliability: cases=P/N ...`; non-zero exit on any failure. `make test` runs its fast core.

@@ -14,9 +14,8 @@ from mtasr.manifest import Manifest
 from mtasr.spec import graph_specs
 
 
-def test_every_exported_graph_has_input_sized_outputs(tiny_parity):
-    work = tiny_parity["work"]
-    folders = [work / "graphs", work / "speakers8" / "graphs"]
+def test_every_exported_graph_has_input_sized_outputs(tiny_graphs):
+    folders = [tiny_graphs, tiny_graphs.parent / "speakers8" / "graphs"]
     checked = {}
     for graphs in folders:
         manifest = Manifest.load(graphs)
@@ -27,10 +26,10 @@ def test_every_exported_graph_has_input_sized_outputs(tiny_parity):
     assert {"diarizer_standalone", "diarizer_fp16", "diarizer_int8", "encoder_70_13_int8", "encoder_70_0_fp16",
             "decoder_joint"} <= set(Manifest.load(folders[0]).graphs)
 
-def test_diarizer_output_frames_are_the_input_frames(tiny_parity):
+def test_diarizer_output_frames_are_the_input_frames(tiny_graphs):
     """The concatenated speaker cache + FIFO + chunk predictions are exactly as long as the three inputs together:
     spkcache_frames + fifo_frames + the pre-encoded chunk's frames, symbolically."""
-    graphs = tiny_parity["work"] / "graphs"
+    graphs = tiny_graphs
     shapes = infer(graphs / "diarizer_standalone")
     preds = sympy.sympify(shapes.outputs["spkcache_fifo_chunk_preds"][1])
     embs = sympy.sympify(shapes.outputs["chunk_pre_encode_embs"][1])
@@ -75,12 +74,12 @@ def test_a_value_sized_output_is_caught(tmp_path):
 
 
 @pytest.mark.parametrize("name", ["diarizer", "diarizer_standalone"])
-def test_padded_predictions_beyond_the_lengths_are_zero(tiny_parity, name):
+def test_padded_predictions_beyond_the_lengths_are_zero(tiny_graphs, name):
     """The frames past each row's total length are padding (masked to 0), so the pipeline's slice to the total
     is all there is to read."""
     from export.parity.figures import random_feed, session
 
-    graphs = tiny_parity["work"] / "graphs"
+    graphs = tiny_graphs
     manifest = Manifest.load(graphs)
     feed = random_feed("diarizer", manifest, name)
     feed["spkcache_lengths"] = np.array([3, manifest.dims.spkcache_len], np.int64)

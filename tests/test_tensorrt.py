@@ -41,9 +41,9 @@ for a in "$@"; do case $a in --saveEngine=*) echo plan > "${a#--saveEngine=}";; 
 
 
 @pytest.fixture(scope="module")
-def trt_repo(tiny_parity, tmp_path_factory):
-    graphs = tiny_parity["work"] / "graphs"
-    return graphs, build(graphs, "tensorrt", tmp_path_factory.mktemp("trt") / "repo", preset="70_13", copy=True)
+def trt_repo(tiny_graphs, tmp_path_factory):
+    return tiny_graphs, build(tiny_graphs, "tensorrt", tmp_path_factory.mktemp("trt") / "repo", preset="70_13",
+                              copy=True)
 
 
 def test_repository_and_plan_script(trt_repo):

@@ -210,10 +210,12 @@ def export_graphs(diar_nemo: Path, asr_nemo: Path, graphs: Path, presets: tuple[
     return graphs
 
 
-def run_in_process(sessions: list[dict], graphs: Path, out: Path, fp16: bool = False) -> float:
+def run_in_process(sessions: list[dict], graphs: Path, out: Path, fp16: bool = False,
+                   keep: dict | None = None) -> float:
     """The in-process pipeline (`mtasr.pipeline`, kernel mode, [70,13], timing audio) on every session with the
-    fp32 graphs or their fp16 copies (ONNX Runtime CPU): SegLST and RTTM per session as the client writes them.
-    Returns the real-time factor (process CPU time / audio seconds)."""
+    fp32 graphs or their fp16 copies (ONNX Runtime CPU): SegLST and RTTM per session as the client writes them;
+    `keep` (a dict) receives each session id's (finished session, diarizer activity). Returns the real-time factor
+    (process CPU time / audio seconds)."""
     import soundfile as sf
 
     from client.stream import rttm_lines
@@ -228,6 +230,8 @@ def run_in_process(sessions: list[dict], graphs: Path, out: Path, fp16: bool = F
         assert rate == SAMPLE_RATE
         audio_s += len(audio) / rate
         session, activity = stream(graphs, runner, audio, s["session_id"], preset="70_13")
+        if keep is not None:
+            keep[s["session_id"]] = (session, activity)
         segs = [{**g, "session_id": s["session_id"]} for g in session.words.seglst()]
         (out / f"{s['session_id']}.seglst.json").write_text(json.dumps(segs, indent=1))
         (out / f"{s['session_id']}.rttm").write_text("\n".join(rttm_lines(s["session_id"], activity)) + "\n")

@@ -63,16 +63,22 @@ class _Run:
     latencies_ms: list[float] = field(default_factory=list)
     wall_seconds: float = 0.0
     error: str | None = None
+    refused_ms: float | None = None  # the START was refused: how long the refusal took
+    transcript: list | None = None  # the END reply's transcript (when asked for)
 
 
-async def _session(conn: Connection, clip: np.ndarray, piece: int, delay_s: float, timeout: float) -> _Run:
+async def _session(conn: Connection, clip: np.ndarray, piece: int, delay_s: float, timeout: float,
+                   transcript: bool = False) -> _Run:
     """One real-time session on its own channel and gRPC stream: pieces sent at their audio time, every reply
-    timed; the replies are not decoded (the load generator measures the server, not the client's parsing)."""
+    timed; the replies are not decoded (the load generator measures the server, not the client's parsing), except
+    the END reply's transcript when `transcript` is set. After an error (e.g. a refused START) the session stops
+    sending and lets the server close the stream: cancelling a call is a path that has crashed Triton 2.51."""
     from tritonclient.utils import InferenceServerException
 
     run = _Run(audio_seconds=len(clip) / SAMPLE_RATE)
     starts = list(range(0, len(clip), piece))
     sent_at: dict[str, float] = {}
+    stop = asyncio.Event()
     await asyncio.sleep(delay_s)
     client = conn.aio_client()
     headers = {**conn.headers(), SESSION_KEY_HEADER: new_session_key()}
@@ -82,6 +88,8 @@ async def _session(conn: Connection, clip: np.ndarray, piece: int, delay_s: floa
     async def requests():
         for i, s in enumerate(starts):
             await asyncio.sleep(max(0.0, t0 + s / SAMPLE_RATE - time.perf_counter()))
+            if stop.is_set():  # after an error: the request stream ends, the server closes the call
+                return
             rid = str(i)
             sent_at[rid] = time.perf_counter()
             yield {"model_name": ORCHESTRATOR, "inputs": audio_inputs(clip[s : s + piece]), "request_id": rid,
@@ -91,10 +99,16 @@ async def _session(conn: Connection, clip: np.ndarray, piece: int, delay_s: floa
         replies = client.stream_infer(requests(), stream_timeout=timeout, headers=headers)
         async for result, error in replies:
             if error is not None:
-                run.error = error.message() if isinstance(error, InferenceServerException) else str(error)
-                replies.cancel()
-                break
-            run.latencies_ms.append((time.perf_counter() - sent_at[result.get_response().id]) * 1000)
+                if run.error is None:
+                    run.error = error.message() if isinstance(error, InferenceServerException) else str(error)
+                    if not run.latencies_ms:
+                        run.refused_ms = (time.perf_counter() - sent_at["0"]) * 1000
+                stop.set()  # no more pieces; the server ends the stream once the sent ones are answered
+                continue
+            rid = result.get_response().id
+            run.latencies_ms.append((time.perf_counter() - sent_at[rid]) * 1000)
+            if transcript and rid == str(len(starts) - 1):
+                run.transcript = json.loads(result.as_numpy("transcript").reshape(-1)[0])
         # the loop ends when the server closes the stream after the last reply. Cancelling the call instead, right
         # after the last reply, can crash Triton 2.51 (a race between the cancellation and the request's release)
     except InferenceServerException as exc:
@@ -110,28 +124,30 @@ async def _session(conn: Connection, clip: np.ndarray, piece: int, delay_s: floa
 
 
 async def _drive(conn: Connection, clips: list[np.ndarray], piece: int, spread_s: float,
-                 timeout: float) -> list[_Run]:
+                 timeout: float, transcripts: bool = False) -> list[_Run]:
     n = len(clips)
-    return list(await asyncio.gather(*(_session(conn, c, piece, spread_s * i / n, timeout)
+    return list(await asyncio.gather(*(_session(conn, c, piece, spread_s * i / n, timeout, transcripts)
                                        for i, c in enumerate(clips))))
 
 
 def run_sessions(url: str | Connection, n: int, audios: list[np.ndarray], chunk_ms: float = 160.0,
                  rtf_max: float | None = None, spread_s: float = STEP_SPREAD_S, progress: bool = True,
-                 budget_ms: float | None = None, timeout: float = 600.0) -> dict:
+                 budget_ms: float | None = None, timeout: float = 600.0, transcripts: bool = False) -> dict:
     """`n` concurrent real-time sessions (own channel, gRPC stream, sequence id and session key each), all driven
     by one asyncio event loop in this process (no thread per session); their latency and RTF figures.
 
     The sessions' starts are spread evenly over `spread_s`: by default one model step, as independent clients'
     would be (their model steps interleave); a spread of one piece or less makes every session's step fall in the
-    same piece, the worst burst the batcher can meet."""
+    same piece, the worst burst the batcher can meet. Sessions whose START was refused are counted apart
+    (`refused`, `refusal_ms`); `transcripts` keeps each session's END transcript (None where it failed), with
+    `clip_index` saying which of `audios` each session streamed."""
     conn = Connection(url) if isinstance(url, str) else url
     piece = int(round(chunk_ms * SAMPLE_RATE / 1000))
     clips = [audios[i % len(audios)] for i in range(n)]
     if progress:
         print(f"loadgen: {n} sessions ...", file=sys.stderr, flush=True)
     cpu0, t0 = time.process_time(), time.perf_counter()
-    runs = asyncio.run(_drive(conn, clips, piece, spread_s, timeout))
+    runs = asyncio.run(_drive(conn, clips, piece, spread_s, timeout, transcripts))
     cpu_s, wall_s = time.process_time() - cpu0, time.perf_counter() - t0
     errors = [r.error for r in runs if r.error]
     done = [r for r in runs if r.error is None]
@@ -141,7 +157,13 @@ def run_sessions(url: str | Connection, n: int, audios: list[np.ndarray], chunk_
     out = {"sessions": n, "chunk_ms": chunk_ms, "chunks": int(lat.size), "p50_ms": p50, "p95_ms": p95,
            "p99_ms": p99, "max_ms": float(lat.max()) if lat.size else float("nan"), "rtf": rtf,
            "rtf_max": max(rtf) if rtf else float("nan"), "errors": errors, "spread_s": spread_s,
-           "loadgen_cpu_s": round(cpu_s, 2), "loadgen_cores": round(cpu_s / wall_s, 3)}  # the generator's share
+           "loadgen_cpu_s": round(cpu_s, 2), "loadgen_cores": round(cpu_s / wall_s, 3),  # the generator's share
+           "refused": sum(r.refused_ms is not None for r in runs),
+           "refusal_ms": [r.refused_ms for r in runs if r.refused_ms is not None]}
+    if transcripts:
+        out["transcripts"] = [r.transcript for r in runs]
+        out["clip_index"] = [i % len(audios) for i in range(n)]
+        out["session_errors"] = [r.error for r in runs]
     budget = budget_ms or chunk_ms
     limits = [rtf_max or 1 + budget / 1000 / r.audio_seconds for r in done if r.audio_seconds]
     out["budget_ms"] = budget

@@ -85,9 +85,11 @@ def _place(src: Path, dst: Path, copy: bool) -> None:
 def build(graphs: Path, target: str, out: Path, preset: str | None = None, speaker_mode: str = "kernel",
           copy: bool = False, in_process: tuple[str, ...] | None = None, max_sessions: int = DEFAULT_MAX_SESSIONS,
           idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_S, timing: str = TIMINGS[0],
-          diarization_preset: str = DEFAULT_DIARIZATION_PRESET, precision: str = PRECISIONS[0]) -> Path:
+          diarization_preset: str = DEFAULT_DIARIZATION_PRESET, precision: str = PRECISIONS[0],
+          admission_headroom: float | None = None, lag_limit_s: float | None = None, instances: int = 1) -> Path:
     """Write a complete repository into `out` (replaced only when it is one this builder wrote): `multitalker`, its
-    graph models, and the `diarization` service (the standalone diarizer graph, run in its own process)."""
+    graph models, and the `diarization` service (the standalone diarizer graph, run in its own process).
+    `admission_headroom` / `lag_limit_s` (None: defaults) and `instances` go to both streaming models."""
     graphs, out = Path(graphs), Path(out)
     if target not in TARGETS:
         raise BuildError(f"unknown target {target!r}; use one of {TARGETS}")
@@ -122,8 +124,12 @@ def build(graphs: Path, target: str, out: Path, preset: str | None = None, speak
                            else standalone_name)
     if not (standalone / "model.onnx").is_file():
         raise BuildError(f"missing graph file {standalone / 'model.onnx'}")
-    configs = repository_configs(manifest.dims, target, preset, speaker_mode, in_process, max_sessions,
-                                 idle_timeout_s, timing, diarization_preset)
+    try:
+        configs = repository_configs(manifest.dims, target, preset, speaker_mode, in_process, max_sessions,
+                                     idle_timeout_s, timing, diarization_preset, admission_headroom, lag_limit_s,
+                                     instances)
+    except ValueError as exc:
+        raise BuildError(str(exc)) from None
     with atomic_folder(out) as work:
         write_configs(configs, work)
         orchestrator = work / ORCHESTRATOR / "1"
@@ -194,13 +200,20 @@ def main(argv: list[str] | None = None) -> int:
                     help="cpu: serve the int8 twins of the diarizer and encoder (export --int8) or fp32 (default)")
     ap.add_argument("--copy", action="store_true", help="copy graph files instead of symlinking them")
     ap.add_argument("--max-sessions", type=int, default=DEFAULT_MAX_SESSIONS,
-                    help="live sessions one orchestrator admits; a START beyond is refused (default: %(default)s)")
+                    help="upper bound on live sessions per orchestrator (below it, admission by measured "
+                         "capacity; default: %(default)s)")
     ap.add_argument("--timing", choices=TIMINGS, default=TIMINGS[0],
                     help="sessions' default timestamps: audio time (default) or NeMo's arithmetic (parity)")
     ap.add_argument("--diarization-preset", choices=tuple(DIARIZATION_PRESETS), default=DEFAULT_DIARIZATION_PRESET,
                     help="latency setting of the diarization service (default: %(default)s, the tutorial's 1.04 s)")
     ap.add_argument("--idle-timeout-s", type=float, default=DEFAULT_IDLE_TIMEOUT_S,
                     help="a session with no request for this long is dropped and freed (default: %(default)s)")
+    ap.add_argument("--admission-headroom", type=float,
+                    help="admit a START while the predicted step over all sessions takes at most this fraction of "
+                         "the audio it covers (default 0.7; 0: admit by --max-sessions only)")
+    ap.add_argument("--lag-limit-s", type=float,
+                    help="end a session further behind real time than this (default 10)")
+    ap.add_argument("--instances", type=int, default=1, help="orchestrator processes per streaming model")
     ap.add_argument("--in-process", metavar="MODELS",
                     help="graph models the orchestrator runs itself with ONNX Runtime instead of through BLS "
                          "(comma list, '' for none; default: " +
@@ -218,7 +231,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         in_process = None if args.in_process is None else tuple(m for m in args.in_process.split(",") if m)
         out = build(args.graphs, args.target, args.out, args.preset, args.speaker_mode, args.copy, in_process,
-                    args.max_sessions, args.idle_timeout_s, args.timing, args.diarization_preset, args.precision)
+                    args.max_sessions, args.idle_timeout_s, args.timing, args.diarization_preset, args.precision,
+                    args.admission_headroom, args.lag_limit_s, args.instances)
     except BuildError as exc:
         print(f"{ap.prog}: error: {exc}", file=sys.stderr)
         return 2

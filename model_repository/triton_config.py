@@ -44,10 +44,14 @@ GRAPH_MODELS = GRAPH_ROLES  # model names in the repository (= graph kinds)
 # runs every graph in process; on gpu the diarizer and encoder stay Triton models (ONNX Runtime / TensorRT).
 IN_PROCESS_DEFAULT = {"cpu": GRAPH_MODELS, "gpu": ("decoder_joint",), "tensorrt": ("decoder_joint",)}
 PLAN_FILE = "model.plan"  # a TensorRT graph model's engine, next to the model.onnx it is built from
-ORCHESTRATOR_MAX_BATCH = 32
+ORCHESTRATOR_MAX_BATCH = 32  # sessions whose rows one graph model call carries (graph_max_batch)
+# Requests per `execute` of a streaming model. Its execute only queues requests for the orchestrator's engine
+# thread, which steps every session with a pending chunk at once whatever the executes were, so this bounds
+# nothing but the hand-over; large, so that a busy batcher hands many requests over per round trip.
+STREAMING_MAX_BATCH = 256
 # Sequence slots the batcher keeps beyond the session cap: a START over the cap must reach the orchestrator (which
-# refuses it at once, "server full") instead of waiting silently in the batcher's backlog; slots of the oldest
-# strategy are bookkeeping only. Refused and abandoned sequences hold theirs until the idle timeout.
+# refuses it at once, "server full" / "at capacity") instead of waiting silently in the batcher's backlog; slots of
+# the oldest strategy are bookkeeping only. Refused and abandoned sequences hold theirs until the idle timeout.
 CANDIDATE_SLOTS_PER_SESSION = 4
 
 # numpy dtype -> Triton data type name, the one mapping used everywhere.
@@ -130,23 +134,25 @@ def graph_config(spec: GraphSpec, target: str, max_batch_size: int, name: str | 
     return cfg
 
 
-def streaming_model_config(spec: GraphSpec, params: ModelParams, max_batch_size: int = ORCHESTRATOR_MAX_BATCH,
-                           idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_S) -> mc.ModelConfig:
+def streaming_model_config(spec: GraphSpec, params: ModelParams, max_batch_size: int = STREAMING_MAX_BATCH,
+                           instances: int = 1) -> mc.ModelConfig:
     """A streaming model (`multitalker`, `diarization`): Python backend, sequence batching (oldest), both audio
     inputs optional.
 
-    `params` (e.g. graph model names, latency preset, speaker mode, in-process graphs, session cap) become the
-    model's parameters. `idle_timeout_s` is the batcher's `max_sequence_idle_microseconds`; the model reads it
-    back as its own idle timeout, so a sequence the batcher dropped is freed by the orchestrator too.
+    `params` (e.g. graph model names, latency preset, speaker mode, in-process graphs, admission limits) become
+    the model's parameters; the model reads its idle timeout from them and expires idle sessions itself. The
+    batcher's `max_sequence_idle_microseconds` is the idle timeout plus the lag limit: a client that waits for each
+    reply before it sends the next piece may wait up to the lag limit, and the batcher must not drop a sequence
+    the orchestrator still serves. `instances` > 1 runs several orchestrator processes (each its own sessions).
     """
     cfg = mc.ModelConfig(name=spec.name, backend="python", max_batch_size=max_batch_size)
-    cfg.instance_group.add(count=1, kind=mc.ModelInstanceGroup.KIND_CPU)
+    cfg.instance_group.add(count=instances, kind=mc.ModelInstanceGroup.KIND_CPU)
     _tensors(cfg, spec, optional=True)
     seq = cfg.sequence_batching
-    seq.max_sequence_idle_microseconds = round(idle_timeout_s * 1e6)
+    seq.max_sequence_idle_microseconds = round((params.idle_timeout_s + params.lag_limit_s) * 1e6)
     seq.oldest.max_candidate_sequences = max(2 * max_batch_size, CANDIDATE_SLOTS_PER_SESSION * params.max_sessions)
-    seq.oldest.preferred_batch_size.extend([s for s in (8, 16, 32) if s <= max_batch_size])
-    seq.oldest.max_queue_delay_microseconds = 2000
+    # no preferred sizes: the model's execute is a hand-over, so whatever is waiting goes at once
+    seq.oldest.max_queue_delay_microseconds = 0
     Control = mc.ModelSequenceBatching.Control
     for name, kind in (("START", Control.CONTROL_SEQUENCE_START), ("END", Control.CONTROL_SEQUENCE_END),
                        ("READY", Control.CONTROL_SEQUENCE_READY)):
@@ -161,20 +167,23 @@ def streaming_model_config(spec: GraphSpec, params: ModelParams, max_batch_size:
 def repository_configs(dims: ModelDims, target: str, preset: str, speaker_mode: str = "kernel",
                        in_process: tuple[str, ...] | None = None, max_sessions: int | None = None,
                        idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_S, timing: str | None = None,
-                       diarization_preset: str = DEFAULT_DIARIZATION_PRESET) -> dict[str, mc.ModelConfig]:
+                       diarization_preset: str = DEFAULT_DIARIZATION_PRESET, admission_headroom: float | None = None,
+                       lag_limit_s: float | None = None, instances: int = 1) -> dict[str, mc.ModelConfig]:
     """Model name -> config for a whole repository: `multitalker`, the graph models it calls through BLS (those not
-    `in_process`, which defaults to the target's IN_PROCESS_DEFAULT) and the `diarization` service."""
+    `in_process`, which defaults to the target's IN_PROCESS_DEFAULT) and the `diarization` service. The admission
+    limits (None: the parameters' defaults) go to both streaming models."""
     in_process = IN_PROCESS_DEFAULT[target] if in_process is None else tuple(in_process)
     specs = graph_specs(dims)
-    optional = {"max_sessions": max_sessions, "timing": timing}
+    limits = {"max_sessions": max_sessions, "admission_headroom": admission_headroom, "lag_limit_s": lag_limit_s}
+    limits = {"idle_timeout_s": float(idle_timeout_s), **{k: v for k, v in limits.items() if v is not None}}
     params = OrchestratorParams(preset=preset, speaker_mode=speaker_mode, in_process_models=in_process,
-                                **{k: v for k, v in optional.items() if v is not None})
+                                **limits,
+                                **({"timing": timing} if timing is not None else {}))
     configs = {kind: graph_config(specs[kind], target, graph_max_batch(dims), name=kind)
                for kind in GRAPH_MODELS if kind not in in_process}
-    configs[ORCHESTRATOR] = streaming_model_config(orchestrator_spec(), params, idle_timeout_s=idle_timeout_s)
-    diar = DiarizationParams(diarization_preset=diarization_preset,
-                             **({"max_sessions": max_sessions} if max_sessions is not None else {}))
-    configs[DIARIZATION] = streaming_model_config(diarization_spec(), diar, idle_timeout_s=idle_timeout_s)
+    configs[ORCHESTRATOR] = streaming_model_config(orchestrator_spec(), params, instances=instances)
+    diar = DiarizationParams(diarization_preset=diarization_preset, **limits)
+    configs[DIARIZATION] = streaming_model_config(diarization_spec(), diar, instances=instances)
     return configs
 
 

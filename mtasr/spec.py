@@ -318,6 +318,8 @@ class OrchestratorOutputs(TensorRecord):
                                     "(timing nemo: in every response)")
     speaker_activity: np.ndarray = tensor(F32, BATCH, "frames", "speakers",
                                           doc="diarizer probabilities of the 80 ms frames decided by this request")
+    status: np.ndarray = tensor(BYTES, BATCH, 1, doc="JSON object: `lag_s`, how far the session is behind real "
+                                "time at this reply, and `audio_s`, the session's audio received so far")
 
     @classmethod
     def json_names(cls) -> list[str]:

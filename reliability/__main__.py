@@ -3,7 +3,8 @@
     python -m reliability [--graphs DIR] [--work DIR] [--fast] [--case NAME ...]
 
 Prints one line per case, then `reliability: cases=P/N isolation=K/K collisions=0 hijack_refused=yes
-admission_ms=... expiry_s=... rss_growth_mb=... lost=0`; exits non-zero when any case fails.
+admission_ms=... expiry_s=... rss_growth_mb=... lost=0 overload_admitted=A/OFFERED overload_p99_ms=...
+overload_refusal_ms=... server_survived=yes|no`; exits non-zero when any case fails.
 """
 
 from __future__ import annotations
@@ -36,7 +37,10 @@ def summary(h: Harness, passed: int, total: int) -> str:
     return (f"reliability: cases={passed}/{total} isolation={f.get('isolation', 'n/a')} collisions={collisions} "
             f"hijack_refused={f.get('hijack_refused', 'no')} admission_ms={f.get('admission_ms', 'n/a')} "
             f"expiry_s={f.get('expiry_s', 'n/a')} rss_growth_mb={f.get('rss_growth_mb', 'n/a')} "
-            f"lost={f.get('lost', 0)}")
+            f"lost={f.get('lost', 0)} overload_admitted={f.get('overload_admitted', 'n/a')} "
+            f"overload_p99_ms={f.get('overload_p99_ms', 'n/a')} "
+            f"overload_refusal_ms={f.get('overload_refusal_ms', 'n/a')} "
+            f"server_survived={f.get('server_survived', 'n/a')}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -48,11 +48,13 @@ class Harness:
     _solo: dict = field(default_factory=dict)
 
     def server(self, name: str = "default", *, max_sessions: int = 32, idle_timeout_s: float = 5.0,
+               admission_headroom: float | None = None, graphs: Path | None = None,
                **server_kwargs) -> TritonServer:
-        """A running server on a cpu repository built from the graphs with these limits (started once per name)."""
+        """A running server on a cpu repository built from the graphs (default: the tiny ones) with these limits
+        (started once per name)."""
         if name not in self._servers:
-            repo = build(self.graphs, "cpu", self.work / f"repo_{name}", max_sessions=max_sessions,
-                         idle_timeout_s=idle_timeout_s)
+            repo = build(graphs or self.graphs, "cpu", self.work / f"repo_{name}", max_sessions=max_sessions,
+                         idle_timeout_s=idle_timeout_s, admission_headroom=admission_headroom)
             server = TritonServer(repo, log_path=self.work / f"server_{name}.log", **server_kwargs)
             self._servers[name] = self._stack.enter_context(server)
         return self._servers[name]

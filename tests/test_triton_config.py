@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import subprocess
 import sys
@@ -18,6 +19,8 @@ from model_repository.triton_config import (
     GRAPH_MODELS,
     IN_PROCESS_DEFAULT,
     NUMPY_TO_TRITON,
+    ORCHESTRATOR_MAX_BATCH,
+    STREAMING_MAX_BATCH,
     TARGETS,
     repository_configs,
     triton_dtype,
@@ -25,6 +28,7 @@ from model_repository.triton_config import (
 from mtasr.manifest import AsrInfo, DiarizerInfo, FeatureFiles, Manifest, Preset, StreamingCfg
 from mtasr.pipeline.params import (
     DEFAULT_IDLE_TIMEOUT_S,
+    DEFAULT_LAG_LIMIT_S,
     DEFAULT_MAX_SESSIONS,
     DiarizationParams,
     OrchestratorParams,
@@ -90,8 +94,8 @@ def test_graph_configs_follow_the_spec(target, dims):
     for name, spec in graph_specs(dims).items():
         cfg = configs[name]
         _check_io(cfg, spec)
-        # one orchestrator batch (32 sequences x 4 speakers) must fit one encoder / decoder_joint call
-        assert cfg.max_batch_size == configs["multitalker"].max_batch_size * NUM_SPEAKERS == 128
+        # one graph call carries the rows of ORCHESTRATOR_MAX_BATCH sessions x 4 speakers
+        assert cfg.max_batch_size == ORCHESTRATOR_MAX_BATCH * NUM_SPEAKERS == 128
         assert cfg.dynamic_batching.max_queue_delay_microseconds > 0
         assert max(cfg.dynamic_batching.preferred_batch_size) <= cfg.max_batch_size
         [group] = cfg.instance_group
@@ -127,13 +131,16 @@ def test_orchestrator_config(target):
     _check_io(cfg, orchestrator_spec())
     assert all(i.optional for i in cfg.input) and {i.name for i in cfg.input} == {"audio", "audio_int16"}
     assert [o.data_type for o in cfg.output[:2]] == [mc.TYPE_STRING, mc.TYPE_STRING]
-    assert cfg.backend == "python" and cfg.max_batch_size == 32
-    assert cfg.instance_group[0].kind == mc.ModelInstanceGroup.KIND_CPU
+    # execute only hands requests to the engine thread: Triton's batch never bounds the engine's (>= 256 sessions)
+    assert cfg.backend == "python" and cfg.max_batch_size == STREAMING_MAX_BATCH >= 256
+    assert cfg.instance_group[0].kind == mc.ModelInstanceGroup.KIND_CPU and cfg.instance_group[0].count == 1
     seq = cfg.sequence_batching
     assert seq.WhichOneof("strategy_choice") == "oldest"
+    assert seq.oldest.max_queue_delay_microseconds == 0 and not seq.oldest.preferred_batch_size
     # room in the batcher beyond the session cap, so a START over the cap reaches the orchestrator's refusal
     assert seq.oldest.max_candidate_sequences >= 4 * DEFAULT_MAX_SESSIONS >= cfg.max_batch_size
-    assert seq.max_sequence_idle_microseconds == DEFAULT_IDLE_TIMEOUT_S * 1e6 < 30e6
+    # the batcher keeps a sequence for the idle timeout plus the lag limit: the orchestrator expires it first
+    assert seq.max_sequence_idle_microseconds == (DEFAULT_IDLE_TIMEOUT_S + DEFAULT_LAG_LIMIT_S) * 1e6 < 30e6
     controls = {c.name: c.control[0] for c in seq.control_input}
     kind = mc.ModelSequenceBatching.Control
     assert {n: kind.Kind.Name(c.kind) for n, c in controls.items()} == {
@@ -142,11 +149,14 @@ def test_orchestrator_config(target):
     assert all(list(controls[n].bool_false_true) == [False, True] for n in ("START", "END", "READY"))
     assert controls["CORRID"].data_type == mc.TYPE_UINT64
     params = {k: v.string_value for k, v in cfg.parameters.items()}
-    assert params == {"pipeline": "multitalker", "diarizer_model": "diarizer", "encoder_model": "encoder",
+    assert set(params) == {f.name for f in dataclasses.fields(OrchestratorParams)}  # every parameter is written
+    assert params.items() >= {"pipeline": "multitalker", "diarizer_model": "diarizer", "encoder_model": "encoder",
                       "decoder_joint_model": "decoder_joint",
                       "preset": "70_6", "speaker_mode": "masked", "intra_op_threads": "0",
                       "max_sessions": str(DEFAULT_MAX_SESSIONS), "timing": "audio",
-                      "in_process_models": ",".join(IN_PROCESS_DEFAULT[target])}
+                      "in_process_models": ",".join(IN_PROCESS_DEFAULT[target]),
+                      "idle_timeout_s": str(DEFAULT_IDLE_TIMEOUT_S), "admission_headroom": "0.7",
+                      "lag_limit_s": str(DEFAULT_LAG_LIMIT_S)}.items()
     # every parameter written is one the orchestrator reads back, and nothing else
     parsed = OrchestratorParams.from_params(params)
     assert parsed.to_params() == params and parsed.masked_asr and parsed.preset == "70_6"
@@ -162,21 +172,28 @@ def test_diarization_config(target):
                              diarization_preset="ultra_low")[DIARIZATION]
     _check_io(cfg, diarization_spec())
     assert cfg.backend == "python" and cfg.sequence_batching.WhichOneof("strategy_choice") == "oldest"
-    assert cfg.sequence_batching.max_sequence_idle_microseconds == 3_000_000
+    assert cfg.sequence_batching.max_sequence_idle_microseconds == 13_000_000
     params = {k: v.string_value for k, v in cfg.parameters.items()}
     assert params == {"pipeline": "diarization", "diarization_preset": "ultra_low", "intra_op_threads": "0",
-                      "max_sessions": "7"}
+                      "max_sessions": "7", "idle_timeout_s": "3.0", "admission_headroom": "0.7",
+                      "lag_limit_s": "10.0"}
     assert pipeline_of(params) == "diarization" and DiarizationParams.from_params(params).to_params() == params
     with pytest.raises(ValueError, match="unknown diarization preset"):
         repository_configs(PUBLIC_CHECKPOINT_DIMS, target, "70_13", diarization_preset="instant")
 
 
 def test_session_limits_reach_the_config():
-    configs = repository_configs(PUBLIC_CHECKPOINT_DIMS, "cpu", "70_13", max_sessions=100, idle_timeout_s=2.5)
-    cfg = configs[ORCHESTRATOR]
-    assert cfg.parameters["max_sessions"].string_value == "100"
-    assert cfg.sequence_batching.max_sequence_idle_microseconds == 2_500_000
-    assert cfg.sequence_batching.oldest.max_candidate_sequences == 400
+    configs = repository_configs(PUBLIC_CHECKPOINT_DIMS, "cpu", "70_13", max_sessions=100, idle_timeout_s=2.5,
+                                 admission_headroom=0.5, lag_limit_s=4.0, instances=2)
+    for cfg in (configs[ORCHESTRATOR], configs[DIARIZATION]):
+        params = {k: v.string_value for k, v in cfg.parameters.items()}
+        assert (params["max_sessions"], params["idle_timeout_s"], params["admission_headroom"],
+                params["lag_limit_s"]) == ("100", "2.5", "0.5", "4.0")
+        assert cfg.sequence_batching.max_sequence_idle_microseconds == 6_500_000
+        assert cfg.sequence_batching.oldest.max_candidate_sequences == 512  # 2 x the batch, above 4 x 100
+        assert cfg.instance_group[0].count == 2
+    with pytest.raises(ValueError, match="admission_headroom"):
+        repository_configs(PUBLIC_CHECKPOINT_DIMS, "cpu", "70_13", admission_headroom=1.5)
 
 
 def test_dtype_table_agrees_with_tritonclient():

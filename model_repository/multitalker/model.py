@@ -1,6 +1,14 @@
 """Triton Python backend glue for the `multitalker` orchestrator: requests -> `AudioRequest`, `Reply` ->
 responses, graph calls -> BLS, session events -> Triton custom metrics. Everything else lives in
-`mtasr.pipeline` (no Triton import there)."""
+`mtasr.pipeline` (no Triton import there).
+
+`execute` only parses its requests and hands each, with its response sender, to the `SequenceManager`, then
+returns: the manager's engine thread steps every session with a complete chunk in one engine call, whichever
+executes their requests came in, and sends each request's one response (final flag) from that thread (a
+non-decoupled model may answer later through `request.get_response_sender()`). Requests so never wait in Triton's
+queue behind a step, and the sequence batcher keeps passing a sequence's next request while the previous one's
+response is unsent.
+"""
 
 from __future__ import annotations
 
@@ -86,12 +94,17 @@ def _optional(request, name: str) -> np.ndarray | None:
 def _audio_request(request) -> AudioRequest:
     params = json.loads(request.parameters() or "{}")
     key, timing = params.get(SESSION_KEY_HEADER), params.get(TIMING_PARAMETER)
+    # the audio is copied out of the request's shared memory: it is processed after `execute` has returned
     inputs = OrchestratorInputs.from_lookup(lambda name: _optional(request, name))
     return AudioRequest(corrid=int(_scalar(request, "CORRID")), start=bool(_scalar(request, "START")),
                         end=bool(_scalar(request, "END")), ready=bool(_scalar(request, "READY", 1)),
-                        audio=inputs.audio, audio_int16=inputs.audio_int16,
+                        audio=_copy(inputs.audio), audio_int16=_copy(inputs.audio_int16),
                         session_key=key if isinstance(key, str) else None,
                         timing=str(timing) if timing is not None else None)
+
+
+def _copy(x: np.ndarray | None) -> np.ndarray | None:
+    return None if x is None else np.array(x, copy=True)
 
 
 def _json(text: str) -> np.ndarray:
@@ -104,8 +117,19 @@ def _response(reply: Reply):
         return pb_utils.InferenceResponse(error=pb_utils.TritonError(reply.error, code))
     out = OrchestratorOutputs(segments=_json(reply.segments_json()), interim=_json(reply.interim_json()),
                               transcript=_json(reply.transcript_json()),
-                              speaker_activity=reply.activity[None].astype(np.float32))
+                              speaker_activity=reply.activity[None].astype(np.float32),
+                              status=_json(reply.status_json()))
     return pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(n, v) for n, v in out.feeds().items()])
+
+
+class _Sender:
+    """Sends one request's reply as its one, final response (from the engine thread)."""
+
+    def __init__(self, request) -> None:
+        self.sender = request.get_response_sender()
+
+    def __call__(self, reply: Reply) -> None:
+        self.sender.send(_response(reply), flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
 
 
 class TritonPythonModel:
@@ -116,10 +140,20 @@ class TritonPythonModel:
         events = ServingMetrics(TritonMetricSink(METRICS, args["model_name"]))
         self.manager = sequence_manager(folder, json.loads(args["model_config"]), BlsRunner(tensor_ranks(folder)),
                                         events)
-        self.manager.start_reaper()
+        self.manager.warm_up()  # the first step-cost estimate, before any client (admission by capacity)
+        self.manager.start()  # the engine thread and the idle reaper
 
     def execute(self, requests):
-        return [_response(reply) for reply in self.manager.handle([_audio_request(r) for r in requests])]
+        for request in requests:
+            sender = _Sender(request)
+            try:
+                parsed = _audio_request(request)
+            except Exception as exc:  # noqa: BLE001 - a request Triton passed but this glue cannot read
+                sender(Reply(error=f"malformed request: {type(exc).__name__}: {exc}",
+                             error_code=ErrorCode.INVALID_ARGUMENT))
+                continue
+            self.manager.submit(parsed, sender)
+        return None  # every response goes through its request's sender
 
     def finalize(self) -> None:
         self.manager.close()

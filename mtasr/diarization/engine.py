@@ -23,7 +23,7 @@ from mtasr.pipeline.chunker import queue_audio
 from mtasr.pipeline.engine import StepOutput
 from mtasr.pipeline.runner import GraphRunner, run_graph
 from mtasr.pipeline.slots import Field, SlotPool
-from mtasr.spec import SAMPLE_RATE, SUBSAMPLING, TIMINGS, DiarizerInputs, DiarizerOutputs, ModelDims
+from mtasr.spec import FRAME_SEC, SAMPLE_RATE, SUBSAMPLING, TIMINGS, DiarizerInputs, DiarizerOutputs, ModelDims
 
 F32, I64 = np.float32, np.int64
 
@@ -110,6 +110,11 @@ class DiarizationEngine:
         self.features = features
         self.runner = runner
         self.pool = AsyncCachePool(config.spkcache, config.dims.diar_emb_dim, capacity)
+
+    @property
+    def step_seconds(self) -> float:
+        """The audio one step covers (its chunk): the real-time budget admission measures steps against."""
+        return self.cfg.preset.chunk_len * FRAME_SEC
 
     def new_session(self, session_id: str, timing: str = TIMINGS[0]) -> DiarSession:
         """A fresh stream; turns are in audio time whatever `timing` says (NeMo's ASR arithmetic has no meaning

@@ -38,9 +38,18 @@ REQUESTS_REFUSED = MetricDef("mtasr_requests_refused_total", MetricKind.COUNTER,
 SESSIONS_EXPIRED = MetricDef("mtasr_sessions_expired_total", MetricKind.COUNTER,
                              "Sessions freed after the idle timeout (client gone without END)")
 STEP_SECONDS = MetricDef("mtasr_step_seconds", MetricKind.HISTOGRAM,
-                         "Orchestrator compute time of one execute batch (features, graphs, decoding)",
-                         (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0))
-METRICS = (ACTIVE_SESSIONS, ACTIVE_SPEAKERS, SESSIONS_STARTED, REQUESTS_REFUSED, SESSIONS_EXPIRED, STEP_SECONDS)
+                         "Wall time of one engine step over every session with a pending chunk (graphs, decoding, "
+                         "the replies it completes)", (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0))
+CAPACITY_SESSIONS = MetricDef("mtasr_capacity_sessions", MetricKind.GAUGE,
+                              "Sessions the measured step cost admits within the real-time budget and headroom "
+                              "(at most the session cap)")
+STEP_BUDGET_FRACTION = MetricDef("mtasr_step_budget_fraction", MetricKind.GAUGE,
+                                 "Predicted step over the live sessions as a fraction of the audio one step covers")
+LAG_SECONDS = MetricDef("mtasr_lag_seconds", MetricKind.HISTOGRAM,
+                        "How far a session is behind real time when a reply that completed a step is sent",
+                        (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0))
+METRICS = (ACTIVE_SESSIONS, ACTIVE_SPEAKERS, SESSIONS_STARTED, REQUESTS_REFUSED, SESSIONS_EXPIRED, STEP_SECONDS,
+           CAPACITY_SESSIONS, STEP_BUDGET_FRACTION, LAG_SECONDS)
 REASON_LABEL = "reason"
 
 
@@ -68,6 +77,9 @@ class ServingMetrics(SessionEvents):
         for reason in RefusalReason:
             sink.increment(REQUESTS_REFUSED, 0, {REASON_LABEL: reason.value})
         sink.declare(STEP_SECONDS)
+        sink.declare(LAG_SECONDS)
+        sink.set(CAPACITY_SESSIONS, 0)
+        sink.set(STEP_BUDGET_FRACTION, 0)
 
     def started(self) -> None:
         self.sink.increment(SESSIONS_STARTED)
@@ -84,3 +96,10 @@ class ServingMetrics(SessionEvents):
     def occupancy(self, sessions: int, speakers: int) -> None:
         self.sink.set(ACTIVE_SESSIONS, sessions)
         self.sink.set(ACTIVE_SPEAKERS, speakers)
+
+    def lag(self, seconds: float) -> None:
+        self.sink.observe(LAG_SECONDS, seconds)
+
+    def capacity(self, sessions: int, budget_fraction: float) -> None:
+        self.sink.set(CAPACITY_SESSIONS, sessions)
+        self.sink.set(STEP_BUDGET_FRACTION, budget_fraction)

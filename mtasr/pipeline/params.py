@@ -12,8 +12,15 @@ from mtasr.manifest import GRAPH_ROLES
 from mtasr.spec import TIMINGS
 
 SPEAKER_MODES = ("kernel", "masked")
-DEFAULT_MAX_SESSIONS = 32
+# An upper bound only: sessions are admitted by measured capacity (`admission_headroom`) below it. 256 lets one
+# engine step batch 256 sessions where the hardware carries them.
+DEFAULT_MAX_SESSIONS = 256
 DEFAULT_IDLE_TIMEOUT_S = 5.0  # live audio arrives every <= 2 s (the largest piece); 5 s is two pieces missed
+# A START is admitted while the predicted step over every live session plus the new one takes <= 70 % of the audio
+# that step covers: the rest is room for the steps of sessions whose chunks do not fall together, replies and the
+# server's own threads.
+DEFAULT_ADMISSION_HEADROOM = 0.7
+DEFAULT_LAG_LIMIT_S = 10.0  # a session further behind real time than this is ended with an error
 
 
 class ModelParams:
@@ -40,6 +47,8 @@ class ModelParams:
                 values[name] = tuple(x for x in text.split(",") if x)
             elif isinstance(default, int):
                 values[name] = int(text)
+            elif isinstance(default, float):
+                values[name] = float(text)
             else:
                 values[name] = text
         return cls(**values)
@@ -52,7 +61,7 @@ def pipeline_of(params: dict[str, str]) -> str:
 
 @dataclass(frozen=True)
 class OrchestratorParams(ModelParams):
-    """How the `multitalker` model serves: graph model names, preset, speaker mode, threads, session cap."""
+    """How the `multitalker` model serves: graph model names, preset, speaker mode, threads, admission."""
 
     pipeline: str = "multitalker"
     diarizer_model: str = "diarizer"
@@ -64,8 +73,12 @@ class OrchestratorParams(ModelParams):
     intra_op_threads: int = 0  # ONNX Runtime threads for the big graphs (0: its default)
     max_sessions: int = DEFAULT_MAX_SESSIONS
     timing: str = TIMINGS[0]  # a session's timestamps unless its START asks otherwise ("audio" | "nemo")
+    idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_S
+    admission_headroom: float = DEFAULT_ADMISSION_HEADROOM  # 0: admit by count only
+    lag_limit_s: float = DEFAULT_LAG_LIMIT_S
 
     def __post_init__(self) -> None:
+        _check_admission(self)
         if self.pipeline != "multitalker":
             raise ValueError(f"OrchestratorParams are the multitalker model's, not {self.pipeline!r}")
         if self.timing not in TIMINGS:
@@ -74,8 +87,6 @@ class OrchestratorParams(ModelParams):
             raise ValueError(f"unknown speaker mode {self.speaker_mode!r}; use one of {SPEAKER_MODES}")
         if not set(self.in_process_models) <= set(GRAPH_ROLES):
             raise ValueError(f"in-process models must be among {GRAPH_ROLES}, got {self.in_process_models}")
-        if self.max_sessions < 1 or self.intra_op_threads < 0:
-            raise ValueError(f"max_sessions must be >= 1 and intra_op_threads >= 0 ({self})")
 
     @property
     def graphs(self) -> dict[str, str]:
@@ -89,16 +100,27 @@ class OrchestratorParams(ModelParams):
 
 @dataclass(frozen=True)
 class DiarizationParams(ModelParams):
-    """How the `diarization` model serves: latency preset, threads, session cap."""
+    """How the `diarization` model serves: latency preset, threads, admission."""
 
     pipeline: str = "diarization"
     diarization_preset: str = DEFAULT_DIARIZATION_PRESET
     intra_op_threads: int = 0
     max_sessions: int = DEFAULT_MAX_SESSIONS
+    idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_S
+    admission_headroom: float = DEFAULT_ADMISSION_HEADROOM
+    lag_limit_s: float = DEFAULT_LAG_LIMIT_S
 
     def __post_init__(self) -> None:
+        _check_admission(self)
         if self.diarization_preset not in DIARIZATION_PRESETS:
             raise ValueError(f"unknown diarization preset {self.diarization_preset!r}; use one of "
                              f"{', '.join(DIARIZATION_PRESETS)}")
-        if self.max_sessions < 1 or self.intra_op_threads < 0:
-            raise ValueError(f"max_sessions must be >= 1 and intra_op_threads >= 0 ({self})")
+
+
+def _check_admission(p: OrchestratorParams | DiarizationParams) -> None:
+    """The limits both streaming models share."""
+    if p.max_sessions < 1 or p.intra_op_threads < 0:
+        raise ValueError(f"max_sessions must be >= 1 and intra_op_threads >= 0 ({p})")
+    if not 0 < p.idle_timeout_s <= 3600 or not 0 <= p.admission_headroom <= 1 or p.lag_limit_s <= 0:
+        raise ValueError(f"need 0 < idle_timeout_s <= 3600, 0 <= admission_headroom <= 1 (0: off) and "
+                         f"lag_limit_s > 0 ({p})")

@@ -26,17 +26,15 @@ def tensor_ranks(folder: Path) -> dict[str, int]:
 def sequence_manager(folder: Path, model_config: dict, bls: GraphRunner,
                      events: SessionEvents | None = None) -> SequenceManager:
     """The streaming model a config describes: `multitalker` or the `diarization` service (its `pipeline`
-    parameter); idle timeout = the sequence batcher's."""
+    parameter), with the admission limits and idle timeout of its parameters."""
     folder = Path(folder)
     raw = {k: v["string_value"] for k, v in model_config.get("parameters", {}).items()}
-    idle_us = int(model_config["sequence_batching"]["max_sequence_idle_microseconds"])
     if pipeline_of(raw) == DiarizationParams.pipeline:
-        return _diarization(folder, DiarizationParams.from_params(raw), idle_us / 1e6, events)
-    return _multitalker(folder, OrchestratorParams.from_params(raw), bls, idle_us / 1e6, events)
+        return _diarization(folder, DiarizationParams.from_params(raw), events)
+    return _multitalker(folder, OrchestratorParams.from_params(raw), bls, events)
 
 
-def _diarization(folder: Path, params: DiarizationParams, idle_timeout_s: float,
-                 events: SessionEvents | None) -> SequenceManager:
+def _diarization(folder: Path, params: DiarizationParams, events: SessionEvents | None) -> SequenceManager:
     """The standalone diarizer runs in this process (ONNX Runtime, from `folder/graphs/<graph>/`)."""
     manifest = Manifest.load(folder)
     cfg = DiarizationConfig.from_manifest(manifest, params.diarization_preset)
@@ -44,11 +42,10 @@ def _diarization(folder: Path, params: DiarizationParams, idle_timeout_s: float,
     runner.session(cfg.graph)  # loaded with the model, not by the first session's first step
     engine = DiarizationEngine(cfg, FeatureParams.load(folder / manifest.features.diarizer), runner,
                                capacity=params.max_sessions)
-    policy = SessionPolicy(max_sessions=params.max_sessions, idle_timeout_s=idle_timeout_s)
-    return SequenceManager(engine, policy, events=events)  # type: ignore[arg-type]
+    return SequenceManager(engine, SessionPolicy.from_params(params), events=events)  # type: ignore[arg-type]
 
 
-def _multitalker(folder: Path, params: OrchestratorParams, bls: GraphRunner, idle_timeout_s: float,
+def _multitalker(folder: Path, params: OrchestratorParams, bls: GraphRunner,
                  events: SessionEvents | None) -> SequenceManager:
     """Graphs named in `in_process_models` run in this process (ONNX Runtime, from `folder/graphs/<model>/`),
     the others through `bls`."""
@@ -62,5 +59,4 @@ def _multitalker(folder: Path, params: OrchestratorParams, bls: GraphRunner, idl
     for graph, runner in local.items():  # loaded with the model (a full-size encoder takes seconds), not by the
         runner.session(graph)  # first session's first step
     engine = Engine.from_folder(folder, RoutedRunner(bls, local), cfg, capacity=params.max_sessions)
-    policy = SessionPolicy(max_sessions=params.max_sessions, idle_timeout_s=idle_timeout_s)
-    return SequenceManager(engine, policy, events=events, timing=params.timing)
+    return SequenceManager(engine, SessionPolicy.from_params(params), events=events, timing=params.timing)

@@ -2,7 +2,8 @@
 
 Triton-free. A session is owned by the client that started it: its START carries a per-session secret (the
 `SESSION_KEY_HEADER` gRPC header, which Triton forwards as a request parameter) and every later request must
-carry the same secret. Sessions are capped, idle ones are reaped, and every refusal has a reason and a code.
+carry the same secret. Sessions are admitted by measured capacity under a count cap, idle ones are reaped, and
+every refusal has a reason and a code.
 """
 
 from __future__ import annotations
@@ -11,9 +12,18 @@ import hashlib
 import hmac
 import logging
 import threading
+from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
+from typing import Generic, TypeVar
 
+from mtasr.pipeline.params import (
+    DEFAULT_ADMISSION_HEADROOM,
+    DEFAULT_IDLE_TIMEOUT_S,
+    DEFAULT_LAG_LIMIT_S,
+    DEFAULT_MAX_SESSIONS,
+)
 from mtasr.spec import SESSION_KEY_HEADER
 
 log = logging.getLogger("mtasr.sessions")
@@ -30,20 +40,23 @@ class ErrorCode(Enum):
     INVALID_ARGUMENT = "invalid_argument"  # malformed audio or controls
     NOT_FOUND = "not_found"  # no live session with this id for this client
     ALREADY_EXISTS = "already_exists"  # START on a live id
-    UNAVAILABLE = "unavailable"  # server full
+    UNAVAILABLE = "unavailable"  # server full or at capacity
     UNAUTHENTICATED = "unauthenticated"  # no or malformed session key
-    INTERNAL = "internal"  # a graph call failed
+    INTERNAL = "internal"  # a graph call or the session's own processing failed
 
 
 class RefusalReason(Enum):
     """The label a refused request is counted under (metrics)."""
 
     BAD_REQUEST = "bad_request"
-    FULL = "full"
+    FULL = "full"  # the session count cap (MAX_SESSIONS)
+    CAPACITY = "capacity"  # the measured step cost leaves no room for one more session
     NO_KEY = "no_key"
     NOT_OWNER = "not_owner"  # unknown id, or a live id with another key (the two are not told apart)
     DUPLICATE_START = "duplicate_start"
     INTERNAL = "internal"
+    LAGGING = "lagging"  # a session ended for being further behind real time than the lag limit
+    SHUTDOWN = "shutdown"
 
 
 class RequestError(ValueError):
@@ -58,15 +71,29 @@ class RequestError(ValueError):
 
 @dataclass(frozen=True)
 class SessionPolicy:
-    """Admission limits of one orchestrator instance."""
+    """Admission limits of one orchestrator instance.
 
-    max_sessions: int = 32
-    idle_timeout_s: float = 5.0  # = the sequence batcher's max_sequence_idle_microseconds
+    `admission_headroom`: a START is admitted only while the predicted step over every live session plus the new
+    one takes at most this fraction of the audio one step covers (0: no capacity check, only `max_sessions`).
+    `lag_limit_s`: a session further behind real time than this is ended with an error.
+    """
+
+    max_sessions: int = DEFAULT_MAX_SESSIONS
+    idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_S
     reap_period_s: float = 0.5
+    admission_headroom: float = DEFAULT_ADMISSION_HEADROOM
+    lag_limit_s: float = DEFAULT_LAG_LIMIT_S
 
     def __post_init__(self) -> None:
-        if self.max_sessions < 1 or self.idle_timeout_s <= 0 or self.reap_period_s <= 0:
+        if (self.max_sessions < 1 or self.idle_timeout_s <= 0 or self.reap_period_s <= 0
+                or not 0 <= self.admission_headroom <= 1 or self.lag_limit_s <= 0):
             raise ValueError(f"invalid session policy {self}")
+
+    @classmethod
+    def from_params(cls, params) -> SessionPolicy:
+        """The policy a streaming model's typed parameters (`OrchestratorParams`, `DiarizationParams`) describe."""
+        return cls(max_sessions=params.max_sessions, idle_timeout_s=params.idle_timeout_s,
+                   admission_headroom=params.admission_headroom, lag_limit_s=params.lag_limit_s)
 
 
 def key_digest(key: str | None) -> bytes:
@@ -98,16 +125,60 @@ class SessionEvents:
 
     def expired(self, count: int) -> None: ...
 
-    def stepped(self, seconds: float) -> None: ...
+    def stepped(self, seconds: float) -> None:
+        """One engine step (every session with a pending chunk) took `seconds`, replies included."""
 
     def occupancy(self, sessions: int, speakers: int) -> None:
         """Live sessions and their speaker instances, after every change."""
+
+    def lag(self, seconds: float) -> None:
+        """How far behind real time a session was when a reply was sent."""
+
+    def capacity(self, sessions: int, budget_fraction: float) -> None:
+        """The sessions the measured step cost admits, and the predicted step of the live ones as a fraction of
+        the real-time budget (the audio one step covers)."""
+
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+class IdleClock(Generic[K, V]):
+    """Entries ordered by when they went idle: expiry costs O(expired), never O(live).
+
+    An entry is here only while idle (no request queued or being processed); `touch` (re)starts its clock,
+    `remove` takes it out when work arrives. Not thread-safe: the owner's lock guards it.
+    """
+
+    def __init__(self) -> None:
+        self._since: OrderedDict[K, tuple[float, V]] = OrderedDict()
+
+    def touch(self, key: K, value: V, now: float) -> None:
+        self._since.pop(key, None)
+        self._since[key] = (now, value)
+
+    def remove(self, key: K) -> None:
+        self._since.pop(key, None)
+
+    def expired(self, now: float, timeout_s: float) -> list[tuple[K, V]]:
+        """Remove and return the entries idle for longer than `timeout_s` (oldest first)."""
+        gone = []
+        while self._since:
+            key, (since, value) = next(iter(self._since.items()))
+            if now - since <= timeout_s:
+                break
+            del self._since[key]
+            gone.append((key, value))
+        return gone
+
+    def __len__(self) -> int:
+        return len(self._since)
 
 
 class Reaper:
     """A daemon thread that calls `expire()` every `period_s` until `stop()`: idle state is freed eagerly."""
 
-    def __init__(self, expire, period_s: float) -> None:
+    def __init__(self, expire: Callable[[], object], period_s: float) -> None:
         self._expire = expire
         self._period = period_s
         self._stop = threading.Event()

@@ -211,7 +211,7 @@ def hijack_refused(h: Harness) -> dict:
 @case(fast=True)
 def admission_and_expiry(h: Harness) -> dict:
     idle = 5.0
-    s = h.server("small", max_sessions=4, idle_timeout_s=idle, admission_headroom=0.0)  # the count cap alone
+    s = h.server("small", max_sessions=4, idle_timeout_s=idle)  # the count cap alone
     c = connect(s.grpc_url)
     piece = h.audio(SAMPLES[0])[:SAMPLE_RATE // 2]
     for _ in range(4):  # held, then abandoned (no END)
@@ -553,7 +553,7 @@ def concurrent_sessions_equal_solo(h: Harness) -> dict:
     """Sessions at once (64 in the full suite), each equal to its solo run: one engine step batches them all.
     Files sent as fast as the server takes them, so admission by capacity is off on this server (count cap 64)."""
     n = 64 if h.full else 6
-    s = h.server("wide", max_sessions=64, admission_headroom=0.0)
+    s = h.server("wide", max_sessions=64)
     audios = [synth_conversation(4.0 + i % 3, n_speakers=2 + i % 2, seed=100 + i) for i in range(n)]
     solo = [stream_audio(s.grpc_url, a, session_id=f"s{i}").seglst for i, a in enumerate(audios)]
     together: list = [None] * n
@@ -619,8 +619,8 @@ def _overload(h: Harness, s, factor: int, seconds: float, label: str) -> dict:
     refusals to 50 ms."""
     audios = make_audios(seconds, 160.0, variants=4)
     solo = [_bare(stream_audio(s.grpc_url, a, session_id=f"solo{i}").seglst) for i, a in enumerate(audios)]
-    capacity = int(s.metric("mtasr_capacity_sessions"))
-    check(capacity >= 1, f"{label}: the server measured a capacity of {capacity} sessions")
+    measured = int(s.metric("mtasr_capacity_sessions"))
+    capacity = max(measured, 1)  # one session is always admitted
     offered = factor * capacity
     out = run_sessions(s.grpc_url, offered, audios, progress=False, transcripts=True, timeout=seconds + 300)
     errors = out["session_errors"]
@@ -631,7 +631,7 @@ def _overload(h: Harness, s, factor: int, seconds: float, label: str) -> dict:
                 if not e and t is not None)
     survived = s.proc.poll() is None and s.ready()
     refusal_ms = max(out["refusal_ms"], default=0.0)
-    figures = {"capacity": capacity, "offered": offered, "admitted": admitted, "equal": equal,
+    figures = {"capacity": measured, "offered": offered, "admitted": admitted, "equal": equal,
                "refused": len(refused), "lost": len(lost), "p99_ms": round(out["p99_ms"], 1),
                "p50_ms": round(out["p50_ms"], 1), "refusal_ms_max": round(refusal_ms, 1),
                "refusal_ms_median": round(float(np.median(out["refusal_ms"])) if out["refusal_ms"] else 0.0, 1),
@@ -654,10 +654,11 @@ def _overload(h: Harness, s, factor: int, seconds: float, label: str) -> dict:
 
 @case(fast=True)
 def overload_admits_by_capacity(h: Harness) -> dict:
-    """4 x the measured capacity offered at once (full suite: 30 s sessions, the default 70 % headroom; fast core:
-    8 s sessions on a server admitting to 10 % of the step, so the case stays small on CI)."""
-    headroom, seconds = (None, 30.0) if h.full else (0.1, 8.0)
-    s = h.server("overload", max_sessions=256, admission_headroom=headroom)
+    """4 x the measured capacity offered at once, [70,13] as `make serve` serves (full suite: 30 s sessions, the
+    default 70 % headroom; fast core: 8 s sessions on a server admitting to 5 % of the step, so the case stays
+    small on CI)."""
+    headroom, seconds = (None, 30.0) if h.full else (0.05, 8.0)
+    s = h.server("overload", max_sessions=256, admission_headroom=headroom, preset="70_13")
     figures = _overload(h, s, 4, seconds, "tiny graphs")
     h.figures["overload_admitted"] = f"{figures['admitted']}/{figures['offered']}"
     h.figures["overload_p99_ms"] = figures["p99_ms"]
@@ -669,7 +670,7 @@ def overload_admits_by_capacity(h: Harness) -> dict:
 def overload_demo_graphs(h: Harness) -> dict:
     """The same with the trained demo graphs `make serve` serves by default (exported once, as `make demo` does)."""
     graphs = export_models(graphs_folder())
-    s = h.server("overload_demo", max_sessions=256, graphs=graphs)
+    s = h.server("overload_demo", max_sessions=256, graphs=graphs, admission_headroom=None)
     figures = _overload(h, s, 4, 30.0, "demo graphs")
     h.figures["overload_demo_admitted"] = f"{figures['admitted']}/{figures['offered']}"
     return figures
@@ -679,7 +680,7 @@ def overload_demo_graphs(h: Harness) -> dict:
 def overload_128_sessions_survives(h: Harness) -> dict:
     """The load search that killed tritonserver 2.51 (SIGSEGV in TRITONBACKEND_RequestRelease): a server built
     for 128 sessions offered 128, then 96 real-time sessions, now with admission by capacity."""
-    s = h.server("overload128", max_sessions=128)
+    s = h.server("overload128", max_sessions=128, admission_headroom=None, preset="70_13")
     audios = make_audios(10.0, 160.0, variants=4)
     runs = {}
     for n in (128, 96):

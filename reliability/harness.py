@@ -48,13 +48,15 @@ class Harness:
     _solo: dict = field(default_factory=dict)
 
     def server(self, name: str = "default", *, max_sessions: int = 32, idle_timeout_s: float = 5.0,
-               admission_headroom: float | None = None, graphs: Path | None = None,
+               admission_headroom: float | None = 0.0, graphs: Path | None = None, preset: str | None = None,
                **server_kwargs) -> TritonServer:
         """A running server on a cpu repository built from the graphs (default: the tiny ones) with these limits
-        (started once per name)."""
+        (started once per name). Admission by capacity is off unless `admission_headroom` is given (None: the
+        product's default): the other cases test behaviour that must not depend on how busy the machine is."""
         if name not in self._servers:
-            repo = build(graphs or self.graphs, "cpu", self.work / f"repo_{name}", max_sessions=max_sessions,
-                         idle_timeout_s=idle_timeout_s, admission_headroom=admission_headroom)
+            repo = build(graphs or self.graphs, "cpu", self.work / f"repo_{name}", preset=preset,
+                         max_sessions=max_sessions, idle_timeout_s=idle_timeout_s,
+                         admission_headroom=admission_headroom)
             server = TritonServer(repo, log_path=self.work / f"server_{name}.log", **server_kwargs)
             self._servers[name] = self._stack.enter_context(server)
         return self._servers[name]

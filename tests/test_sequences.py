@@ -423,6 +423,10 @@ def test_capacity_admission(engine):
     m._report_capacity()
     assert sink.values[(CAPACITY_SESSIONS.name, ())] == 7
     assert sink.values[(STEP_BUDGET_FRACTION.name, ())] == pytest.approx(round(0.710 / 1.12, 2))
+    slow = SequenceManager(engine, SessionPolicy(max_sessions=20))
+    slow.cost.observe(1, 0, 2.0)  # one session's step takes longer than real time
+    first, second = slow.handle([_req(1, piece, start=True), _req(2, piece, start=True)])
+    assert first.error is None and second.error_code is ErrorCode.UNAVAILABLE  # one is always admitted
     cap = SequenceManager(engine, SessionPolicy(max_sessions=3, admission_headroom=0.0))
     assert cap.handle([_req(i, piece, start=True) for i in range(4)])[3].error == \
         "server full (3 sessions): try again later"  # the count cap stays an upper bound

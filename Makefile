@@ -165,3 +165,18 @@ CONCURRENCY ?= 1:8:1
 perf: setup
 	test -f $(PERF_GRAPHS)/manifest.json || $(PY) -m export --random-init tiny --out $(PERF_GRAPHS) --presets 70,13
 	$(PY) -m bench.perf --graphs $(PERF_GRAPHS) --concurrency $(CONCURRENCY) --out bench/perf.csv
+
+# Host-side capacity (issue 21): the served pipeline over graphs that cost nothing, at full size, 64-1024 sessions
+# with 160 ms and 1.12 s pieces, one 4-hour session's flatness, and a real tritonserver's CPU per session-second on
+# tiny graphs; results into bench/results.json (`capacity`) and BENCHMARKS.md. Last line `capacity: sessions=1024 ...`.
+.PHONY: capacity device-check
+CAPACITY_GRAPHS ?= artifacts/bench_tiny
+capacity: setup
+	test -f $(CAPACITY_GRAPHS)/manifest.json || $(PY) -m export --random-init tiny --out $(CAPACITY_GRAPHS) --presets 70,13
+	$(PY) -m bench.capacity --server-graphs $(CAPACITY_GRAPHS) --results bench/results.json
+
+# On a GPU machine without containers (CuPy + torch, no TensorRT / ONNX Runtime GPU / Triton): the CuPy-backed
+# pools, speaker cache, features, decoder and engine against numpy, each part time-limited (see bench/device_check.py).
+DEVICE_XP ?= cupy
+device-check:
+	python3 -m bench.device_check --xp $(DEVICE_XP)

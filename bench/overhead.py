@@ -73,9 +73,9 @@ def run(graphs: Path, preset: str = "70_13", sessions: int = 8, seconds: float =
     stream(1000)  # warm-up: sessions and allocations
     runner.seconds.clear()
     runner.calls.clear()
-    copied = sum(p.copied_bytes for p in pools)
+    copied = sum(p.copied_bytes + p.device_copied_bytes for p in pools)  # cpu: device fields are host memory
     wall, requests = stream(2000)
-    copied = sum(p.copied_bytes for p in pools) - copied
+    copied = sum(p.copied_bytes + p.device_copied_bytes for p in pools) - copied
     graph_s = sum(runner.seconds.values())
     steps = runner.calls[cfg.graphs["diarizer"]]  # one diarizer call per executed step (all sessions batched)
     step_sessions = steps * sessions

@@ -285,7 +285,14 @@ PARTS: tuple[Part, ...] = (
     Part("overhead", _overhead),
     Part("batching", _batching),
     Part("memory", _memory),
+    Part("capacity", lambda r: _capacity(r["capacity"])),
 )
+
+
+def _capacity(c: dict) -> list[str]:
+    from bench.capacity import render
+
+    return render(c)
 
 
 def _header(r: dict) -> list[str]:

@@ -43,6 +43,9 @@ GRAPH_MODELS = GRAPH_ROLES  # model names in the repository (= graph kinds)
 # graph model is one more Python-backend process with its own thread pool on the same cores, so the cpu target
 # runs every graph in process; on gpu the diarizer and encoder stay Triton models (ONNX Runtime / TensorRT).
 IN_PROCESS_DEFAULT = {"cpu": GRAPH_MODELS, "gpu": ("decoder_joint",), "tensorrt": ("decoder_joint",)}
+# Where the engine keeps its device-side state (encoder caches, LSTM state, speaker-cache embeddings) and runs the
+# decoder's and the features' arithmetic: host memory on cpu, the GPU's (CuPy, graphs' tensors by DLPack) otherwise.
+TARGET_ARRAY_MODULE = {"cpu": "numpy", "gpu": "cupy", "tensorrt": "cupy"}
 PLAN_FILE = "model.plan"  # a TensorRT graph model's engine, next to the model.onnx it is built from
 ORCHESTRATOR_MAX_BATCH = 32  # sessions whose rows one graph model call carries (graph_max_batch)
 # Requests per `execute` of a streaming model. Its execute only queues requests for the orchestrator's engine
@@ -177,7 +180,7 @@ def repository_configs(dims: ModelDims, target: str, preset: str, speaker_mode: 
     limits = {"max_sessions": max_sessions, "admission_headroom": admission_headroom, "lag_limit_s": lag_limit_s}
     limits = {"idle_timeout_s": float(idle_timeout_s), **{k: v for k, v in limits.items() if v is not None}}
     params = OrchestratorParams(preset=preset, speaker_mode=speaker_mode, in_process_models=in_process,
-                                **limits,
+                                array_module=TARGET_ARRAY_MODULE[target], **limits,
                                 **({"timing": timing} if timing is not None else {}))
     configs = {kind: graph_config(specs[kind], target, graph_max_batch(dims), name=kind)
                for kind in GRAPH_MODELS if kind not in in_process}

@@ -20,8 +20,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from os import PathLike
+from types import ModuleType
 
 import numpy as np
+
+from mtasr.profile import FEATURE_PRODUCTS, stage
+from mtasr.xp import array_module
 
 NORM_EPS = 1e-5  # NeMo's ``CONSTANT`` added to the std in normalize_batch
 NORMALIZE_TYPES = ("per_feature", "all_features")  # any other value means "no normalisation", as in NeMo
@@ -131,16 +135,20 @@ def _frames_logmel(p: FeatureParams, x: np.ndarray, count: int) -> np.ndarray:
     if count <= 0:
         return np.zeros((p.n_mels, 0))
     seg = x[: (count - 1) * p.hop_length + p.win_length]
-    frames = np.lib.stride_tricks.sliding_window_view(seg, p.win_length)[:: p.hop_length]
+    return _logmel_of_frames(p, np.lib.stride_tricks.sliding_window_view(seg, p.win_length)[:: p.hop_length], np)
+
+
+def _logmel_of_frames(p: FeatureParams, frames, xp: ModuleType):
+    """(frames, win_length) float64 samples -> (n_mels, frames) float64 log-mel, in array module `xp`."""
     # The window's offset inside the frame only changes the phase, not |X|: zero-pad at the end instead.
-    spec = np.fft.rfft(frames * p.window.astype(np.float64), n=p.n_fft, axis=1)
+    spec = xp.fft.rfft(frames * xp.asarray(p.window.astype(np.float64)), n=p.n_fft, axis=1)
     power = spec.real**2 + spec.imag**2
     if p.mag_power != 2.0:
         power = power ** (p.mag_power / 2.0)
-    mel = p.filterbank.astype(np.float64) @ power.T
+    mel = xp.asarray(p.filterbank.astype(np.float64)) @ power.T
     if p.log_guard_type == "add":
-        return np.log(mel + p.log_guard)
-    return np.log(np.maximum(mel, p.log_guard))
+        return xp.log(mel + p.log_guard)
+    return xp.log(xp.maximum(mel, p.log_guard))
 
 
 def _normalize(p: FeatureParams, x: np.ndarray) -> np.ndarray:
@@ -200,6 +208,7 @@ class StreamingLogMel:
     def reset(self) -> None:
         """Start a new stream."""
         self._buf = np.zeros(self._back)  # pre-emphasised samples from index _buf_start (negative: left zeros)
+        self._pieces: list[np.ndarray] = []  # pre-emphasised pieces after _buf, joined when frames are computed
         self._buf_start = -self._back
         self._n = 0  # raw samples received
         self._next = 0  # next frame index to emit
@@ -212,31 +221,78 @@ class StreamingLogMel:
 
     def _emit(self, count: int) -> np.ndarray:
         """Compute frames ``_next .. _next + count - 1`` and drop the samples no longer needed."""
+        segment, count = self.owed(count)
+        out = _frames_logmel(self.params, segment, count)
+        self.consume(count)
+        return out.astype(np.float32)
+
+    def _join(self) -> None:
+        if self._pieces:
+            self._buf = np.concatenate([self._buf, *self._pieces])
+            self._pieces.clear()
+
+    def owed(self, count: int) -> tuple[np.ndarray, int]:
+        """The pre-emphasised samples frames ``_next .. _next + count - 1`` window (a view), and `count`."""
+        self._join()
         hop = self.params.hop_length
-        out = _frames_logmel(self.params, self._buf[self._next * hop - self._back - self._buf_start :], count)
+        start = self._next * hop - self._back - self._buf_start
+        return self._buf[start : start + max(count - 1, 0) * hop + self.params.win_length], count
+
+    def consume(self, count: int) -> None:
+        """Frames ``_next .. _next + count - 1`` were computed: drop the samples no later frame needs."""
+        hop = self.params.hop_length
+        self._join()
         self._next += count
         drop = self._next * hop - self._back - self._buf_start
         self._buf = self._buf[drop:].copy()  # do not keep a large pushed chunk alive
         self._buf_start += drop
-        return out.astype(np.float32)
 
-    def push(self, samples: np.ndarray) -> np.ndarray:
-        """Append audio; return the newly complete frames ``(n_mels, k)`` float32 (k may be 0)."""
+    def push_samples(self, samples: np.ndarray) -> int:
+        """Append audio without computing anything; return how many frames are complete and not computed yet."""
         p = self.params
         samples = np.asarray(samples).reshape(-1)
         if samples.size:
-            self._buf = np.concatenate([self._buf, _preemphasis(samples, p.preemph, self._prev)])
+            self._pieces.append(_preemphasis(samples, p.preemph, self._prev))
             self._prev = float(samples[-1])
             self._n += samples.size
         complete = (self._n + self._back - p.win_length) // p.hop_length + 1
-        return self._emit(max(0, min(complete, p.num_frames(self._n)) - self._next))
+        return max(0, min(complete, p.num_frames(self._n)) - self._next)
+
+    def end_samples(self) -> int:
+        """End of stream: zero-pad the end as NeMo does; return how many frames are not computed yet (call
+        `reset` once they are)."""
+        p = self.params
+        count = max(0, p.num_frames(self._n) - self._next)
+        self._join()
+        need = (self._next + count) * p.hop_length + p.win_length - self._back - self._buf_start
+        self._buf = np.concatenate([self._buf, np.zeros(max(0, need - self._buf.size))])
+        return count
+
+    def push(self, samples: np.ndarray) -> np.ndarray:
+        """Append audio; return the newly complete frames ``(n_mels, k)`` float32 (k may be 0)."""
+        return self._emit(self.push_samples(samples))
 
     def flush(self) -> np.ndarray:
         """End of stream: return the remaining valid frames (zero-padded end) and reset for a new stream."""
-        p = self.params
-        count = max(0, p.num_frames(self._n) - self._next)
-        need = (self._next + count) * p.hop_length + p.win_length - self._back - self._buf_start
-        self._buf = np.concatenate([self._buf, np.zeros(max(0, need - self._buf.size))])
-        out = self._emit(count)
+        out = self._emit(self.end_samples())
         self.reset()
         return out
+
+
+def logmel_batch(params: FeatureParams, segments: list[tuple[np.ndarray, int]], xp: ModuleType = np) -> list:
+    """Log-mel frames of several streams in one computation (the arithmetic in array module `xp`): each
+    (segment, count) is what `StreamingLogMel.owed` gives; returns (n_mels, count) float32 arrays of `xp`, equal
+    to what `StreamingLogMel.push` computes frame by frame."""
+    p = params
+    counts = [count for _, count in segments]
+    if not sum(counts):
+        return [xp.zeros((p.n_mels, 0), dtype=np.float32) for _ in segments]
+    # frame j of a segment windows samples [j * hop, j * hop + win): one gather over every segment's frames
+    flat = np.concatenate([seg for seg, _ in segments])
+    offsets = np.cumsum([0] + [seg.size for seg, _ in segments[:-1]])
+    starts = np.concatenate([off + np.arange(n) * p.hop_length for off, n in zip(offsets, counts, strict=True)])
+    with stage(FEATURE_PRODUCTS):
+        frames = xp.asarray(flat)[xp.asarray(starts[:, None] + np.arange(p.win_length))]
+        logs = _logmel_of_frames(p, frames, array_module(frames)).astype(np.float32)
+    bounds = np.cumsum([0] + counts)
+    return [logs[:, a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from mtasr.spec import SUBSAMPLING
+from mtasr.xp import array_module, on
 
 MASK_VALUE = -16.6355  # NeMo's fill for feature values that were exactly zero
 
@@ -23,6 +24,6 @@ def mask_features(chunk: np.ndarray, activity: np.ndarray, threshold: float = 0.
         mask = mask[:, :frames]
     elif mask.shape[1] < frames:
         mask = np.pad(mask, ((0, 0), (frames - mask.shape[1], 0)))
-    out = chunk * mask[:, None, :]
+    out = chunk * on(array_module(chunk), mask)[:, None, :]
     out[chunk == 0] = mask_value
     return out

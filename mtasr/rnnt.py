@@ -36,6 +36,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from mtasr.profile import DECODER_PRODUCTS, DECODING, stage
+
 F32 = np.float32
 
 
@@ -229,11 +231,36 @@ class Emissions:
         return out
 
 
+class _TimedProducts:
+    """The math's products charged to the device stage of the stage clock."""
+
+    def __init__(self, math: RnntMath) -> None:
+        self.math, self.xp = math, math.xp
+
+    def project(self, encoded: Any) -> Any:
+        with stage(DECODER_PRODUCTS):
+            return self.math.project(encoded)
+
+    def predict(self, tokens: np.ndarray, h: Any, c: Any) -> tuple[Any, Any, Any]:
+        with stage(DECODER_PRODUCTS):
+            return self.math.predict(tokens, h, c)
+
+    def labels(self, f: Any, rows: np.ndarray, frames: np.ndarray, g: Any) -> np.ndarray:
+        with stage(DECODER_PRODUCTS):
+            return self.math.labels(f, rows, frames, g)
+
+
 def greedy_decode(math: RnntMath, encoded: Any, encoded_len: np.ndarray, state: DecoderState, blank_id: int,
                   max_symbols: int | None = 10, window: int | None = None) -> Emissions:
     """Decode one chunk of B rows (`encoded` (B, T, D) in the math's array module, `encoded_len` (B,) host);
     `state` is updated in place. `window` caps the frames one joint product looks ahead (None: all that are left;
     1: NeMo's frame-by-frame loop). ``max_symbols`` None means no limit."""
+    with stage(DECODING):
+        return _greedy(_TimedProducts(math), encoded, encoded_len, state, blank_id, max_symbols, window)
+
+
+def _greedy(math: RnntMath, encoded: Any, encoded_len: np.ndarray, state: DecoderState, blank_id: int,
+            max_symbols: int | None, window: int | None) -> Emissions:
     batch, n_frames = int(encoded.shape[0]), int(encoded.shape[1])
     if state.batch != batch:
         raise ValueError(f"state has {state.batch} rows, encoded has {batch}")

@@ -249,6 +249,13 @@ class DecoderJointOutputs(TensorRecord):
 NEXT_SUFFIX = "_next"  # a state input `x` comes back from the graph as output `x_next`
 
 
+# Graph outputs the orchestrator reads on the host (lengths, speaker probabilities); every other output only feeds
+# the device-side state and arithmetic, and stays in device memory where the graphs run on a GPU.
+_DO, _EO = DiarizerOutputs.tensor_names(), EncoderOutputs.tensor_names()
+HOST_OUTPUTS = frozenset({_DO.spkcache_fifo_chunk_preds, _DO.chunk_pre_encode_lengths, _EO.encoded_len,
+                          _EO.cache_last_channel_len_next})
+
+
 def carried_state(inputs: type[TensorRecord], outputs: type[TensorRecord]) -> list[str]:
     """Names of a graph's inputs that are streaming state: those with a `<name>_next` output."""
     out_names = set(outputs.names())

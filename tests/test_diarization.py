@@ -11,9 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from client.server import TritonServer
 from client.stream import stream_audio
-from model_repository.build import build
 from mtasr.audio import read_audio
 from mtasr.diarization import PRESETS, DiarizationConfig, DiarizationEngine
 from mtasr.diarization.turns import PostProcessing, TurnTracker, turns
@@ -51,7 +49,7 @@ def _engine(tiny_parity, preset: str, post: PostProcessing = POSTS["nemo_default
 def _stream(engine: DiarizationEngine, sessions: dict[str, np.ndarray], seed: int = 0) -> dict[str, tuple]:
     """Push every session's audio in random pieces, stepping all sessions together; (activity, drained, seglst)."""
     rng = np.random.default_rng(seed)
-    live = {name: engine.new_session(name) for name in sessions}
+    live = {name: engine.new_session(name, keep_activity=True) for name in sessions}
     pos = dict.fromkeys(sessions, 0)
     drained: dict[str, list] = {name: [] for name in sessions}
     while any(pos[n] < len(a) for n, a in sessions.items()):
@@ -117,10 +115,8 @@ def test_post_processing_equals_nemo_and_finals_never_change():
 
 
 @pytest.fixture(scope="module")
-def served(tiny_parity, tmp_path_factory):
-    repo = build(tiny_parity["work"] / "graphs", "cpu", tmp_path_factory.mktemp("diar_repo") / "repo")
-    with TritonServer(repo, log_path=repo.with_name("server.log")) as server:
-        yield server
+def served(default_server):
+    return default_server  # the default repository serves the diarization model too (tests/conftest.py)
 
 
 def test_served_equals_nemo(served, reference):

@@ -609,15 +609,13 @@ def test_compression_pieces_match_nemo(binary: bool) -> None:
                 np.testing.assert_array_equal(sc._disable_low_scores(preds[b], np_base[b], min_pos), t_dis[b].numpy())
             for k, scale in ((math.floor(per_spk * 0.75), 2.0), (math.floor(per_spk * 1.5), 1.0)):
                 t_boost = mod._boost_topk_scores(t_dis.clone(), k, scale_factor=scale)
-                for b in range(3):
-                    got = sc._boost_topk_scores(t_dis[b].numpy(), k, scale_factor=scale)
-                    np.testing.assert_array_equal(got, t_boost[b].numpy())
+                got = sc._boost_topk_scores(t_dis.numpy(), k, scale_factor=scale)  # all streams at once
+                np.testing.assert_array_equal(got, t_boost.numpy())
             padded = torch.cat([t_dis, torch.full((3, params.spkcache_sil_frames_per_spk, params.n_spk), math.inf)], 1)
             t_idx, t_off = mod._get_topk_indices(padded)
-            for b in range(3):
-                idx, off = sc._topk_frame_indices(params, padded[b].numpy())
-                np.testing.assert_array_equal(idx, t_idx[b].numpy())
-                np.testing.assert_array_equal(off, t_off[b].numpy())
+            idx, off = sc._topk_frame_indices(params, padded.numpy())
+            np.testing.assert_array_equal(idx, t_idx.numpy())
+            np.testing.assert_array_equal(off, t_off.numpy())
 
             # Whole compression, end to end.
             t_emb, t_pr, _ = mod._compress_spkcache(_t(embs), _t(preds), _t(sil), permute_spk=False)

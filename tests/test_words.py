@@ -46,3 +46,47 @@ def test_a_speaker_without_pauses_still_gets_final_segments():
     final, tail = live.drain(), live.interim_segments()
     assert final and len(tail) == 1 and len(tail[0]["words"].split()) == 1
     assert sum(len(s["words"].split()) for s in final) == len(tokens) - 1
+
+
+class _Uncached(LiveTranscript):
+    """Words made again from every open token each step (the reference for the incremental update)."""
+
+    def update(self, hyps, decoded_end, audio_end, session_id, last=False):
+        for state in self.speakers.values():
+            state.words, state.upto = [], 0
+        super().update(hyps, decoded_end, audio_end, session_id, last)
+
+
+def test_incremental_words_equal_words_made_again_each_step():
+    """Random streams of two speakers over 60 steps: the incremental transcript, whose hypotheses are trimmed after
+    every step as the engine trims them, sends exactly the segments and interim tails of one that keeps whole
+    hypotheses and makes every open word again."""
+    import numpy as np
+
+    rng = np.random.default_rng(3)
+    vocab = [f"\u2581w{i}" if i % 3 else f"p{i}" for i in range(30)] + [".", "\u2581,"]
+    fast = LiveTranscript(vocab, F, frames_per_step=14, pause_sec=0.6, max_utterance_sec=3.0)
+    ref = _Uncached(vocab, F, frames_per_step=14, pause_sec=0.6, max_utterance_sec=3.0)
+    hyps = {s: ([], [], [(0, 0)]) for s in (0, 1)}  # whole hypotheses (the reference's)
+    trimmed = {s: ([], [], [(0, 0)]) for s in (0, 1)}
+    sent = {"fast": [], "ref": []}
+    for step in range(60):
+        for spk in (0, 1):
+            frame0 = step * 14
+            n = int(rng.integers(0, 6)) if rng.random() < 0.7 else 0  # talk, or pause
+            new_frames = sorted(int(f) for f in rng.integers(frame0, frame0 + 14, n))
+            new_tokens = [int(t) for t in rng.integers(0, len(vocab), n)]
+            for h in (hyps[spk], trimmed[spk]):
+                h[0].extend(new_tokens)
+                h[1].extend(new_frames)
+        last = step == 59
+        decoded = (step + 1) * 14 * F
+        fast.update({s: trimmed[s] for s in (0, 1)}, decoded, decoded + 0.05, "s", last=last)
+        ref.update(hyps, decoded, decoded + 0.05, "s", last=last)
+        sent["fast"] += fast.drain()
+        sent["ref"] += ref.drain()
+        assert fast.interim_segments() == ref.interim_segments(), step
+        for spk in (0, 1):  # the engine's trimming (transcribe.SpeakerInstance.drop_tokens, runs kept whole here)
+            done = fast.release(spk)
+            del trimmed[spk][0][:done], trimmed[spk][1][:done]
+    assert sent["fast"] == sent["ref"] and len(sent["ref"]) > 20

@@ -104,7 +104,7 @@ def run_pipeline(graphs: Path, audio: np.ndarray, session_id: str,
     cfg = PipelineConfig.from_folder(graphs, preset=f"{PRESET[0]}_{PRESET[1]}", masked_asr=False,
                                      precision=precision)
     engine = Engine.from_folder(graphs, OrtRunner(graphs), cfg)
-    session = engine.new_session(session_id, timing="audio")
+    session = engine.new_session(session_id, timing="audio", keep_hypotheses=True)
     activity = []
     for pos in range(0, audio.size, PIECE):
         engine.push_audio(session, audio[pos : pos + PIECE], last=pos + PIECE >= audio.size)

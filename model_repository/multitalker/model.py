@@ -23,7 +23,14 @@ from mtasr.pipeline.metrics import METRICS, MODEL_LABEL, MetricDef, MetricKind, 
 from mtasr.pipeline.sequences import AudioRequest, Reply
 from mtasr.pipeline.service import sequence_manager, tensor_ranks
 from mtasr.pipeline.sessions import ErrorCode
-from mtasr.spec import SESSION_KEY_HEADER, TIMING_PARAMETER, OrchestratorInputs, OrchestratorOutputs
+from mtasr.spec import (
+    HOST_OUTPUTS,
+    MAX_SPEAKERS_PARAMETER,
+    SESSION_KEY_HEADER,
+    TIMING_PARAMETER,
+    OrchestratorInputs,
+    OrchestratorOutputs,
+)
 
 # pb_utils' error codes and metric kinds exist only once the stub has started (not at import for auto-complete).
 # Triton 2.51's Python backend has no UNAUTHENTICATED: a missing session key is an invalid argument.
@@ -33,22 +40,42 @@ ERROR_CODE_NAMES = {ErrorCode.INVALID_ARGUMENT: "INVALID_ARG", ErrorCode.UNAUTHE
 
 
 class BlsRunner:
-    """Runs a graph model of the repository through BLS; batch-only tensors travel as [B, 1] (their config)."""
+    """Runs a graph model of the repository through BLS; batch-only tensors travel as [B, 1] (their config).
 
-    def __init__(self, ranks: dict[str, int]) -> None:
+    With a device array module (`xp`, CuPy), device arrays go in by DLPack, outputs are asked for in GPU memory and
+    come back by DLPack as `xp` arrays, except the few the pipeline reads on the host (`HOST_OUTPUTS`), which are
+    copied to numpy. With numpy, every output is asked for in CPU memory (a GPU graph model's outputs otherwise
+    stay where they were made and `as_numpy` fails)."""
+
+    def __init__(self, ranks: dict[str, int], xp=np) -> None:
         self.ranks = ranks  # tensor name -> rank in the spec (with batch)
+        self.xp = xp
+        self.on_device = xp is not np
+        memory = pb_utils.TRITONSERVER_MEMORY_GPU if self.on_device else pb_utils.TRITONSERVER_MEMORY_CPU
+        self.memory = pb_utils.PreferredMemory(memory, 0)
 
-    def __call__(self, graph: str, feeds: dict[str, np.ndarray], outputs: list[str]) -> list[np.ndarray]:
-        inputs = [pb_utils.Tensor(k, v[:, None] if v.ndim == 1 else v) for k, v in feeds.items()]
-        response = pb_utils.InferenceRequest(model_name=graph, requested_output_names=outputs,
-                                             inputs=inputs).exec()
+    def _tensor(self, name: str, value):
+        if isinstance(value, np.ndarray):
+            return pb_utils.Tensor(name, value[:, None] if value.ndim == 1 else value)
+        value = value[:, None] if value.ndim == 1 else value
+        return pb_utils.Tensor.from_dlpack(name, self.xp.ascontiguousarray(value).toDlpack())
+
+    def _array(self, tensor, name: str):
+        if tensor.is_cpu():
+            x = tensor.as_numpy()
+        else:
+            x = self.xp.from_dlpack(tensor.to_dlpack())
+            if name in HOST_OUTPUTS:
+                x = self.xp.asnumpy(x)
+        return x.reshape(x.shape[0]) if self.ranks[name] == 1 else x
+
+    def __call__(self, graph: str, feeds: dict, outputs: list[str]) -> list:
+        inputs = [self._tensor(k, v) for k, v in feeds.items()]
+        response = pb_utils.InferenceRequest(model_name=graph, requested_output_names=outputs, inputs=inputs,
+                                             preferred_memory=self.memory).exec()
         if response.has_error():
             raise RuntimeError(f"{graph}: {response.error().message()}")
-        result = []
-        for name in outputs:
-            x = pb_utils.get_output_tensor_by_name(response, name).as_numpy()
-            result.append(x.reshape(x.shape[0]) if self.ranks[name] == 1 else x)
-        return result
+        return [self._array(pb_utils.get_output_tensor_by_name(response, name), name) for name in outputs]
 
 
 class TritonMetricSink:
@@ -100,7 +127,8 @@ def _audio_request(request) -> AudioRequest:
                         end=bool(_scalar(request, "END")), ready=bool(_scalar(request, "READY", 1)),
                         audio=_copy(inputs.audio), audio_int16=_copy(inputs.audio_int16),
                         session_key=key if isinstance(key, str) else None,
-                        timing=str(timing) if timing is not None else None)
+                        timing=str(timing) if timing is not None else None,
+                        max_speakers=params.get(MAX_SPEAKERS_PARAMETER))
 
 
 def _copy(x: np.ndarray | None) -> np.ndarray | None:
@@ -138,7 +166,8 @@ class TritonPythonModel:
         array_friendly_malloc()
         folder = Path(args["model_repository"]) / args["model_version"]
         events = ServingMetrics(TritonMetricSink(METRICS, args["model_name"]))
-        self.manager = sequence_manager(folder, json.loads(args["model_config"]), BlsRunner(tensor_ranks(folder)),
+        ranks = tensor_ranks(folder)
+        self.manager = sequence_manager(folder, json.loads(args["model_config"]), lambda xp: BlsRunner(ranks, xp),
                                         events)
         self.manager.warm_up()  # the first step-cost estimate, before any client (admission by capacity)
         self.manager.start()  # the engine thread and the idle reaper

@@ -87,7 +87,9 @@ class DiarSession:
     timing: str = TIMINGS[0]
     speakers: dict[int, bool] = field(default_factory=dict)  # speakers seen active (for the occupancy gauge)
     pending: list[DiarChunk] = field(default_factory=list)
-    activity: list[np.ndarray] = field(default_factory=list)  # every step's chunk predictions
+    keep_activity: bool = False  # keep every step's predictions (tools comparing with NeMo's total_preds)
+    max_speakers: int = 0  # report only speakers 0..max_speakers-1 (0: all)
+    activity: list[np.ndarray] = field(default_factory=list)  # every step's chunk predictions, when kept
     samples: int = 0
     closer: weakref.finalize | None = field(default=None, repr=False)
 
@@ -116,11 +118,16 @@ class DiarizationEngine:
         """The audio one step covers (its chunk): the real-time budget admission measures steps against."""
         return self.cfg.preset.chunk_len * FRAME_SEC
 
-    def new_session(self, session_id: str, timing: str = TIMINGS[0]) -> DiarSession:
+    def new_session(self, session_id: str, timing: str = TIMINGS[0], keep_activity: bool = False,
+                    max_speakers: int = 0) -> DiarSession:
         """A fresh stream; turns are in audio time whatever `timing` says (NeMo's ASR arithmetic has no meaning
-        for a diarizer)."""
+        for a diarizer). `keep_activity`: keep every step's predictions (`total_preds`; served sessions do not).
+        `max_speakers` (>= 1): only the diarizer's first speakers are reported (activity and turns; 0: all)."""
+        if not 0 <= max_speakers <= self.cfg.n_spk:
+            raise ValueError(f"max_speakers must be in [0, {self.cfg.n_spk}] (0: no cap), got {max_speakers}")
         session = DiarSession(session_id, DiarChunker(self.features, self.cfg.preset), self.pool.acquire(),
-                              TurnTracker(self.cfg.n_spk, self.cfg.post, session_id))
+                              TurnTracker(self.cfg.n_spk, self.cfg.post, session_id), keep_activity=keep_activity,
+                              max_speakers=max_speakers)
         session.closer = weakref.finalize(session, self.pool.release, session.slot)
         return session
 
@@ -144,7 +151,11 @@ class DiarizationEngine:
         outputs = []
         for s, _ in work:
             p = preds[s.session_id]
-            s.activity.append(p)
+            if s.max_speakers:  # speakers beyond the session's cap are not reported
+                p = p.copy()
+                p[:, s.max_speakers :] = 0.0
+            if s.keep_activity:
+                s.activity.append(p)
             s.speakers.update({int(k): True for k in np.flatnonzero(p.max(axis=0, initial=0.0) > 0.5)})
             s.words.update(p)
             outputs.append(StepOutput(s.session_id, p, sorted(s.speakers)))

@@ -85,6 +85,10 @@ class _Binarizer:
                 self.start, self.speech = i * TEN_MS, True
             self.frames += 1
 
+    def settle(self, end: float) -> None:
+        """Forget the closed raw turns that end by `end` (they are inside final turns, or were filtered out)."""
+        self.closed = [c for c in self.closed if c[1] > end]
+
     def segments(self) -> tuple[list[tuple[float, float]], tuple[float, float] | None]:
         """(closed segments merged as NeMo merges padded overlaps, the open one if speech runs to the end)."""
         open_ = None
@@ -124,19 +128,18 @@ class TurnTracker:
         self._open = []
         for spk, b in enumerate(self._bins):
             b.feed(frames[:, spk])
-            closed, running = b.segments()
+            closed, running = b.segments()  # the raw turns not yet in a final one
             kept = sorted(filter_segments(_merge(closed + ([running] if running else [])), self.post))
-            # settled: nothing later can reach it (no running turn and no frame to come within the horizon)
+            # settled: nothing later can reach it (no running turn and no frame to come within the horizon). Once
+            # settled, a turn stays settled and no later turn merges with it or fills a gap to it, so its raw turns
+            # are dropped and only the turns after it are made again: the work per step does not grow with the session
             limit = decided if running is None else min(decided, running[0])
-            settled = sum(1 for _, e in kept if e + self.post.horizon_sec < limit)
-            # once settled, a turn stays settled (a later running turn that starts beyond the horizon cannot reach it),
-            # so only the turns after the settled prefix are made again
-            known = len(self._final[spk])
-            segs = self._final[spk] + [segment(f"speaker_{spk}", round(s, 2), round(e, 2), "", self.session_id)
-                                       for s, e in kept[known:]]
-            n_final = len(segs) if last else max(settled, known)
-            self._final[spk] = segs[:n_final]
+            n_final = len(kept) if last else sum(1 for _, e in kept if e + self.post.horizon_sec < limit)
+            segs = [segment(f"speaker_{spk}", round(s, 2), round(e, 2), "", self.session_id) for s, e in kept]
+            self._final[spk].extend(segs[:n_final])
             self._open.extend(segs[n_final:])
+            if n_final:
+                b.settle(kept[n_final - 1][1])
         self._open.sort(key=_order)
 
     def drain(self) -> list[dict]:

@@ -24,7 +24,7 @@ import numpy as np
 from mtasr import greedy
 from mtasr.features import FeatureParams
 from mtasr.manifest import Manifest
-from mtasr.pipeline.chunker import Chunk, FeatureChunker, queue_audio
+from mtasr.pipeline.chunker import Chunk, FeatureChunker, compute_features, queue_audio
 from mtasr.pipeline.config import PipelineConfig
 from mtasr.pipeline.diarize import DiarizerStage
 from mtasr.pipeline.runner import GraphRunner
@@ -32,6 +32,7 @@ from mtasr.pipeline.targets import active_speakers, speaker_targets, update_wind
 from mtasr.pipeline.transcribe import AsrRow, SpeakerInstance, TranscribeStage
 from mtasr.pipeline.transcript import Transcript
 from mtasr.pipeline.words import LiveTranscript
+from mtasr.profile import FEATURES, TARGETS, WORDS, stage
 from mtasr.rnnt import ArrayRnnt, RnntMath, RnntWeights
 from mtasr.spec import SAMPLE_RATE, TIMINGS
 
@@ -55,6 +56,8 @@ class Session:
     transcript: Transcript  # NeMo's arithmetic, kept when timing is "nemo"
     words: LiveTranscript  # audio-time words and utterances, kept when timing is "audio"
     timing: str = TIMINGS[0]
+    keep_hypotheses: bool = False  # else the tokens already in final segments are dropped
+    max_speakers: int = 0  # speaker instances the session may run (speakers 0..max_speakers-1); 0: no cap
     speakers: dict[int, SpeakerInstance] = field(default_factory=dict)
     offset: float = 0.0  # start time of the next chunk as NeMo counts it
     steps: int = 0
@@ -69,11 +72,17 @@ class Session:
 
 @dataclass
 class StepOutput:
-    """What one step produced for one session."""
+    """What one step produced for one session; `error` set: its processing failed this step (the session's state
+    is unreliable now: end it), the other sessions of the step went on."""
 
     session_id: str
     activity: np.ndarray  # (frames, n_spk) diarizer probabilities of this step's frames
     active_speakers: list[int]
+    error: str | None = None
+
+
+def _failure(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
 
 
 class Engine:
@@ -84,8 +93,9 @@ class Engine:
         self.cfg = config
         self.features = features
         self.params = config.spkcache
-        self.diarizer = DiarizerStage(self.params, config.dims, runner, config.graphs["diarizer"], capacity)
+        self.diarizer = DiarizerStage(self.params, config.dims, runner, config.graphs["diarizer"], capacity, rnnt.xp)
         self.asr = TranscribeStage(config, config.dims, runner, rnnt, capacity * self.params.n_spk)
+        self.xp = rnnt.xp  # the array module of device-side state and arithmetic
 
     @classmethod
     def from_folder(cls, folder: str | Path, runner: GraphRunner, config: PipelineConfig | None = None,
@@ -100,20 +110,28 @@ class Engine:
                    capacity)
 
     # ------------------------------------------------------------------------------------------ sessions
-    def new_session(self, session_id: str, timing: str = TIMINGS[0]) -> Session:
-        """A fresh session; `timing` picks the transcript it keeps ("audio" or NeMo's "nemo" arithmetic)."""
+    def new_session(self, session_id: str, timing: str = TIMINGS[0], keep_hypotheses: bool = False,
+                    max_speakers: int = 0) -> Session:
+        """A fresh session; `timing` picks the transcript it keeps ("audio" or NeMo's "nemo" arithmetic). A served
+        session keeps only the part of each speaker's hypothesis not yet in final segments; `keep_hypotheses`
+        keeps all of it (tools that compare whole hypotheses). `max_speakers` (>= 1) lets only the diarizer's first
+        speakers run an ASR instance (0: all of them, NeMo's behaviour)."""
         if timing not in TIMINGS:
             raise ValueError(f"unknown timing {timing!r}; use one of {TIMINGS}")
+        if not 0 <= max_speakers <= self.cfg.n_spk:
+            raise ValueError(f"max_speakers must be in [0, {self.cfg.n_spk}] (0: no cap), got {max_speakers}")
         slots = _Slots(self.diarizer.pool.acquire())
         session = Session(
             session_id=session_id,
-            chunker=FeatureChunker(self.features, self.cfg.geometry),
+            chunker=FeatureChunker(self.features, self.cfg.geometry, self.xp),
             slots=slots,
             window=np.zeros((0, self.params.n_spk), dtype=np.float32),
             transcript=Transcript(self.cfg.frame_len_sec, self.cfg.sent_break_sec),
             words=LiveTranscript(self.cfg.vocabulary, self.cfg.frame_len_sec, self.cfg.nframes_per_chunk,
                                  self.cfg.pause_sec),
             timing=timing,
+            keep_hypotheses=keep_hypotheses,
+            max_speakers=max_speakers,
         )
         session.closer = weakref.finalize(session, self._release, slots)
         return session
@@ -137,45 +155,86 @@ class Engine:
 
     def push_audio(self, session: Session, samples: np.ndarray, last: bool = False) -> None:
         """Stage 1: buffer audio; complete chunks queue up in `session.pending`."""
-        queue_audio(session, samples, last)
+        with stage(FEATURES):
+            queue_audio(session, samples, last)
 
     # ------------------------------------------------------------------------------------------- a step
     def step(self, sessions: list[Session]) -> list[StepOutput]:
-        """Process the oldest pending chunk of each session (all in one batched pass)."""
+        """Process the oldest pending chunk of each session (all in one batched pass).
+
+        A failure stays with its session: a graph call that fails for a group is retried row by row, an exception
+        in one session's own processing (targets, words) ends only that session's step; either way that session's
+        output carries the `error` and the others go on."""
         work = [(s, s.pending.pop(0)) for s in sessions if s.pending]
         if not work:
             return []
-        chunk_preds = self.diarizer.step([(s.slots.diarizer, chunk) for s, chunk in work])
+        failed: dict[str, str] = {}
+        with stage(FEATURES):
+            compute_features(self.features, [s.chunker for s, chunk in work if chunk.features is None], self.xp)
+        chunk_preds = self.diarizer.step([(s.slots.diarizer, chunk) for s, chunk in work],
+                                         owners=[s.session_id for s, _ in work], failed=failed)
         outputs, rows = [], []
-        for (session, chunk), preds in zip(work, chunk_preds, strict=True):
-            session.window = update_window(self.cfg, session.window, preds)
-            active = active_speakers(self.cfg, session.window)
-            for t in speaker_targets(self.cfg, session.window, active):
-                for j in range(t.speaker + 1):  # NeMo adds every speaker index up to the new one
-                    self._speaker(session, j)
-                rows.append(AsrRow(session.speakers[t.speaker], chunk, t, session.steps))
-            outputs.append(StepOutput(session.session_id, preds, active))
+        with stage(TARGETS):
+            for (session, chunk), preds in zip(work, chunk_preds, strict=True):
+                if session.session_id in failed:
+                    continue
+                try:
+                    session_rows, active = self._targets(session, chunk, preds)
+                    rows.extend(session_rows)
+                    outputs.append(StepOutput(session.session_id, preds, active))
+                except Exception as exc:  # noqa: BLE001 - one session's fault must not end its batch-mates'
+                    failed[session.session_id] = _failure(exc)
         if rows:
-            self.asr.step(rows)
-        for (session, _), out in zip(work, outputs, strict=True):
-            session.steps += 1
-            if session.timing == "audio":
-                self._update_words(session)
-            elif out.active_speakers:  # NeMo returns before updating transcripts and offset when nobody is active
-                hyps = {spk: (greedy.tokens_to_text(inst.tokens, self.cfg.vocabulary), inst.frame_indices)
-                        for spk, inst in sorted(session.speakers.items()) if inst.started}
-                session.transcript.update(hyps, session.offset)
-                session.offset += self.cfg.nframes_per_chunk * self.cfg.frame_len_sec
-        return outputs
+            self.asr.step(rows, failed)
+        with stage(WORDS):
+            for session, _ in work:
+                if session.session_id in failed:
+                    continue
+                try:
+                    self._transcript(session)
+                except Exception as exc:  # noqa: BLE001 - as above
+                    failed[session.session_id] = _failure(exc)
+        done = [out for out in outputs if out.session_id not in failed]
+        empty = np.zeros((0, self.cfg.n_spk), dtype=np.float32)
+        return done + [StepOutput(sid, empty, [], error) for sid, error in failed.items()]
+
+    def _active(self, session: Session) -> list[int]:
+        active = active_speakers(self.cfg, session.window)
+        return [s for s in active if s < session.max_speakers] if session.max_speakers else active
+
+    def _targets(self, session: Session, chunk: Chunk, preds: np.ndarray) -> tuple[list[AsrRow], list[int]]:
+        """Stage 3 for one session: its gating window, active speakers and their encoder rows."""
+        session.window = update_window(self.cfg, session.window, preds)
+        active = self._active(session)
+        rows = []
+        for t in speaker_targets(self.cfg, session.window, active):
+            for j in range(t.speaker + 1):  # NeMo adds every speaker index up to the new one
+                self._speaker(session, j)
+            rows.append(AsrRow(session.speakers[t.speaker], chunk, t, session.steps, session.session_id))
+        return rows, active
+
+    def _transcript(self, session: Session) -> None:
+        session.steps += 1
+        if session.timing == "audio":
+            self._update_words(session)
+        elif self._active(session):  # NeMo returns before updating transcripts and offset when nobody is active
+            hyps = {spk: (greedy.tokens_to_text(inst.tokens, self.cfg.vocabulary), inst.frame_indices)
+                    for spk, inst in sorted(session.speakers.items()) if inst.started}
+            session.transcript.update(hyps, session.offset)
+            session.offset += self.cfg.nframes_per_chunk * self.cfg.frame_len_sec
 
     def finish(self, session: Session) -> None:
         """After the last step of an ended session: every utterance becomes final (NeMo's transcript has no
         such step)."""
         if session.timing == "audio":
-            self._update_words(session, last=True)
+            with stage(WORDS):
+                self._update_words(session, last=True)
 
     def _update_words(self, session: Session, last: bool = False) -> None:
         decoded = min(session.steps * self.cfg.nframes_per_chunk * self.cfg.frame_len_sec, session.audio_seconds)
         hyps = {spk: (inst.tokens, inst.frame_indices, inst.runs)
                 for spk, inst in session.speakers.items() if inst.started}
         session.words.update(hyps, decoded, session.audio_seconds, session.session_id, last=last)
+        if not session.keep_hypotheses:
+            for spk in hyps:  # the hypothesis before the open utterance is in final segments: keep only the rest
+                session.speakers[spk].drop_tokens(session.words.release(spk))

@@ -12,6 +12,7 @@ from mtasr.manifest import GRAPH_ROLES
 from mtasr.spec import TIMINGS
 
 SPEAKER_MODES = ("kernel", "masked")
+ARRAY_MODULES = ("numpy", "cupy")  # the engine's array module: host memory, or a GPU's (CuPy)
 # An upper bound only: sessions are admitted by measured capacity (`admission_headroom`) below it. 256 lets one
 # engine step batch 256 sessions where the hardware carries them.
 DEFAULT_MAX_SESSIONS = 256
@@ -76,9 +77,12 @@ class OrchestratorParams(ModelParams):
     idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_S
     admission_headroom: float = DEFAULT_ADMISSION_HEADROOM  # 0: admit by count only
     lag_limit_s: float = DEFAULT_LAG_LIMIT_S
+    array_module: str = ARRAY_MODULES[0]  # where device-side state and arithmetic live: numpy (host) or cupy (GPU)
 
     def __post_init__(self) -> None:
         _check_admission(self)
+        if self.array_module not in ARRAY_MODULES:
+            raise ValueError(f"unknown array module {self.array_module!r}; use one of {ARRAY_MODULES}")
         if self.pipeline != "multitalker":
             raise ValueError(f"OrchestratorParams are the multitalker model's, not {self.pipeline!r}")
         if self.timing not in TIMINGS:

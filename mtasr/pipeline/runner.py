@@ -7,6 +7,7 @@ from typing import Protocol, TypeVar
 
 import numpy as np
 
+from mtasr.profile import GRAPHS, stage
 from mtasr.spec import TensorRecord
 
 
@@ -125,4 +126,28 @@ R = TypeVar("R", bound=TensorRecord)
 
 def run_graph(runner: GraphRunner, graph: str, inputs: TensorRecord, outputs: type[R]) -> R:
     """Run `graph` with a typed inputs record and return its typed outputs record."""
-    return outputs.from_arrays(runner(graph, inputs.feeds(), outputs.names()))
+    with stage(GRAPHS):
+        return outputs.from_arrays(runner(graph, inputs.feeds(), outputs.names()))
+
+
+def retried(group: list, call, owner, failed: dict[str, str]):
+    """(items, result) of `call(items)` for the whole group, or, when that raises, for each item alone; an item whose
+    call fails alone is recorded in `failed` under `owner(item)`. `call` must not change state when it raises."""
+    if not group:
+        return
+    try:
+        yield group, call(group)
+        return
+    except Exception as exc:  # noqa: BLE001 - retried below, one by one
+        if len(group) == 1:
+            failed.setdefault(owner(group[0]), f"{type(exc).__name__}: {exc}")
+            return
+    for item in group:
+        if owner(item) in failed:
+            continue
+        try:
+            result = call([item])
+        except Exception as exc:  # noqa: BLE001 - this item's failure is its own
+            failed.setdefault(owner(item), f"{type(exc).__name__}: {exc}")
+            continue
+        yield [item], result

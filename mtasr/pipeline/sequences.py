@@ -56,6 +56,7 @@ class AudioRequest:
     audio_int16: np.ndarray | None = None
     session_key: str | None = None  # the client's per-session secret (forwarded header)
     timing: str | None = None  # START only: "audio" | "nemo" (None: the server's default)
+    max_speakers: str | int | None = None  # START only: cap on the session's speaker instances (None/0: none)
     ready: bool = True  # False: a batcher's filler request (no client waits for it); answered empty, not counted
 
 
@@ -114,6 +115,7 @@ class _Live:
     owner: bytes  # SHA-256 of the session key
     timing: str
     anchor: float  # real-time origin: the START's arrival minus the audio it carried
+    max_speakers: int = 0  # the START's cap on speaker instances (0: none)
     session: Session | None = None
     queue: deque[_Pending] = field(default_factory=deque)
     current: _Pending | None = None  # pushed, waiting for its chunks to be stepped
@@ -341,9 +343,24 @@ class SequenceManager:
         timing = req.timing or self.timing
         if timing not in TIMINGS:
             raise RequestError(f"unknown timing {timing!r}: use one of {', '.join(TIMINGS)}")
-        live = _Live(req.corrid, owner, timing, anchor=now - samples.size / SAMPLE_RATE)
+        live = _Live(req.corrid, owner, timing, anchor=now - samples.size / SAMPLE_RATE,
+                     max_speakers=self._max_speakers(req))
         self.live[req.corrid] = live
         return live
+
+    def _max_speakers(self, req: AudioRequest) -> int:
+        """The START's speaker-instance cap: an integer in [0, the diarizer's speakers] (0: no cap)."""
+        if req.max_speakers is None:
+            return 0
+        n_spk = self.engine.cfg.n_spk
+        try:
+            value = int(str(req.max_speakers).strip())
+        except ValueError:
+            value = -1
+        if not 0 <= value <= n_spk:
+            raise RequestError(f"max_speakers must be an integer in [0, {n_spk}] (0: no cap), got "
+                               f"{str(req.max_speakers)[:20]!r}")
+        return value
 
     def _schedule(self, live: _Live) -> None:
         """Put `live` on the engine's ready list (under the lock) and wake the engine thread."""
@@ -436,7 +453,8 @@ class SequenceManager:
             return
         try:
             if live.session is None:
-                live.session = self.engine.new_session(self.session_name(live.corrid), live.timing)
+                live.session = self.engine.new_session(self.session_name(live.corrid), live.timing,
+                                                       max_speakers=live.max_speakers)
             self.engine.push_audio(live.session, p.samples, last=p.request.end)
         except Exception as exc:  # noqa: BLE001 - this session's processing failed: it ends, nobody else's does
             self._fail(live, p, f"{type(exc).__name__}: {exc}", out)

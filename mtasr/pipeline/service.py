@@ -3,7 +3,12 @@ parameters, pipeline config, graph runners, session policy. The Triton glue only
 
 from __future__ import annotations
 
+import importlib
+from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
+
+import numpy as np
 
 from mtasr.diarization import DiarizationConfig, DiarizationEngine
 from mtasr.features import FeatureParams
@@ -23,10 +28,26 @@ def tensor_ranks(folder: Path) -> dict[str, int]:
     return {t.name: len(t.dims) for g in graph_specs(dims).values() for t in g.inputs + g.outputs}
 
 
-def sequence_manager(folder: Path, model_config: dict, bls: GraphRunner,
+BlsFactory = Callable[[ModuleType], GraphRunner]
+"""Makes the runner of the graphs served as Triton models, for the engine's array module."""
+
+
+def array_module(name: str) -> ModuleType:
+    """The engine's array module by its `OrchestratorParams.array_module` name (CuPy: on the GPU)."""
+    if name == "numpy":
+        return np
+    try:
+        return importlib.import_module(name)
+    except ImportError as exc:
+        raise RuntimeError(f"array_module {name!r} cannot be imported ({exc}); install it (e.g. cupy-cuda12x in the "
+                           "serving image) or build the repository for the cpu target") from None
+
+
+def sequence_manager(folder: Path, model_config: dict, bls: BlsFactory | None,
                      events: SessionEvents | None = None) -> SequenceManager:
     """The streaming model a config describes: `multitalker` or the `diarization` service (its `pipeline`
-    parameter), with the admission limits and idle timeout of its parameters."""
+    parameter), with the admission limits and idle timeout of its parameters. `bls` makes the runner of the graphs
+    that are Triton models (None: every graph must run in process)."""
     folder = Path(folder)
     raw = {k: v["string_value"] for k, v in model_config.get("parameters", {}).items()}
     if pipeline_of(raw) == DiarizationParams.pipeline:
@@ -45,7 +66,7 @@ def _diarization(folder: Path, params: DiarizationParams, events: SessionEvents 
     return SequenceManager(engine, SessionPolicy.from_params(params), events=events)  # type: ignore[arg-type]
 
 
-def _multitalker(folder: Path, params: OrchestratorParams, bls: GraphRunner,
+def _multitalker(folder: Path, params: OrchestratorParams, bls: BlsFactory | None,
                  events: SessionEvents | None) -> SequenceManager:
     """Graphs named in `in_process_models` run in this process (ONNX Runtime, from `folder/graphs/<model>/`),
     the others through `bls`."""
@@ -58,5 +79,11 @@ def _multitalker(folder: Path, params: OrchestratorParams, bls: GraphRunner,
     local = {params.graphs[r]: small if r == "decoder_joint" else big for r in params.in_process_models}
     for graph, runner in local.items():  # loaded with the model (a full-size encoder takes seconds), not by the
         runner.session(graph)  # first session's first step
-    engine = Engine.from_folder(folder, RoutedRunner(bls, local), cfg, capacity=params.max_sessions)
+    xp = array_module(params.array_module)
+    remote = bls(xp) if bls is not None else _none
+    engine = Engine.from_folder(folder, RoutedRunner(remote, local), cfg, capacity=params.max_sessions, xp=xp)
     return SequenceManager(engine, SessionPolicy.from_params(params), events=events, timing=params.timing)
+
+
+def _none(graph: str, feeds: dict, outputs: list[str]) -> list:
+    raise RuntimeError(f"graph {graph!r} is not in process and this model has no BLS")

@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from mtasr.profile import STATE_COPIES, stage
+
 
 @dataclass(frozen=True)
 class Field:
@@ -36,7 +38,8 @@ class Field:
 class SlotPool:
     """Rows of state for many owners; grows by doubling when every slot is taken (rare: sized from the config).
 
-    `copied_bytes` counts the bytes gathered (when a copy was needed) and scattered, for the overhead benchmark.
+    `copied_bytes` / `device_copied_bytes` count the bytes of host / device fields gathered (when a copy was needed)
+    and scattered, for the benchmarks.
     """
 
     def __init__(self, fields: dict[str, Field], capacity: int = 8, xp: ModuleType = np) -> None:
@@ -47,6 +50,7 @@ class SlotPool:
         self._free: list[int] = []
         self._lock = threading.Lock()  # a released session's finaliser may run on another thread
         self.copied_bytes = 0
+        self.device_copied_bytes = 0
         self._grow(max(int(capacity), 1))
 
     def module(self, name: str) -> ModuleType:
@@ -94,25 +98,33 @@ class SlotPool:
 
         Whole rows of consecutive slots come back as a view of the pool (no copy); anything else is copied once.
         """
-        array = self.arrays[name]
-        first = int(slots[0])
-        whole = length is None or length == array.shape[1]
-        if whole and np.array_equal(slots, np.arange(first, first + len(slots))):
-            return array[first : first + len(slots)]
-        index = self._index(name, slots)
-        out = array[index] if whole else array[index, :length]
-        self.copied_bytes += int(out.nbytes)
-        return out
+        with stage(STATE_COPIES):
+            array = self.arrays[name]
+            first = int(slots[0])
+            whole = length is None or length == array.shape[1]
+            if whole and np.array_equal(slots, np.arange(first, first + len(slots))):
+                return array[first : first + len(slots)]
+            index = self._index(name, slots)
+            out = array[index] if whole else array[index, :length]
+            self._count(name, out)
+            return out
 
     def scatter(self, name: str, slots: np.ndarray, values: Any) -> None:
         """Write a batch back into rows `slots` of `name` (nothing is copied when `values` is those rows' view)."""
-        array = self.arrays[name]
-        first = int(slots[0]) if len(slots) else 0
-        if getattr(values, "base", None) is array and np.array_equal(slots, np.arange(first, first + len(slots))):
-            if values.shape == array[first : first + len(slots)].shape and _same_start(values, array, first):
-                return  # written in place through a gathered view
-        array[self._index(name, slots)] = values
-        self.copied_bytes += int(values.nbytes)
+        with stage(STATE_COPIES):
+            array = self.arrays[name]
+            first = int(slots[0]) if len(slots) else 0
+            if getattr(values, "base", None) is array and np.array_equal(slots, np.arange(first, first + len(slots))):
+                if values.shape == array[first : first + len(slots)].shape and _same_start(values, array, first):
+                    return  # written in place through a gathered view
+            array[self._index(name, slots)] = values
+            self._count(name, values)
+
+    def _count(self, name: str, values: Any) -> None:
+        if self.fields[name].device:
+            self.device_copied_bytes += int(values.nbytes)
+        else:
+            self.copied_bytes += int(values.nbytes)
 
 
 def _same_start(view: Any, array: Any, first: int) -> bool:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from mtasr.greedy import tokens_to_words
 
@@ -85,9 +85,13 @@ def utterance_segment(words: Sequence[TimedWord], speaker: str, session_id: str 
 
 @dataclass
 class SpeakerWords:
-    """One speaker's tokens not yet in a final utterance (token index `done` onwards)."""
+    """One speaker's tokens not yet in a final utterance (token index `done` onwards), and the words already made of
+    them: every word but the last (which the next token may continue), as long as its times are final (it ends
+    before the audio received, so clipping cannot change it). Each update makes words of the new tokens only."""
 
     done: int = 0
+    words: list[TimedWord] = field(default_factory=list)  # token indices relative to `done`
+    upto: int = 0  # tokens (from `done`) that `words` covers
 
 
 @dataclass
@@ -110,8 +114,11 @@ class LiveTranscript:
         for spk, (tokens, frames, runs) in sorted(hyps.items()):
             state = self.speakers.setdefault(spk, SpeakerWords())
             todo = tokens[state.done :]
-            frames_s = session_frames(frames[state.done :], runs, self.frames_per_step)
-            words = timed_words(todo, frames_s, self.vocabulary, self.frame_sec, audio_end)
+            start = state.done + state.upto
+            frames_s = session_frames(frames[start:], runs, self.frames_per_step)
+            new = [replace(w, first_token=w.first_token + state.upto)
+                   for w in timed_words(tokens[start:], frames_s, self.vocabulary, self.frame_sec, audio_end)]
+            words = state.words + new
             groups = split_utterances(words, self.pause_sec)
             if groups and not last and decoded_end - groups[-1][-1].end < self.pause_sec:
                 tail = groups.pop()  # the speaker may still be talking
@@ -125,11 +132,29 @@ class LiveTranscript:
                 seg = utterance_segment(g, name, session_id)
                 self.final.append(seg)
                 self.pending.append(seg)
-            state.done += tail[0].first_token if tail else len(todo)
+            consumed = tail[0].first_token if tail else len(todo)
+            state.done += consumed
+            # keep the open utterance's words but the last while their times are final, rebased to the new `done`
+            kept: list[TimedWord] = []
+            for w in tail[:-1]:
+                if w.end >= audio_end:
+                    break
+                kept.append(w)
+            state.words = [replace(w, first_token=w.first_token - consumed) for w in kept]
+            state.upto = tail[len(kept)].first_token - consumed if len(kept) < len(tail) else len(todo) - consumed
             if tail:
                 self.interim[spk] = utterance_segment(tail, name, session_id)
             else:
                 self.interim.pop(spk, None)
+
+    def release(self, spk: int) -> int:
+        """Tokens of speaker `spk` that are in final segments now, handed back: the next `update` gets that
+        speaker's hypothesis without them (its token indices start again at 0)."""
+        state = self.speakers.get(spk)
+        if state is None:
+            return 0
+        done, state.done = state.done, 0
+        return done  # `words` / `upto` are relative to `done`: unchanged
 
     def drain(self) -> list[dict]:
         """Final segments not sent yet, in time order (each is returned once)."""

@@ -23,6 +23,8 @@ from typing import Any
 
 import numpy as np
 
+from mtasr.xp import array_module
+
 F32 = np.float32
 _NEG_INF = F32(-np.inf)
 # float32 lanes of the SIMD vector ATen's CPU sum kernel is compiled for (AVX2 width, also on AVX-512 machines);
@@ -116,7 +118,15 @@ def compress_spkcache(
     params: SpeakerCacheParams, emb_seq: np.ndarray, preds: np.ndarray, mean_sil_emb: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
     """Keep the ``spkcache_len`` most important frames of (n_frames, D) ``emb_seq`` (NeMo ``_compress_spkcache``)."""
-    n_spk = preds.shape[1]
+    frame_idx, is_disabled = compression_choice(params, preds[None])
+    embs, kept = compressed_rows(emb_seq[None], preds[None], mean_sil_emb[None], frame_idx, is_disabled)
+    return embs[0], kept[0]
+
+
+def compression_choice(params: SpeakerCacheParams, preds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Which frames NeMo's ``_compress_spkcache`` keeps, for B streams of equal length at once: (B, n_frames, n_spk)
+    predictions -> frame indices (B, spkcache_len), speaker-major, and which of them are disabled (silence)."""
+    n_spk = preds.shape[-1]
     per_spk = params.spkcache_len // n_spk - params.spkcache_sil_frames_per_spk
     strong_boost_per_spk = math.floor(per_spk * params.strong_boost_rate)
     weak_boost_per_spk = math.floor(per_spk * params.weak_boost_rate)
@@ -125,17 +135,25 @@ def compress_spkcache(
     scores = _log_pred_scores(params, preds)
     scores = _disable_low_scores(preds, scores, min_pos_scores_per_spk)
     if params.scores_boost_latest > 0:  # boost the frames just moved in from the FIFO
-        scores[params.spkcache_len :] += F32(params.scores_boost_latest)
+        scores[:, params.spkcache_len :] += F32(params.scores_boost_latest)
     scores = _boost_topk_scores(scores, strong_boost_per_spk, scale_factor=2.0)  # >= K frames per speaker
     scores = _boost_topk_scores(scores, weak_boost_per_spk, scale_factor=1.0)  # no speaker dominates
     if params.spkcache_sil_frames_per_spk > 0:  # room for silence frames at the end of each speaker block
-        pad = np.full((params.spkcache_sil_frames_per_spk, n_spk), np.inf, dtype=F32)
-        scores = np.concatenate([scores, pad], axis=0)
+        pad = np.full((scores.shape[0], params.spkcache_sil_frames_per_spk, n_spk), np.inf, dtype=F32)
+        scores = np.concatenate([scores, pad], axis=1)
+    return _topk_frame_indices(params, scores)
 
-    frame_idx, is_disabled = _topk_frame_indices(params, scores)
-    gathered_embs = np.where(is_disabled[:, None], mean_sil_emb[None, :], emb_seq[frame_idx])
-    gathered_preds = np.where(is_disabled[:, None], F32(0.0), preds[frame_idx])
-    return gathered_embs.astype(F32, copy=False), gathered_preds.astype(F32, copy=False)
+
+def compressed_rows(emb_seq, preds: np.ndarray, mean_sil_emb, frame_idx: np.ndarray,
+                    is_disabled: np.ndarray) -> tuple:
+    """The compressed cache: the chosen frames of (B, n, D) `emb_seq` (any array module: only indexed and selected,
+    so exact on any device) and of the host `preds`; disabled picks become the silence embedding / zero preds."""
+    rows = np.arange(frame_idx.shape[0])[:, None]
+    xp = array_module(emb_seq)
+    embs = xp.where(xp.asarray(is_disabled)[..., None], mean_sil_emb[:, None, :],
+                    emb_seq[xp.asarray(rows), xp.asarray(frame_idx)])
+    kept = np.where(is_disabled[..., None], F32(0.0), preds[rows, frame_idx])
+    return embs.astype(F32, copy=False), kept.astype(F32, copy=False)
 
 
 def _ceil_log2(x: int) -> int:
@@ -143,12 +161,15 @@ def _ceil_log2(x: int) -> int:
 
 
 def _cascade_sum(x: np.ndarray) -> np.ndarray:
-    """Sum over axis 0 like ATen's CPU ``multi_row_sum``: 4 accumulation levels, blocks of 2**level_power rows."""
+    """Sum over axis 0 like ATen's CPU ``multi_row_sum``: 4 accumulation levels, blocks of 2**level_power rows.
+
+    Elementwise adds in a fixed order only: the same bits for any trailing shape and any array module."""
     n_levels = 4
     level_power = max(4, _ceil_log2(x.shape[0]) // n_levels)
     level_step = 1 << level_power
     level_mask = level_step - 1
-    acc = [np.zeros(x.shape[1:], dtype=x.dtype) for _ in range(n_levels)]
+    xp = array_module(x)
+    acc = [xp.zeros(x.shape[1:], dtype=x.dtype) for _ in range(n_levels)]
     i, n = 0, x.shape[0]
     while i + level_step <= n:
         for _ in range(level_step):
@@ -156,7 +177,7 @@ def _cascade_sum(x: np.ndarray) -> np.ndarray:
             i += 1
         for j in range(1, n_levels):
             acc[j] = acc[j] + acc[j - 1]
-            acc[j - 1] = np.zeros_like(acc[j - 1])
+            acc[j - 1] = xp.zeros(x.shape[1:], dtype=x.dtype)
             if i & (level_mask << (j * level_power)):
                 break
     for k in range(i, n):
@@ -196,14 +217,17 @@ def _sum_last_axis(x: np.ndarray) -> np.ndarray:
 
 
 def _sum_frames(x: np.ndarray) -> np.ndarray:
-    """``x.sum(0)`` of a contiguous (n, D) float32 array in ATen's order (serial CPU reduction).
+    """``x.sum(0)`` of a contiguous (n, ..., D) float32 array in ATen's order (serial CPU reduction of each (n, D)
+    slice; the middle axes are independent streams).
 
     Columns in whole blocks of 4 SIMD vectors use the plain cascade, the remaining ones the 4-way ILP sum.
     Column chunks handed to threads by a parallel reduction (numel >= 32768) are multiples of 32 columns, so
     for ``D = 512`` the result is the same with up to 8 torch threads.
     """
-    split = x.shape[1] - x.shape[1] % (4 * _ATEN_FLOAT_VEC_WIDTH)
-    return np.concatenate([_cascade_sum(x[:, :split]), _ilp_row_sum(x[:, split:])])
+    split = x.shape[-1] - x.shape[-1] % (4 * _ATEN_FLOAT_VEC_WIDTH)
+    if split == x.shape[-1]:
+        return _cascade_sum(x)
+    return array_module(x).concatenate([_cascade_sum(x[..., :split]), _ilp_row_sum(x[..., split:])], axis=-1)
 
 
 def silence_profile(
@@ -218,10 +242,29 @@ def silence_profile(
     sil_count = is_sil.sum(axis=1, dtype=np.int64)
     if not (sil_count > 0).any():
         return mean_sil_emb, n_sil_frames
-    sil_emb_sum = np.stack([_sum_frames(e * s[:, None].astype(F32)) for e, s in zip(embs, is_sil, strict=True)])
+    return _silence_mean(mean_sil_emb, n_sil_frames, embs, is_sil, sil_count)
+
+
+def silence_profile_rows(params: SpeakerCacheParams, mean_sil_emb, n_sil_frames: np.ndarray, embs,
+                         preds: np.ndarray) -> tuple:
+    """`silence_profile` of B independent streams at once, each as NeMo updates a stream of its own: a row without
+    a silent frame keeps its mean bit for bit. `embs` (B, n, D) and `mean_sil_emb` may be device arrays."""
+    is_sil = _sum_last_axis(preds) < F32(params.sil_threshold)
+    sil_count = is_sil.sum(axis=1, dtype=np.int64)
+    if not (sil_count > 0).any():
+        return mean_sil_emb, n_sil_frames
+    mean, count = _silence_mean(mean_sil_emb, n_sil_frames, embs, is_sil, sil_count)
+    xp = array_module(mean)
+    return xp.where(xp.asarray(sil_count > 0)[:, None], mean, mean_sil_emb), count
+
+
+def _silence_mean(mean_sil_emb, n_sil_frames: np.ndarray, embs, is_sil: np.ndarray, sil_count: np.ndarray) -> tuple:
+    xp = array_module(embs)
+    weights = xp.asarray(is_sil.astype(F32))[:, :, None]
+    sil_emb_sum = _sum_frames(xp.moveaxis(embs * weights, 1, 0))  # (B, D), each row in ATen's order
     upd_n_sil_frames = n_sil_frames + sil_count
-    total = mean_sil_emb * n_sil_frames[:, None].astype(F32) + sil_emb_sum
-    return (total / np.maximum(upd_n_sil_frames, 1)[:, None].astype(F32)).astype(F32), upd_n_sil_frames
+    total = mean_sil_emb * xp.asarray(n_sil_frames[:, None].astype(F32)) + sil_emb_sum
+    return (total / xp.asarray(np.maximum(upd_n_sil_frames, 1)[:, None].astype(F32))).astype(F32), upd_n_sil_frames
 
 
 def _log_pred_scores(params: SpeakerCacheParams, preds: np.ndarray) -> np.ndarray:
@@ -229,7 +272,7 @@ def _log_pred_scores(params: SpeakerCacheParams, preds: np.ndarray) -> np.ndarra
     threshold = F32(params.pred_score_threshold)
     log_probs = _log_f32(np.maximum(preds, threshold))
     log_1_probs = _log_f32(np.maximum(F32(1.0) - preds, threshold))
-    log_1_probs_sum = _sum_last_axis(log_1_probs)[:, None]
+    log_1_probs_sum = _sum_last_axis(log_1_probs)[..., None]
     return ((log_probs - log_1_probs) + log_1_probs_sum) - F32(math.log(0.5))
 
 
@@ -243,7 +286,7 @@ def _disable_low_scores(preds: np.ndarray, scores: np.ndarray, min_pos_scores_pe
     is_speech = preds > 0.5
     scores = np.where(is_speech, scores, _NEG_INF)
     is_pos = scores > 0
-    enough_pos = is_pos.sum(axis=0, keepdims=True) >= min_pos_scores_per_spk
+    enough_pos = is_pos.sum(axis=-2, keepdims=True) >= min_pos_scores_per_spk  # per stream and speaker
     return np.where(~is_pos & is_speech & enough_pos, _NEG_INF, scores).astype(F32, copy=False)
 
 
@@ -255,9 +298,10 @@ def _boost_topk_scores(
         raise ValueError(f"n_boost_per_spk must be >= 0, got {n_boost_per_spk}")
     scores = scores.copy()
     delta = F32(scale_factor * math.log(offset))
-    for spk in range(scores.shape[1]):
-        rows = torch_topk_indices(scores[:, spk], n_boost_per_spk)
-        scores[rows, spk] = scores[rows, spk] - delta
+    streams = np.arange(scores.shape[0])[:, None]
+    for spk in range(scores.shape[-1]):
+        rows = topk_sets(scores[:, :, spk], n_boost_per_spk)  # (B, k); -inf picks stay -inf, so any tie there is fine
+        scores[streams, rows, spk] = scores[streams, rows, spk] - delta
     return scores
 
 
@@ -265,13 +309,14 @@ def _topk_frame_indices(params: SpeakerCacheParams, scores: np.ndarray) -> tuple
     """Frame indices of the ``spkcache_len`` best (frame, speaker) scores, speaker-major, and disabled mask.
 
     Disabled = picked with a ``-inf`` score, or one of the appended silence frames (NeMo ``_get_topk_indices``).
+    Batched: (B, n_frames, n_spk) scores -> (B, spkcache_len) each.
     """
-    n_frames = scores.shape[0]
+    n_frames = scores.shape[1]
     n_frames_no_sil = n_frames - params.spkcache_sil_frames_per_spk
-    flat = np.ascontiguousarray(scores.T).reshape(-1)  # speaker-major, as permute(0, 2, 1).reshape
-    picked = torch_topk_indices(flat, params.spkcache_len)
-    picked = np.where(flat[picked] != _NEG_INF, picked, np.int64(params.max_index))
-    picked = np.sort(picked)
+    flat = np.ascontiguousarray(scores.transpose(0, 2, 1)).reshape(scores.shape[0], -1)  # speaker-major
+    picked = topk_sets(flat, params.spkcache_len)  # a -inf pick becomes max_index: which one is never seen
+    picked = np.where(np.take_along_axis(flat, picked, axis=1) != _NEG_INF, picked, np.int64(params.max_index))
+    picked = np.sort(picked, axis=1)
     is_disabled = picked == params.max_index
     frame_idx = np.remainder(picked, n_frames)
     is_disabled |= frame_idx >= n_frames_no_sil
@@ -282,6 +327,28 @@ def _topk_frame_indices(params: SpeakerCacheParams, scores: np.ndarray) -> tuple
 # ----------------------------------------------------------------------------------------------------------------
 # torch.topk(largest=True, sorted=False) index set on CPU: libstdc++ nth_element / partial_sort replay.
 # ----------------------------------------------------------------------------------------------------------------
+
+
+def topk_sets(values: np.ndarray, k: int) -> np.ndarray:
+    """(B, k) index sets of each row's k largest values, as CPU ``torch.topk(sorted=False)`` picks them, for callers
+    to whom *which* ``-inf`` values are picked makes no difference (a boosted ``-inf`` stays ``-inf``; a picked
+    ``-inf`` frame is disabled): rows whose selection boundary falls inside a tie of finite values are replayed
+    exactly (`torch_topk_indices`), the rest are taken with numpy at once."""
+    values = np.asarray(values)
+    batch, n = values.shape
+    if k == 0 or k == n:
+        return np.broadcast_to(np.arange(k, dtype=np.int64), (batch, k)).copy()
+    kth = np.partition(values, n - k, axis=1)[:, n - k : n - k + 1]
+    above = values > kth
+    tied = values == kth
+    n_above = above.sum(axis=1, keepdims=True)
+    unique = (n_above + tied.sum(axis=1, keepdims=True) == k)[:, 0]
+    take = above | (tied & (np.cumsum(tied, axis=1) <= k - n_above))  # exactly k per row
+    out = np.nonzero(take)[1].reshape(batch, k).astype(np.int64)
+    exact = ~unique & ~(kth[:, 0] == _NEG_INF)  # a finite tie across the boundary (or NaN): replay libstdc++
+    for row in np.flatnonzero(exact | np.isnan(values).any(axis=1)):
+        out[row] = torch_topk_indices(values[row], k)
+    return out
 
 
 def torch_topk_indices(values: np.ndarray, k: int) -> np.ndarray:

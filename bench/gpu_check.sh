@@ -47,7 +47,11 @@ PY=${PY:-/opt/venv/bin/python}
 
 plans() {
     local graphs=$1
-    timeout 120 "$PY" -m model_repository.build --graphs "$graphs" --target tensorrt --out /work/repo --copy
+    # (re)build the repository only for new graphs: rebuilding it would drop the plans built from the same ones
+    if [ ! -f /work/repo/build_plans.sh ] || [ -n "$(find "$graphs" -newer /work/repo/build_plans.sh -print -quit)" ]
+    then
+        timeout 120 "$PY" -m model_repository.build --graphs "$graphs" --target tensorrt --out /work/repo --copy
+    fi
     TIMING_CACHE=/work/timing.cache bash /work/repo/build_plans.sh 2>&1 | tee /work/trtexec.log
 }
 

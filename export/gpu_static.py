@@ -29,7 +29,7 @@ import soundfile as sf
 from export.fp16_ranges import RangeRunner, missing_fp32
 from export.parity.fp16 import FP16_SUFFIX, Agreement, Fp16Runner, stream
 from export.shapes import check_folder
-from mtasr.manifest import Manifest
+from mtasr.manifest import Manifest, ManifestError
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT / "tests" / "data"
@@ -46,14 +46,24 @@ def main(argv: list[str] | None = None) -> int:
 
     ap = argparse.ArgumentParser(prog="python -m export.gpu_static", description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, default=Path("artifacts/gpu_static"))
-    ap.add_argument("--graphs", type=Path, default=None, help="exported folder (default: <out>/graphs, exported "
-                                                               "from the demo models when missing)")
+    ap.add_argument("--graphs", type=Path, default=None, help="an exported folder with fp16 copies, checked as it "
+                                                               "is (default: <out>/graphs, exported from --diar-nemo "
+                                                               "and --asr-nemo when missing)")
     ap.add_argument("--sessions", type=int, default=20, help="held-out eval sessions")
     ap.add_argument("--diar-nemo", type=Path, default=ROOT / "demo_models" / "diar_demo.nemo")
     ap.add_argument("--asr-nemo", type=Path, default=ROOT / "demo_models" / "asr_demo.nemo")
     args = ap.parse_args(argv)
     t0 = time.monotonic()
-    graphs = evaluate.export_graphs(args.diar_nemo, args.asr_nemo, args.graphs or args.out / "graphs", PRESETS)
+    if args.graphs is None:
+        graphs = evaluate.export_graphs(args.diar_nemo, args.asr_nemo, args.out / "graphs", PRESETS)
+    else:  # never re-exported: it may be someone's full-size export
+        graphs = args.graphs
+        try:
+            names = Manifest.load(graphs).graphs
+        except ManifestError as exc:
+            ap.error(str(exc))
+        if not any(g.endswith(FP16_SUFFIX) for g in names):
+            ap.error(f"{graphs} has no fp16 graphs: export with --fp16")
     manifest = Manifest.load(graphs)
     report: dict = {"graphs": str(graphs)}
 

@@ -30,7 +30,7 @@ test: setup espeak nginx chromium
 	$(PY) -m pytest -q --durations=15 --cpu-durations=15
 
 test-unit: $(STAMP)
-	$(PY) -m pytest -q -m "not export and not server" --durations=10 --cpu-durations=10
+	$(PY) -m pytest -q -n 2 -m "not export and not server" --durations=10
 
 # ONNX Runtime + numpy vs NeMo PyTorch streaming, chained; FULL=1 for the full-size architectures. Also fp16 and int8
 # copies against fp32 (reported: max abs per graph, the int8 pipeline's token agreement; not judged).

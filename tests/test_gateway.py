@@ -219,9 +219,8 @@ def test_max_speakers_is_sent_on_start(stack):
     audio = pcm16(read_audio(DATA / "three_speakers.flac"))
     got = run_native(stack["url"], audio, start={"max_speakers": 1})
     assert got.close_code == 1000 and not got.of("error") and got.transcript
-    speakers = {s["speaker"] for s in got.transcript}
-    if len(speakers) > 1:
-        pytest.xfail(f"the server does not honour mtasr_max_speakers yet ({len(speakers)} speakers with a cap of 1)")
+    assert len({s["speaker"] for s in got.transcript}) == 1  # the server honours the cap (3 speakers without it)
+    assert len({s["speaker"] for s in run_native(stack["url"], audio).transcript}) > 1
 
 
 @server

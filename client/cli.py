@@ -198,6 +198,9 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--timing", choices=("audio", "nemo"),
                     help="timestamps: audio time with utterances and interim/final replies, or NeMo's arithmetic "
                          "(SpeakerTaggedASR's, for parity); default: the server's (audio)")
+    ap.add_argument("--max-speakers", type=int, default=None,
+                    help="run at most this many speakers per session (the diarizer's first ones; default: all, "
+                         "as NeMo does): guards long two-person calls against phantom speakers")
     ap.add_argument("--format", default=DEFAULT_FORMATS,
                     help=f"outputs, a comma list of {', '.join(FORMATS)} (default: %(default)s)")
     ap.add_argument("--quiet", action="store_true", help="no live transcript")
@@ -216,6 +219,8 @@ def main(argv: list[str] | None = None) -> int:
         validate_stream_options(args.chunk_ms, args.sequence_id)
         if args.sequence_id is not None and len(args.audio) > 1:
             raise ClientError("--sequence-id names one session: give one audio file (or let ids be random)")
+        if args.max_speakers is not None and args.max_speakers < 0:
+            raise ClientError(f"--max-speakers must be >= 0 (0: no cap), got {args.max_speakers}")
         if args.concurrency < 1:
             raise ClientError(f"--concurrency must be >= 1, got {args.concurrency}")
         if args.tls_ca is not None and not args.tls_ca.is_file():
@@ -242,7 +247,8 @@ def main(argv: list[str] | None = None) -> int:
         show = None if args.quiet else (lambda segs, _act, tails: view.show(stem, len(audios) > 1, segs, tails))
         try:
             result = stream_audio(conn, samples, args.sequence_id, stem, args.chunk_ms, args.realtime,
-                                  model=TASKS[args.task], on_reply=show, timing=args.timing)
+                                  model=TASKS[args.task], on_reply=show, timing=args.timing,
+                                  max_speakers=args.max_speakers)
         except StreamError as exc:
             view.close()
             write_outputs(args.out, stem, exc.partial, formats, args.task)

@@ -24,6 +24,7 @@ from mtasr.spec import (
     API_KEY_HEADER,
     FRAME_SEC,
     MAX_CHUNK_SECONDS,
+    MAX_SPEAKERS_PARAMETER,
     ORCHESTRATOR,
     SAMPLE_RATE,
     SESSION_KEY_HEADER,
@@ -182,7 +183,8 @@ def _message(error) -> str:
 def stream_audio(conn: Connection | str, samples: np.ndarray, sequence_id: int | None = None,
                  session_id: str = "session", chunk_ms: float = 160.0, realtime: bool = False,
                  model: str = ORCHESTRATOR, on_reply: OnReply | None = None,
-                 timeout: float = 600.0, session_key: str | None = None, timing: str | None = None) -> StreamResult:
+                 timeout: float = 600.0, session_key: str | None = None, timing: str | None = None,
+                 max_speakers: int | None = None) -> StreamResult:
     """Send `samples` (16 kHz mono float32) in `chunk_ms` pieces as one sequence; wait for every reply.
 
     `on_reply(segments, activity, interim)` sees each reply: the segments that became final (timing "nemo": that
@@ -197,6 +199,10 @@ def stream_audio(conn: Connection | str, samples: np.ndarray, sequence_id: int |
     validate_stream_options(chunk_ms, sequence_id)
     if timing is not None and timing not in TIMINGS:
         raise ClientError(f"timing must be one of {', '.join(TIMINGS)}, got {timing!r}")
+    if max_speakers is not None and max_speakers < 0:
+        raise ClientError(f"max_speakers must be >= 0 (0: no cap), got {max_speakers}")
+    start = {**({TIMING_PARAMETER: timing} if timing else {}),
+             **({MAX_SPEAKERS_PARAMETER: int(max_speakers)} if max_speakers else {})}  # the START's parameters
     sequence_id = sequence_id or new_sequence_id()
     client = connect(conn, model)
     piece = max(1, int(round(chunk_ms * SAMPLE_RATE / 1000)))
@@ -260,7 +266,7 @@ def stream_audio(conn: Connection | str, samples: np.ndarray, sequence_id: int |
                 client.async_stream_infer(model, audio_inputs(samples[s : s + piece]), request_id=rid,
                                           sequence_id=sequence_id, sequence_start=i == 0,
                                           sequence_end=i == len(starts) - 1,
-                                          parameters={TIMING_PARAMETER: timing} if timing and i == 0 else None)
+                                          parameters=start if i == 0 and start else None)
             except InferenceServerException as exc:  # the stream broke (server gone): the receiver says why
                 receiver.join(5)
                 if not errors:

@@ -148,7 +148,8 @@ def default_server(tiny_graphs, tmp_path_factory):
     from client.server import TritonServer
     from model_repository.build import build
 
-    repo = build(tiny_graphs, "cpu", tmp_path_factory.mktemp("default_repo") / "repo")
+    # [70,13] named: the tiny export's own default preset is the first it exported (70_0)
+    repo = build(tiny_graphs, "cpu", tmp_path_factory.mktemp("default_repo") / "repo", preset="70_13")
     with TritonServer(repo, log_path=repo.with_name("server.log")) as server:
         yield server
 

@@ -142,7 +142,8 @@ def test_roofline(smoke):
 def test_overhead(smoke):
     r = smoke["results"]["overhead"]
     assert r["requests"] == r["sessions"] * -(-int(run.SMOKE.load_seconds * 16000) // 2560)
-    assert set(r["graph_calls"]) == {"diarizer", "encoder_70_13", "decoder_joint"} and r["model_steps"] >= 1
+    # the decoder's products run in the array module (mtasr.rnnt), not through the decoder_joint graph
+    assert set(r["graph_calls"]) == {"diarizer", "encoder_70_13"} and r["model_steps"] >= 1
     assert 0 < r["graph_s"] < r["wall_s"] and r["overhead_ms_per_request"] > 0
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
-from conftest import run_cli
+from conftest import ROOT, run_cli
 
 from client.server import free_ports
 from mtasr.spec import SAMPLE_RATE
@@ -26,6 +26,14 @@ def test_unreadable_file(tmp_path):
     proc = run_cli("client", str(tmp_path / "missing.wav"), "--out", str(tmp_path / "o"), timeout=120)
     missing = tmp_path / "missing.wav"
     assert proc.stderr.strip().splitlines()[-1] == f"mtasr-client: error: no such audio file: {missing}"
+
+
+def test_max_speakers_must_not_be_negative(tmp_path):
+    proc = run_cli("client", str(ROOT / "tests" / "data" / "three_speakers.flac"), "--out", str(tmp_path / "o"),
+                   "--max-speakers", "-1", timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1] == ("mtasr-client: error: --max-speakers must be >= 0 (0: no cap), "
+                                                    "got -1")
 
 
 def test_server_down(tmp_path):

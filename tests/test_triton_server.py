@@ -6,7 +6,6 @@ import importlib.util
 import json
 import os
 import queue
-import subprocess
 import sys
 import types
 from pathlib import Path
@@ -28,14 +27,7 @@ TOL = 1e-5
 
 
 
-@pytest.fixture(scope="session")
-def tiny_graphs(tmp_path_factory) -> Path:
-    """Tiny random-init graphs at preset 70,13, exported with this (export) venv's Python."""
-    out = tmp_path_factory.mktemp("triton_graphs") / "graphs"
-    proc = subprocess.run([sys.executable, "-m", "export", "--random-init", "tiny", "--out", str(out),
-                           "--presets", "70,13"], cwd=ROOT, capture_output=True, text=True, timeout=1800)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return out
+# tiny_graphs: the run's one tiny export, shared by every test file (tests/conftest.py)
 
 
 @pytest.fixture(scope="session")
@@ -44,7 +36,7 @@ def server(request, tmp_path_factory):
     if not (TRITON_DIR / "bin" / "tritonserver").is_file() and not os.environ.get("CI"):
         pytest.skip(f"no local Triton in {TRITON_DIR}: run `make serve-setup` (CI unset)")
     repo = build(request.getfixturevalue("tiny_graphs"), "cpu", tmp_path_factory.mktemp("triton_repo") / "repo",
-                 in_process=())  # every graph as its own Triton model
+                 in_process=(), preset="70_13")  # every graph as its own Triton model; inputs at [70,13]
     with TritonServer(repo, models=list(GRAPH_MODELS)) as srv:
         yield srv
     assert srv.proc.returncode is not None, "tritonserver still running after the fixture"

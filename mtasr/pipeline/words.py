@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from mtasr.greedy import tokens_to_words
 
@@ -31,12 +31,16 @@ DEFAULT_PAUSE_SEC = 0.6
 MAX_UTTERANCE_SEC = 20.0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class TimedWord:
     text: str
     start: float  # seconds of session audio
     end: float
     first_token: int = 0  # index of its first token in the token list it was built from
+
+    def shifted(self, tokens: int) -> TimedWord:
+        """The same word with its first token index moved by `tokens`."""
+        return TimedWord(self.text, self.start, self.end, self.first_token + tokens)
 
 
 def session_frames(frame_indices: Sequence[int], runs: Sequence[tuple[int, int]], frames_per_step: int) -> list[int]:
@@ -116,7 +120,7 @@ class LiveTranscript:
             todo = tokens[state.done :]
             start = state.done + state.upto
             frames_s = session_frames(frames[start:], runs, self.frames_per_step)
-            new = [replace(w, first_token=w.first_token + state.upto)
+            new = [w.shifted(state.upto)
                    for w in timed_words(tokens[start:], frames_s, self.vocabulary, self.frame_sec, audio_end)]
             words = state.words + new
             groups = split_utterances(words, self.pause_sec)
@@ -140,7 +144,7 @@ class LiveTranscript:
                 if w.end >= audio_end:
                     break
                 kept.append(w)
-            state.words = [replace(w, first_token=w.first_token - consumed) for w in kept]
+            state.words = [w.shifted(-consumed) for w in kept]
             state.upto = tail[len(kept)].first_token - consumed if len(kept) < len(tail) else len(todo) - consumed
             if tail:
                 self.interim[spk] = utterance_segment(tail, name, session_id)

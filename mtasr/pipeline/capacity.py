@@ -1,10 +1,12 @@
 """Admission by measured capacity: what one engine step costs, learnt from the steps the engine runs.
 
 A step's wall time (the graphs, decoding and the replies it completes) is modelled as a fixed part plus a part per
-session and a part per active speaker: `t = fixed + per_session * sessions + per_speaker * speakers`, fitted by
-least squares over the steps the engine runs, older steps weighing less (exponential forgetting), so the estimate
-follows the graphs, precision and machine this instance runs on. A warm-up at load gives the first points.
-Triton-free.
+session, a part per active speaker and a part that grows with each session's state until its speaker cache and
+FIFO are full (the diarizer re-reads them every step: a young session costs less than one in steady state):
+`t = fixed + per_session * sessions + per_speaker * speakers + per_full_state * sum(fill)`, `fill` in [0, 1] per
+session. It is fitted by least squares over the steps the engine runs, older steps weighing less (exponential
+forgetting), so the estimate follows the graphs, precision and machine this instance runs on; a warm-up at load
+gives the first points. Admission predicts sessions in steady state (full state). Triton-free.
 """
 
 from __future__ import annotations
@@ -31,17 +33,21 @@ class StepCost:
     fixed_s: float
     per_session_s: float
     per_speaker_s: float
+    per_full_state_s: float
     speakers_per_session: float
 
+    @property
+    def marginal_s(self) -> float:
+        """What one more session in steady state adds to a step."""
+        return self.per_session_s + self.per_speaker_s * self.speakers_per_session + self.per_full_state_s
+
     def predict(self, sessions: int) -> float:
-        """Seconds of one step over `sessions` sessions with the mean number of active speakers."""
-        if sessions <= 0:
-            return 0.0
-        return self.fixed_s + sessions * (self.per_session_s + self.per_speaker_s * self.speakers_per_session)
+        """Seconds of one step over `sessions` steady-state sessions with the mean number of active speakers."""
+        return self.fixed_s + sessions * self.marginal_s if sessions > 0 else 0.0
 
     def sessions_within(self, seconds: float) -> int:
         """The most sessions one step carries within `seconds` (a large number when sessions cost nothing)."""
-        marginal = self.per_session_s + self.per_speaker_s * self.speakers_per_session
+        marginal = self.marginal_s
         room = seconds - self.fixed_s
         if room <= 0:
             return 0
@@ -54,8 +60,8 @@ class StepCostModel:
 
     def __init__(self, forget: float = FORGET) -> None:
         self.forget = forget
-        self._xx = np.zeros((3, 3))
-        self._xy = np.zeros(3)
+        self._xx = np.zeros((4, 4))
+        self._xy = np.zeros(4)
         self._speakers = 0.0  # forgetting sums of active speakers and of sessions (their ratio: the mean)
         self._sessions = 0.0
         self._steps = 0
@@ -67,15 +73,16 @@ class StepCostModel:
         """Steps observed so far."""
         return self._steps
 
-    def observe(self, sessions: int, speakers: int, seconds: float) -> None:
-        """One step over `sessions` sessions with `speakers` active speakers took `seconds`."""
+    def observe(self, sessions: int, speakers: int, seconds: float, fill: float) -> None:
+        """One step over `sessions` sessions with `speakers` active speakers and state `fill` (the sum over the
+        sessions of how full each one's speaker cache and FIFO are, 0..1 each) took `seconds`."""
         if sessions <= 0 or not math.isfinite(seconds) or seconds < 0:
             return
-        x = np.array([1.0, float(sessions), float(speakers)])
+        x = np.array([1.0, float(sessions), float(speakers), float(fill)])
         with self._lock:
             if self._cost is not None and self._steps >= SETTLED_STEPS:
-                predicted = float(x @ np.array([self._cost.fixed_s, self._cost.per_session_s,
-                                                self._cost.per_speaker_s]))
+                c = self._cost
+                predicted = float(x @ np.array([c.fixed_s, c.per_session_s, c.per_speaker_s, c.per_full_state_s]))
                 seconds = min(seconds, CLIP * predicted) if predicted > 0 else seconds
             self._xx = self.forget * self._xx + np.outer(x, x)
             self._xy = self.forget * self._xy + x * seconds
@@ -89,10 +96,10 @@ class StepCostModel:
         return self._cost
 
     def _fit(self) -> StepCost:
-        """Non-negative least squares over the three terms: solve, drop any term that comes out negative, re-solve
-        (three variables: at most three rounds)."""
-        active = [0, 1, 2]
-        coef = np.zeros(3)
+        """Non-negative least squares over the four terms: solve, drop any term that comes out negative, re-solve
+        (at most four rounds)."""
+        active = [0, 1, 2, 3]
+        coef = np.zeros(4)
         while active:
             xx = self._xx[np.ix_(active, active)] + RIDGE * np.eye(len(active)) * max(self._xx[0, 0], 1.0)
             sol = np.linalg.solve(xx, self._xy[active])
@@ -102,8 +109,8 @@ class StepCostModel:
                 break
             active = [a for a, v in zip(active, sol, strict=True) if v >= 0] if (sol >= 0).any() else []
         if not active:  # nothing non-negative fits: all cost per session (the conservative reading)
-            coef = np.array([0.0, self._xy[1] / max(self._xx[1, 1], 1e-12), 0.0])
-        return StepCost(float(coef[0]), float(coef[1]), float(coef[2]),
+            coef = np.array([0.0, self._xy[1] / max(self._xx[1, 1], 1e-12), 0.0, 0.0])
+        return StepCost(float(coef[0]), float(coef[1]), float(coef[2]), float(coef[3]),
                         self._speakers / self._sessions if self._sessions else 0.0)
 
 

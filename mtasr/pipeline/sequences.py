@@ -42,7 +42,7 @@ from mtasr.pipeline.sessions import (
     log,
     same_owner,
 )
-from mtasr.spec import MAX_CHUNK_SECONDS, SAMPLE_RATE, TIMINGS
+from mtasr.spec import FRAME_SEC, MAX_CHUNK_SECONDS, SAMPLE_RATE, TIMINGS
 
 
 @dataclass
@@ -121,6 +121,7 @@ class _Live:
     current: _Pending | None = None  # pushed, waiting for its chunks to be stepped
     frames: list[np.ndarray] = field(default_factory=list)  # activity of the current request's steps
     speakers: int = 0  # speaker instances, as counted in the occupancy gauge
+    stepped: int = 0  # chunks stepped (how full its state is: the step cost model)
     scheduled: bool = False  # in the engine's ready list
     ended: bool = False
     sent: dict[tuple, dict] = field(default_factory=dict)  # timing nemo: (speaker, start) -> segment last sent
@@ -149,6 +150,12 @@ def samples_of(req: AudioRequest) -> np.ndarray:
     if not np.all(np.isfinite(x)):
         raise RequestError("audio contains NaN or Inf samples")
     return x
+
+
+def state_fill_seconds(engine) -> float:
+    """Audio a session processes before its speaker cache and FIFO are full (its steps cost the most from then)."""
+    p = engine.cfg.spkcache
+    return (p.spkcache_len + p.fifo_len) * FRAME_SEC
 
 
 def step_seconds(engine) -> float:
@@ -203,6 +210,7 @@ class SequenceManager:
         self.session_name = session_name
         self.cost = StepCostModel()
         self.admission = Admission(step_seconds(engine), self.policy.admission_headroom)
+        self._fill_steps = max(state_fill_seconds(engine) / self.admission.budget_s, 1.0)  # steps to a full state
         self.live: dict[int, _Live] = {}
         self._idle: IdleClock[int, _Live] = IdleClock()
         self._ready: list[_Live] = []  # sessions with a request to push (guarded by _lock)
@@ -260,27 +268,43 @@ class SequenceManager:
                                 RefusalReason.SHUTDOWN)
         self._send([(p.respond, Reply.refusal(shutdown)) for p in waiting])
 
-    def warm_up(self, sessions: int = 4) -> None:
-        """Measure the first step-cost estimate before any client: steps of 1 and of `sessions` synthetic sessions
-        (each size twice; the first call of a batch shape allocates), then free them. Call before `start`."""
-        budget = step_seconds(self.engine)
-        audio = synth_conversation(5 * budget + 2.0, n_speakers=2, seed=0)
+    def warm_up(self, sessions: int = 4, max_seconds: float = 20.0) -> None:
+        """Measure the first step-cost estimate before any client: a step of one synthetic session, then steps of
+        `sessions` of them until their speaker caches and FIFOs are full (or `max_seconds` have gone: the fit
+        extrapolates), the first call of each batch shape unmeasured (it allocates); then free them. Call
+        before `start`."""
+        budget = self.admission.budget_s
+        steps = int(np.ceil(self._fill_steps)) + 2
+        audio = synth_conversation(steps * budget + 2.0, n_speakers=2, seed=0)
+        done = [0] * sessions
         with self._stepping:
             warm = [self.engine.new_session(f"warm-up-{i}", self.timing) for i in range(sessions)]
             try:
                 for s in warm:
                     for pos in range(0, len(audio), 2 * SAMPLE_RATE):
                         self.engine.push_audio(s, audio[pos : pos + 2 * SAMPLE_RATE])
-                for group, measured in ((warm[:1], False), (warm[:1], True), (warm, False), (warm, True)):
+                t_end = time.perf_counter() + max_seconds
+                plan = [(1, False), (1, True), (sessions, False)] + [(sessions, True)] * steps
+                for n, measured in plan:
+                    fill = sum(self._fill(k) for k in done[:n])
                     t0 = time.perf_counter()
-                    outs = self.engine.step(group)
+                    outs = self.engine.step(warm[:n])
+                    if not outs:
+                        break
                     if measured:
                         self.cost.observe(len(outs), sum(len(o.active_speakers) for o in outs),
-                                          time.perf_counter() - t0)
+                                          time.perf_counter() - t0, fill)
+                    done[:n] = [k + 1 for k in done[:n]]
+                    if time.perf_counter() > t_end or self._fill(done[-1]) >= 1:
+                        break
             finally:
                 for s in warm:
                     self.engine.close(s)
         self._report_capacity()
+
+    def _fill(self, stepped: int) -> float:
+        """How full a session's speaker cache and FIFO are after `stepped` steps (0..1)."""
+        return min(1.0, stepped / self._fill_steps)
 
     # ------------------------------------------------------------------------------------------ submission
     def submit(self, req: AudioRequest, respond: Respond) -> None:
@@ -417,11 +441,11 @@ class SequenceManager:
         if not self._busy:
             return bool(ready or closing)
         t0 = time.perf_counter()
-        sessions, speakers = self._step(out)
+        sessions, speakers, fill = self._step(out)
         self._send(out)
         seconds = time.perf_counter() - t0
         if sessions:
-            self.cost.observe(sessions, speakers, seconds)
+            self.cost.observe(sessions, speakers, seconds, fill)
             self.events.stepped(seconds)
             self._report_capacity()
         return True
@@ -465,18 +489,18 @@ class SequenceManager:
         else:
             self._answer(live, p, out)
 
-    def _step(self, out: list) -> tuple[int, int]:
+    def _step(self, out: list) -> tuple[int, int, float]:
         """ONE engine step over every session with a pending chunk; answers the requests it completes. Returns
-        the sessions stepped and their active speakers."""
+        the sessions stepped, their active speakers and how full their state was (summed)."""
         lives = list(self._busy.values())
         try:
             outs = self.engine.step([live.session for live in lives])
         except Exception as exc:  # noqa: BLE001 - the engine could not tell whose rows failed: all of them end
             for live in lives:
                 self._fail(live, live.current, f"{type(exc).__name__}: {exc}", out)
-            return 0, 0
+            return 0, 0, 0.0
         by_id = {o.session_id: o for o in outs}
-        speakers = 0
+        speakers, fill = 0, 0.0
         for live in lives:
             o = by_id.get(live.session.session_id)
             if o is None:
@@ -487,13 +511,15 @@ class SequenceManager:
                 continue
             live.frames.append(o.activity)
             speakers += len(o.active_speakers)
+            fill += self._fill(live.stepped)
+            live.stepped += 1
             self._count_speakers(live)
             if not live.session.pending:
                 del self._busy[live.corrid]
                 p, live.current = live.current, None
                 self._answer(live, p, out)
                 self._settle(live)
-        return len(outs), speakers
+        return len(outs), speakers, fill
 
     def _answer(self, live: _Live, p: _Pending, out: list) -> None:
         """The reply to `p`, whose chunks are all stepped; the session ends at END or when it lags too far."""

@@ -57,9 +57,10 @@ def test_load_search_and_burst(smoke):
     assert 0 <= load["max_realtime_sessions"] <= 2
     for n, r in [*load["runs"].items(), ("burst", load["burst"])]:
         sessions = r["sessions"] if n == "burst" else int(n)
-        assert r["sessions"] == sessions and not r["errors"] and r["chunks"] > 0
+        # a session refused by the (live) server, e.g. when it is full, makes the run not real time
+        assert r["sessions"] == sessions and r["chunks"] > 0 and not (r["errors"] and r["realtime"])
         assert 0 < r["p50_ms"] <= r["p95_ms"] <= r["p99_ms"] <= r["max_ms"] < math.inf
-        assert len(r["rtf"]) == sessions and all(0 < x < math.inf for x in r["rtf"])
+        assert len(r["rtf"]) == sessions - len(r["errors"]) and all(0 < x < math.inf for x in r["rtf"])
     assert load["burst"]["server_ms_per_request"] > 0 and load["burst"]["loadgen_ms_per_request"] > 0
 
 

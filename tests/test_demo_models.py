@@ -14,7 +14,8 @@ import pytest
 from tests.conftest import PARITY_LINE, ROOT, assert_same_seglst, run_cli
 
 DIAR, ASR = ROOT / "demo_models" / "diar_demo.nemo", ROOT / "demo_models" / "asr_demo.nemo"
-pytestmark = pytest.mark.skipif(not (DIAR.is_file() and ASR.is_file()), reason="demo models are not shipped")
+pytestmark = [pytest.mark.skipif(not (DIAR.is_file() and ASR.is_file()), reason="demo models are not shipped"),
+              pytest.mark.export, pytest.mark.server]  # exports the trained models; the eval serves them
 EVAL_LINE = re.compile(r"^eval: cpwer=(?P<cpwer>\S+) cpwer_overlap=(?P<cpwer_overlap>\S+) tcpwer=(?P<tcpwer>\S+) "
                        r"der=(?P<der>\S+) sessions=(?P<sessions>\d+) pipeline=(?P<pipeline>\S+)$")
 SAMPLE = ROOT / "tests" / "data" / "long_three_speakers.flac"

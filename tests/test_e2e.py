@@ -25,6 +25,7 @@ COMBOS = {  # (preset, speaker mode) -> committed samples compared with the refe
     ("70_0", "kernel"): ["three_speakers"],
     ("70_0", "masked"): ["two_speakers_overlap"],
 }
+DEFAULT = ("70_13", "kernel")  # what `build` makes by default: `default_server`
 
 
 def _serve(tiny_parity, tmp_path_factory, preset: str, mode: str):
@@ -36,14 +37,17 @@ def _serve(tiny_parity, tmp_path_factory, preset: str, mode: str):
 
 
 @pytest.fixture(scope="module", params=list(COMBOS), ids=lambda c: f"{c[0]}-{c[1]}")
-def served_combo(request, tiny_parity, tmp_path_factory):
-    yield from _serve(tiny_parity, tmp_path_factory, *request.param)
+def served_combo(request, tiny_parity, tmp_path_factory, default_server):
+    if request.param == DEFAULT:  # the run's shared server (tests/conftest.py)
+        yield {"url": default_server.grpc_url, "preset": DEFAULT[0], "mode": DEFAULT[1], "server": default_server}
+    else:
+        yield from _serve(tiny_parity, tmp_path_factory, *request.param)
 
 
 @pytest.fixture(scope="module")
-def served(tiny_parity, tmp_path_factory):
-    """The default configuration ([70,13], kernel mode) for the behaviour tests."""
-    yield from _serve(tiny_parity, tmp_path_factory, "70_13", "kernel")
+def served(default_server):
+    """The default configuration ([70,13], kernel mode) for the behaviour tests: the run's shared server."""
+    return {"url": default_server.grpc_url, "preset": DEFAULT[0], "mode": DEFAULT[1], "server": default_server}
 
 
 def test_served_equals_reference(served_combo, tiny_parity):

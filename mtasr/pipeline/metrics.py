@@ -46,7 +46,7 @@ CAPACITY_SESSIONS = MetricDef("mtasr_capacity_sessions", MetricKind.GAUGE,
 STEP_BUDGET_FRACTION = MetricDef("mtasr_step_budget_fraction", MetricKind.GAUGE,
                                  "Predicted step over the live sessions as a fraction of the audio one step covers")
 LAG_SECONDS = MetricDef("mtasr_lag_seconds", MetricKind.HISTOGRAM,
-                        "How far a session is behind real time when a reply that completed a step is sent",
+                        "Per engine round, the largest lag behind real time among the replies its step completed",
                         (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0))
 METRICS = (ACTIVE_SESSIONS, ACTIVE_SPEAKERS, SESSIONS_STARTED, REQUESTS_REFUSED, SESSIONS_EXPIRED, STEP_SECONDS,
            CAPACITY_SESSIONS, STEP_BUDGET_FRACTION, LAG_SECONDS)

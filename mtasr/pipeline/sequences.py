@@ -219,6 +219,7 @@ class SequenceManager:
         self._speakers = 0  # speaker instances over live sessions
         self._freed = 0  # sessions freed since the heap was last trimmed
         self._reported: tuple[int, float] | None = None
+        self._worst_lag: float | None = None  # the largest lag among this round's step-completing replies
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
         self._stepping = threading.Lock()  # held by whoever runs the schedule (engine thread or handle)
@@ -439,6 +440,7 @@ class SequenceManager:
             self._feed(live, out)
         self._send(out)
         if not self._busy:
+            self._report_lag()
             return bool(ready or closing)
         t0 = time.perf_counter()
         sessions, speakers, fill = self._step(out)
@@ -447,8 +449,15 @@ class SequenceManager:
         if sessions:
             self.cost.observe(sessions, speakers, seconds, fill)
             self.events.stepped(seconds)
-            self._report_capacity()
+        self._report_lag()
         return True
+
+    def _report_lag(self) -> None:
+        """One lag observation per round, its worst session's: metric updates cost an IPC round trip each
+        (~50 us in Triton's Python backend), so nothing per session is reported per step."""
+        if self._worst_lag is not None:
+            self.events.lag(self._worst_lag)
+            self._worst_lag = None
 
     def _feed(self, live: _Live, out: list) -> None:
         """Push `live`'s next request (engine thread); it waits for the step when it completed a chunk."""
@@ -540,8 +549,8 @@ class SequenceManager:
             self._fail(live, p, f"{type(exc).__name__}: {exc}", out)
             return
         reply.lag_s, reply.audio_s = lag, session.audio_seconds
-        if reply.activity.shape[0] or req.end:  # once per step a session takes part in (not per reply: IPC)
-            self.events.lag(lag)
+        if reply.activity.shape[0] or req.end:
+            self._worst_lag = max(self._worst_lag or 0.0, lag)
         out.append((p.respond, reply))
         if req.end:
             self._end(live, out)
@@ -645,6 +654,7 @@ class SequenceManager:
             freed, self._freed = self._freed, 0
         if freed:
             release_free_memory()  # freed sessions' arrays: give the pages back to the OS (off the request path)
+        self._report_capacity()  # here, not per step: each gauge update is an IPC round trip
         return [corrid for corrid, _ in gone]
 
     # ------------------------------------------------------------------------------------------- replies

@@ -200,3 +200,95 @@ def test_backend_groups_requests(tiny_graphs, tmp_path, monkeypatch):
     for r, feeds in zip([responses[0], responses[2], responses[4]], good, strict=True):
         want = _direct(tiny_graphs, "decoder_joint", feeds)
         assert max(float(np.max(np.abs(r.outputs[n] - want[n]))) for n in want) <= TOL
+
+
+# ------------------------------------------------------------- what the orchestrator's schedule relies on
+LATE_MODEL = '''
+import threading, time
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    """Answers nothing in execute: a thread answers the pending requests once 5 are pending (or 1 s after the
+    first), each with the count it answered together (negative input: an UNAVAILABLE error)."""
+
+    def initialize(self, args):
+        self.received, self.lock = [], threading.Lock()
+        threading.Thread(target=self.answer, daemon=True).start()
+
+    def execute(self, requests):
+        with self.lock:
+            for r in requests:
+                n = int(pb_utils.get_input_tensor_by_name(r, "IN").as_numpy().reshape(-1)[0])
+                self.received.append((n, r.get_response_sender(), time.monotonic()))
+        return None
+
+    def answer(self):
+        while True:
+            time.sleep(0.01)
+            with self.lock:
+                if not self.received:
+                    continue
+                if len(self.received) < 5 and time.monotonic() - self.received[0][2] < 1:
+                    continue
+                batch, seen = list(self.received), len(self.received)
+                self.received.clear()
+            for n, sender, _ in batch:
+                if n < 0:
+                    response = pb_utils.InferenceResponse(
+                        error=pb_utils.TritonError("refused", pb_utils.TritonError.UNAVAILABLE))
+                else:
+                    out = pb_utils.Tensor("OUT", np.array([[seen]], dtype=np.int32))
+                    response = pb_utils.InferenceResponse(output_tensors=[out])
+                sender.send(response, flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+'''
+LATE_CONFIG = '''
+name: "late"
+backend: "python"
+max_batch_size: 8
+input [ { name: "IN" data_type: TYPE_INT32 dims: [1] } ]
+output [ { name: "OUT" data_type: TYPE_INT32 dims: [1] } ]
+instance_group [ { count: 1 kind: KIND_CPU } ]
+sequence_batching {
+  max_sequence_idle_microseconds: 5000000
+  oldest { max_candidate_sequences: 4 max_queue_delay_microseconds: 0 }
+  control_input [ { name: "START" control [ { kind: CONTROL_SEQUENCE_START int32_false_true: [0, 1] } ] },
+                  { name: "END" control [ { kind: CONTROL_SEQUENCE_END int32_false_true: [0, 1] } ] },
+                  { name: "CORRID" control [ { kind: CONTROL_SEQUENCE_CORRID data_type: TYPE_UINT64 } ] } ]
+}
+'''
+
+
+@pytest.mark.server
+def test_sequence_batcher_passes_requests_whose_predecessors_are_unanswered(tmp_path):
+    """The orchestrator returns from `execute` at once and answers from its engine thread through each request's
+    response sender (a non-decoupled model). That relies on Triton 2.51 passing a sequence's next requests to the
+    model while the earlier ones are unanswered, and on one final response per request reaching unary and
+    streaming clients, errors with their status."""
+    if not (TRITON_DIR / "bin" / "tritonserver").is_file() and not os.environ.get("CI"):
+        pytest.skip(f"no local Triton in {TRITON_DIR}: run `make serve-setup` (CI unset)")
+    (tmp_path / "repo" / "late" / "1").mkdir(parents=True)
+    (tmp_path / "repo" / "late" / "config.pbtxt").write_text(LATE_CONFIG)
+    (tmp_path / "repo" / "late" / "1" / "model.py").write_text(LATE_MODEL)
+
+    def value(n: int) -> list[InferInput]:
+        x = InferInput("IN", [1, 1], "INT32")
+        x.set_data_from_numpy(np.array([[n]], np.int32))
+        return [x]
+
+    with TritonServer(tmp_path / "repo") as srv, InferenceServerClient(srv.grpc_url) as c:
+        got: queue.Queue = queue.Queue()
+        c.start_stream(callback=lambda result, error: got.put((result, error)))
+        for i in range(5):  # one sequence, sent back to back
+            c.async_stream_infer("late", value(i), request_id=str(i), sequence_id=7, sequence_start=i == 0,
+                                 sequence_end=i == 4)
+        replies = [got.get(timeout=30) for _ in range(5)]
+        c.stop_stream()
+        assert all(error is None for _, error in replies)
+        assert [r.get_response().id for r, _ in replies] == ["0", "1", "2", "3", "4"]
+        assert [int(r.as_numpy("OUT")[0, 0]) for r, _ in replies] == [5] * 5  # all 5 arrived before any answer
+        assert int(c.infer("late", value(1), sequence_id=8, sequence_start=True).as_numpy("OUT")[0, 0]) == 1
+        with pytest.raises(InferenceServerException) as refused:
+            c.infer("late", value(-1), sequence_id=8, sequence_end=True)
+        assert "UNAVAILABLE" in str(refused.value.status()) and "refused" in refused.value.message(), refused.value

@@ -226,7 +226,7 @@ def _fake_graphs(root: Path, fp16: bool) -> Path:
         (root / folder / "model.onnx").write_text(folder)
     (root / "encoder_70_13" / "model.onnx.data").write_text("weights")
     features = FeatureFiles()
-    for name in (features.asr, features.diarizer):
+    for name in (features.asr, features.diarizer, features.rnnt_weights):
         (root / name).write_text(name)
     streaming = StreamingCfg((105, 112), (105, 112), (0, 9), 2, 14)
     Manifest(dims=PUBLIC_CHECKPOINT_DIMS, default_preset="70_0", graphs=folders,
@@ -257,7 +257,8 @@ def test_build_layout(tmp_path, target, in_process):
     if target == "cpu" and "diarizer" not in local:
         assert (repo / "diarizer" / "1" / "model.py").read_text() == builder.ONNX_MODEL_PY.read_text()
     orchestrator = repo / ORCHESTRATOR
-    assert {p.name for p in (orchestrator / "1").iterdir()} >= {"manifest.json", "features_asr.npz"}
+    assert {p.name for p in (orchestrator / "1").iterdir()} >= {"manifest.json", "features_asr.npz",
+                                                                "rnnt_weights.npz"}
     diarization = repo / DIARIZATION / "1"
     assert {p.name for p in diarization.iterdir()} == {"manifest.json", "features_diarizer.npz", "graphs", "model.py"}
     assert (diarization / "graphs" / "diarizer_standalone" / "model.onnx").read_text() == "diarizer_standalone"

@@ -42,6 +42,7 @@ from mtasr.pipeline.sessions import (
     log,
     same_owner,
 )
+from mtasr.pipeline.words import SegmentList
 from mtasr.spec import FRAME_SEC, MAX_CHUNK_SECONDS, SAMPLE_RATE, TIMINGS
 
 
@@ -83,7 +84,7 @@ class Reply:
         return json.dumps(self.segments).encode()
 
     def interim_json(self) -> bytes:
-        return json.dumps(self.interim).encode()
+        return self.interim.json() if isinstance(self.interim, SegmentList) else json.dumps(self.interim).encode()
 
     def transcript_json(self) -> bytes:
         return json.dumps(self.transcript).encode()

@@ -17,6 +17,7 @@ starts a new word).
 from __future__ import annotations
 
 import bisect
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -87,6 +88,17 @@ def utterance_segment(words: Sequence[TimedWord], speaker: str, session_id: str 
             "words": " ".join(w.text for w in words), "word_times": [[w.start, w.end] for w in words]}
 
 
+class SegmentList(list):
+    """Segments that are sent unchanged in many replies (the interim tails between steps): JSON-encoded once."""
+
+    _json: bytes | None = None
+
+    def json(self) -> bytes:
+        if self._json is None:
+            self._json = json.dumps(self).encode()
+        return self._json
+
+
 @dataclass
 class SpeakerWords:
     """One speaker's tokens not yet in a final utterance (token index `done` onwards), and the words already made of
@@ -111,10 +123,12 @@ class LiveTranscript:
     final: list[dict] = field(default_factory=list)  # every final segment so far
     pending: list[dict] = field(default_factory=list)  # final segments not yet sent
     interim: dict[int, dict] = field(default_factory=dict)  # speaker -> its unstable tail
+    _interim_list: SegmentList | None = field(default=None, repr=False)
 
     def update(self, hyps: dict[int, tuple[Sequence[int], Sequence[int], Sequence[tuple[int, int]]]],
                decoded_end: float, audio_end: float, session_id: str | None, last: bool = False) -> None:
         """`hyps`: speaker -> (tokens, hypothesis frames, runs). `decoded_end`: session audio decoded so far (s)."""
+        self._interim_list = None
         for spk, (tokens, frames, runs) in sorted(hyps.items()):
             state = self.speakers.setdefault(spk, SpeakerWords())
             todo = tokens[state.done :]
@@ -165,8 +179,11 @@ class LiveTranscript:
         out, self.pending = sorted(self.pending, key=lambda s: (s["start_time"], s["speaker"])), []
         return out
 
-    def interim_segments(self) -> list[dict]:
-        return [self.interim[k] for k in sorted(self.interim)]
+    def interim_segments(self) -> SegmentList:
+        """Each speaker's open utterance; the same list (and its JSON) until the next update."""
+        if self._interim_list is None:
+            self._interim_list = SegmentList(self.interim[k] for k in sorted(self.interim))
+        return self._interim_list
 
     def seglst(self) -> list[dict]:
         """Every final segment, in time order."""

@@ -444,6 +444,9 @@ def test_warm_up_gives_the_first_estimate(engine):
     assert m.cost.steps >= 2 and cost is not None and cost.predict(1) > 0
     assert sink.values[(CAPACITY_SESSIONS.name, ())] == m.admission.sessions(cost, m.policy.max_sessions) >= 0
     assert (engine.diarizer.pool.in_use, engine.asr.pool.in_use) == in_use, "warm-up sessions freed"
+    off = SequenceManager(engine, SessionPolicy(admission_headroom=0.0))
+    off.warm_up()
+    assert off.cost.steps == 0  # admission by count only: nothing to measure
 
 
 def test_step_cost_fit():

@@ -42,7 +42,6 @@ from mtasr.pipeline.sessions import (
     log,
     same_owner,
 )
-from mtasr.pipeline.words import SegmentList
 from mtasr.spec import FRAME_SEC, MAX_CHUNK_SECONDS, SAMPLE_RATE, TIMINGS
 
 
@@ -84,7 +83,7 @@ class Reply:
         return json.dumps(self.segments).encode()
 
     def interim_json(self) -> bytes:
-        return self.interim.json() if isinstance(self.interim, SegmentList) else json.dumps(self.interim).encode()
+        return json.dumps(self.interim).encode()
 
     def transcript_json(self) -> bytes:
         return json.dumps(self.transcript).encode()
@@ -270,11 +269,13 @@ class SequenceManager:
                                 RefusalReason.SHUTDOWN)
         self._send([(p.respond, Reply.refusal(shutdown)) for p in waiting])
 
-    def warm_up(self, sessions: int = 4, max_seconds: float = 20.0) -> None:
+    def warm_up(self, sessions: int = 2, max_seconds: float = 5.0) -> None:
         """Measure the first step-cost estimate before any client: a step of one synthetic session, then steps of
         `sessions` of them until their speaker caches and FIFOs are full (or `max_seconds` have gone: the fit
-        extrapolates), the first call of each batch shape unmeasured (it allocates); then free them. Call
-        before `start`."""
+        extrapolates), the first call of each batch shape unmeasured (it allocates); then free them. Nothing to
+        measure when admission by capacity is off. Call before `start`."""
+        if not self.admission.headroom:
+            return
         budget = self.admission.budget_s
         steps = int(np.ceil(self._fill_steps)) + 2
         audio = synth_conversation(steps * budget + 2.0, n_speakers=2, seed=0)

@@ -143,7 +143,7 @@ class Cluster:
 
     def __init__(self, graphs: Path, work: Path) -> None:
         self.work = Path(work)
-        self.repo = build(graphs, "cpu", self.work / "repo")
+        self.repo = build(graphs, "cpu", self.work / "repo", admission_headroom=0.0)  # failover, not admission
         self.ports = [free_ports(3) for _ in range(2)]
         self.edge_port = free_ports(1)[0]
         self.cert, self.key = tls_pair(self.work)

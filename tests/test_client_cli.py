@@ -53,7 +53,8 @@ def test_model_not_ready(tmp_path, tiny_parity):
     from model_repository.build import build
     from mtasr.audio import synth_conversation
 
-    repo = build(tiny_parity["work"] / "graphs", "cpu", tmp_path / "repo", in_process=())  # graphs as models
+    repo = build(tiny_parity["work"] / "graphs", "cpu", tmp_path / "repo", in_process=(),  # graphs as models
+                 admission_headroom=0.0)
     wav = tmp_path / "a.wav"
     write_wav(wav, synth_conversation(1.0, 2))
     with TritonServer(repo, models=["decoder_joint"]) as server:

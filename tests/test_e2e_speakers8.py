@@ -31,7 +31,7 @@ def served8(tiny_parity, tmp_path_factory):
     graphs = work / "speakers8" / "graphs"
     assert json.loads((graphs / "manifest.json").read_text())["dims"]["n_spk"] == N_SPK
     repo = build(graphs, "cpu", tmp_path_factory.mktemp("repo8") / "repo", preset="_".join(map(str, PRESET)),
-                 speaker_mode="kernel", in_process=("decoder_joint",))
+                 speaker_mode="kernel", in_process=("decoder_joint",), admission_headroom=0.0)  # by count
     with TritonServer(repo, log_path=repo.with_name("server.log")) as server:
         yield {"url": server.grpc_url, "repo": repo, "graphs": graphs,
                "diar": work / "speakers8" / "diarizer.nemo", "asr": work / "nemo" / "asr.nemo"}

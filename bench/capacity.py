@@ -121,26 +121,31 @@ def measure(sessions: int, piece_ms: float, steps: int = 12, engine: Engine | No
             "reply_bytes_per_session_step": round(reply_bytes / session_steps)}
 
 
-def flatness(hours: float, sessions: int = 4, window_steps: int = 200) -> dict:
-    """Per-step host cost of `sessions` long sessions (1.12 s pieces): at minute 5 and in the last `window_steps`
-    steps of `hours` hours; state size (hypothesis tokens, runs kept) at both points."""
+def flatness(hours: float, sessions: int = 4, window_steps: int = 60, windows: int = 5) -> dict:
+    """Per-step host cost of `sessions` long sessions (1.12 s pieces), the median of `windows` windows of
+    `window_steps` steps from minute 5 on and in the session's last steps; state size (hypothesis tokens, runs kept)
+    at both points."""
     engine = make_engine(sessions)
     load = Load(engine, sessions, STEP_S)
     total_steps = int(hours * 3600 / STEP_S)
     early_at = int(300 / STEP_S)
-    marks: dict[str, float] = {}
+    marks: dict = {}
 
     def window(name: str) -> None:
-        t = time.thread_time()
-        for _ in range(window_steps):
-            load.batch()
-        marks[name] = (time.thread_time() - t) / (window_steps * sessions) * 1000
+        costs = []
+        for _ in range(windows):
+            gc.collect()
+            t = time.thread_time()
+            for _ in range(window_steps):
+                load.batch()
+            costs.append((time.thread_time() - t) / (window_steps * sessions) * 1000)
+        marks[name] = float(np.median(costs))
         marks[name + "_state"] = state_size(load)
 
     while load.sent < early_at:
         load.batch()
     window("minute5")
-    while load.sent < total_steps - window_steps:
+    while load.sent < total_steps - windows * window_steps:
         load.batch()
     window("last_hour")
     load.end()
@@ -158,7 +163,7 @@ def server_cpu(graphs: Path, sessions: int = 16, seconds: float = 20.0, chunk_ms
     from client.loadgen import make_audios, process_cpu_seconds, run_sessions
 
     audios = make_audios(seconds, chunk_ms)
-    with served(graphs, max_sessions=max(sessions, 32), admission_headroom=0.0) as server:
+    with served(graphs, "70_13", max_sessions=max(sessions, 32), admission_headroom=0.0) as server:
         run_sessions(server.grpc_url, 2, audios[:1], chunk_ms, progress=False)  # warm-up: graphs, allocations
         before = process_cpu_seconds(server.pid)
         load = run_sessions(server.grpc_url, sessions, audios, chunk_ms, progress=False)
@@ -184,7 +189,11 @@ def render(c: dict) -> list[str]:
     """The capacity section of BENCHMARKS.md from its results (`bench.report`'s `capacity` part)."""
     from mtasr.profile import DEVICE_STAGES, HOST_STAGES
 
+    m = c["machine"]
     lines = ["## Host-side capacity (full-size shapes, graphs that cost nothing)", "",
+             f"Measured {m['date']} on {m['cores']} cores (5-minute load average {m['load_average_at_start']} at the "
+             f"start, {m['load_average_at_end']} at the end; thread CPU time, so other work on the machine slows "
+             "these figures less than wall-clock ones).", "",
              "`make capacity` (`bench/capacity.py`): the served request handling, engine and reply code over "
              "`bench.null_graphs` (public checkpoints' dims, 4 speakers, [70, 13], two speakers per session, ~3 "
              "labels/s each, speaker cache in steady state). Host CPU ms per session-step (one session's 1.12 s "
@@ -249,19 +258,25 @@ def main(argv: list[str] | None = None) -> int:
                     "`capacity` and render BENCHMARKS.md again")
     args = ap.parse_args(argv)
     single_threaded_blas()  # as the multitalker model does
+    import datetime
+    import os
+
+    started = {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+               "load_average_at_start": round(os.getloadavg()[1], 2), "cores": os.cpu_count()}
     rows = []
     for n in args.sessions:
         for piece in args.pieces_ms:
             row = measure(n, piece, args.steps)
             rows.append(row)
             print(json.dumps(row), flush=True)
-    result: dict = {"points": rows}
+    result: dict = {"points": rows, "machine": started}
     if args.hours > 0:
         result["flatness"] = flatness(args.hours)
         print(json.dumps(result["flatness"]), flush=True)
     if args.server_graphs:
         result["server"] = server_cpu(args.server_graphs, args.server_sessions)
         print(json.dumps(result["server"]), flush=True)
+    result["machine"]["load_average_at_end"] = round(os.getloadavg()[1], 2)
     if args.out:
         args.out.write_text(json.dumps(result, indent=1) + "\n")
     if args.results:  # into make bench's results, and BENCHMARKS.md rendered again from them

@@ -76,7 +76,11 @@ def manifests(replicas: int = 2, image: str = "mtasr-serve:latest", namespace: s
                     "livenessProbe": {"httpGet": {"path": "/v2/health/live", "port": "http"},
                                       "initialDelaySeconds": 60, "periodSeconds": 10},
                     "securityContext": {"allowPrivilegeEscalation": False, "runAsNonRoot": True},
+                    # the Python backend moves every BLS tensor through /dev/shm (docs/deploy.md: a full-size step
+                    # at 128 rows moves 1.8 GiB); a pod's default is 64 MB
+                    "volumeMounts": [{"name": "dshm", "mountPath": "/dev/shm"}],
                 }, gateway_container(image)],
+                "volumes": [{"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "8Gi"}}],
             }},
         },
     }

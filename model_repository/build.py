@@ -86,10 +86,12 @@ def build(graphs: Path, target: str, out: Path, preset: str | None = None, speak
           copy: bool = False, in_process: tuple[str, ...] | None = None, max_sessions: int = DEFAULT_MAX_SESSIONS,
           idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_S, timing: str = TIMINGS[0],
           diarization_preset: str = DEFAULT_DIARIZATION_PRESET, precision: str = PRECISIONS[0],
-          admission_headroom: float | None = None, lag_limit_s: float | None = None, instances: int = 1) -> Path:
+          admission_headroom: float | None = None, lag_limit_s: float | None = None, instances: int = 1,
+          reply_budget_s: float | None = None) -> Path:
     """Write a complete repository into `out` (replaced only when it is one this builder wrote): `multitalker`, its
     graph models, and the `diarization` service (the standalone diarizer graph, run in its own process).
-    `admission_headroom` / `lag_limit_s` (None: defaults) and `instances` go to both streaming models."""
+    `admission_headroom` / `lag_limit_s` / `reply_budget_s` (None: defaults) and `instances` go to both streaming
+    models."""
     graphs, out = Path(graphs), Path(out)
     if target not in TARGETS:
         raise BuildError(f"unknown target {target!r}; use one of {TARGETS}")
@@ -127,7 +129,7 @@ def build(graphs: Path, target: str, out: Path, preset: str | None = None, speak
     try:
         configs = repository_configs(manifest.dims, target, preset, speaker_mode, in_process, max_sessions,
                                      idle_timeout_s, timing, diarization_preset, admission_headroom, lag_limit_s,
-                                     instances)
+                                     instances, reply_budget_s)
     except ValueError as exc:
         raise BuildError(str(exc)) from None
     with atomic_folder(out) as work:
@@ -213,6 +215,8 @@ def main(argv: list[str] | None = None) -> int:
                          "the audio it covers (default 0.7; 0: admit by --max-sessions only)")
     ap.add_argument("--lag-limit-s", type=float,
                     help="end a session further behind real time than this (default 10)")
+    ap.add_argument("--reply-budget-s", type=float,
+                    help="... and while replies completing a step are predicted within this (default 0.16; 0: off)")
     ap.add_argument("--instances", type=int, default=1, help="orchestrator processes per streaming model")
     ap.add_argument("--in-process", metavar="MODELS",
                     help="graph models the orchestrator runs itself with ONNX Runtime instead of through BLS "
@@ -232,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
         in_process = None if args.in_process is None else tuple(m for m in args.in_process.split(",") if m)
         out = build(args.graphs, args.target, args.out, args.preset, args.speaker_mode, args.copy, in_process,
                     args.max_sessions, args.idle_timeout_s, args.timing, args.diarization_preset, args.precision,
-                    args.admission_headroom, args.lag_limit_s, args.instances)
+                    args.admission_headroom, args.lag_limit_s, args.instances, args.reply_budget_s)
     except BuildError as exc:
         print(f"{ap.prog}: error: {exc}", file=sys.stderr)
         return 2

@@ -171,13 +171,15 @@ def repository_configs(dims: ModelDims, target: str, preset: str, speaker_mode: 
                        in_process: tuple[str, ...] | None = None, max_sessions: int | None = None,
                        idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_S, timing: str | None = None,
                        diarization_preset: str = DEFAULT_DIARIZATION_PRESET, admission_headroom: float | None = None,
-                       lag_limit_s: float | None = None, instances: int = 1) -> dict[str, mc.ModelConfig]:
+                       lag_limit_s: float | None = None, instances: int = 1,
+                       reply_budget_s: float | None = None) -> dict[str, mc.ModelConfig]:
     """Model name -> config for a whole repository: `multitalker`, the graph models it calls through BLS (those not
     `in_process`, which defaults to the target's IN_PROCESS_DEFAULT) and the `diarization` service. The admission
     limits (None: the parameters' defaults) go to both streaming models."""
     in_process = IN_PROCESS_DEFAULT[target] if in_process is None else tuple(in_process)
     specs = graph_specs(dims)
-    limits = {"max_sessions": max_sessions, "admission_headroom": admission_headroom, "lag_limit_s": lag_limit_s}
+    limits = {"max_sessions": max_sessions, "admission_headroom": admission_headroom, "lag_limit_s": lag_limit_s,
+              "reply_budget_s": reply_budget_s}
     limits = {"idle_timeout_s": float(idle_timeout_s), **{k: v for k, v in limits.items() if v is not None}}
     params = OrchestratorParams(preset=preset, speaker_mode=speaker_mode, in_process_models=in_process,
                                 array_module=TARGET_ARRAY_MODULE[target], **limits,

@@ -619,6 +619,7 @@ def _overload(h: Harness, s, factor: int, seconds: float, label: str) -> dict:
     refusals to 50 ms."""
     audios = make_audios(seconds, 160.0, variants=4)
     solo = [_bare(stream_audio(s.grpc_url, a, session_id=f"solo{i}").seglst) for i, a in enumerate(audios)]
+    alone = run_sessions(s.grpc_url, 1, audios, progress=False)  # the tail one real-time session sees here
     measured = int(s.metric("mtasr_capacity_sessions"))
     capacity = max(measured, 1)  # one session is always admitted
     offered = factor * capacity
@@ -635,18 +636,24 @@ def _overload(h: Harness, s, factor: int, seconds: float, label: str) -> dict:
                "refused": len(refused), "lost": len(lost), "p99_ms": round(out["p99_ms"], 1),
                "p50_ms": round(out["p50_ms"], 1), "refusal_ms_max": round(refusal_ms, 1),
                "refusal_ms_median": round(float(np.median(out["refusal_ms"])) if out["refusal_ms"] else 0.0, 1),
-               "budget_ms": out["budget_ms"], "survived": survived, "loadgen_cores": out["loadgen_cores"],
-               "audio_s": seconds}
+               "budget_ms": out["budget_ms"], "alone_p99_ms": round(alone["p99_ms"], 1), "survived": survived,
+               "rtf_max": round(out["rtf_max"], 3), "loadgen_cores": out["loadgen_cores"], "audio_s": seconds}
     h.figures["lost"] = h.figures.get("lost", 0) + len(lost)
     h.figures["server_survived"] = "yes" if survived and h.figures.get("server_survived", "yes") == "yes" else "no"
+    h.figures.setdefault("overload_runs", {})[label] = figures
     check(survived, f"{label}: tritonserver died under {offered} offered sessions:\n{s.log_tail(1500)}")
-    check(not lost, f"{label}: admitted sessions lost: {lost[:3]}")
-    check(admitted >= 1 and len(refused) >= 1, f"{label}: {admitted} of {offered} admitted (capacity {capacity})")
+    check(not lost, f"{label}: admitted sessions lost: {lost[:3]} ({figures})")
+    check(admitted >= 1 and len(refused) >= 1, f"{label}: {admitted} of {offered} admitted ({figures})")
     check(equal == admitted, f"{label}: {equal} of {admitted} admitted sessions equal their solo runs")
+    check(out["realtime"] or out["rtf_max"] <= 1 + out["budget_ms"] / 1000 / seconds,
+          f"{label}: admitted sessions fell behind real time ({figures})")
     if h.full:
-        check(out["p99_ms"] < out["budget_ms"], f"{label}: admitted sessions' p99 {out['p99_ms']:.0f} ms over the "
-              f"{out['budget_ms']:.0f} ms piece")
-        check(refusal_ms < 50, f"{label}: the slowest refusal took {refusal_ms:.0f} ms")
+        # the piece budget, or twice what one session alone sees on this machine when that is more (a shared,
+        # loaded machine: one step alone can take longer than a piece)
+        limit = max(out["budget_ms"], 2 * alone["p99_ms"])
+        check(out["p99_ms"] < limit, f"{label}: admitted sessions' p99 {out['p99_ms']:.0f} ms over {limit:.0f} ms "
+              f"({figures})")
+        check(refusal_ms < 50, f"{label}: the slowest refusal took {refusal_ms:.0f} ms ({figures})")
     else:  # the fast core runs on CI's shared cores: figures are reported, only a broken path fails it
         check(refusal_ms < 1000, f"{label}: the slowest refusal took {refusal_ms:.0f} ms")
     return figures
@@ -659,11 +666,14 @@ def overload_admits_by_capacity(h: Harness) -> dict:
     small on CI)."""
     headroom, seconds = (None, 30.0) if h.full else (0.05, 8.0)
     s = h.server("overload", max_sessions=256, admission_headroom=headroom, preset="70_13")
-    figures = _overload(h, s, 4, seconds, "tiny graphs")
-    h.figures["overload_admitted"] = f"{figures['admitted']}/{figures['offered']}"
-    h.figures["overload_p99_ms"] = figures["p99_ms"]
-    h.figures["overload_refusal_ms"] = figures["refusal_ms_max"]
-    return figures
+    try:
+        return _overload(h, s, 4, seconds, "tiny graphs")
+    finally:  # the summary line reports the run, passed or failed
+        figures = h.figures.get("overload_runs", {}).get("tiny graphs")
+        if figures:
+            h.figures["overload_admitted"] = f"{figures['admitted']}/{figures['offered']}"
+            h.figures["overload_p99_ms"] = figures["p99_ms"]
+            h.figures["overload_refusal_ms"] = figures["refusal_ms_max"]
 
 
 @case(fast=False)

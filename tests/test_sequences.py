@@ -405,7 +405,7 @@ def test_capacity_admission(engine):
     audio a step covers (1.12 s at [70,13]); the refusal says why and when to retry; ending a session makes
     room; the gauges follow."""
     clock, sink = Clock(), DictSink()
-    m = SequenceManager(engine, SessionPolicy(max_sessions=20, idle_timeout_s=5.0), clock=clock,
+    m = SequenceManager(engine, SessionPolicy(max_sessions=20, idle_timeout_s=5.0, reply_budget_s=0.0), clock=clock,
                         events=ServingMetrics(sink))
     for n in (1, 2, 4, 8, 2, 6):  # a measured history: 10 ms per step + 100 ms per session, no speaker, full state
         m.cost.observe(n, 0, 0.010 + 0.100 * n, n)
@@ -424,6 +424,13 @@ def test_capacity_admission(engine):
     m._report_capacity()
     assert sink.values[(CAPACITY_SESSIONS.name, ())] == 7
     assert sink.values[(STEP_BUDGET_FRACTION.name, ())] == pytest.approx(round(0.710 / 1.12, 2))
+    fast = SequenceManager(engine, SessionPolicy(max_sessions=40))  # the reply-latency rule binds first here
+    for n in (1, 2, 4, 8, 2, 6):  # 5 ms per step + 30 ms per session: 25 by throughput, 21 by reply latency
+        fast.cost.observe(n, 0, 0.005 + 0.030 * n, n)
+    assert fast.admission.sessions(fast.cost.estimate(), 40) == 21
+    replies = fast.handle([_req(100 + i, piece, start=True) for i in range(22)])
+    assert [r.error for r in replies[:21]] == [None] * 21
+    assert replies[21].error == "server at capacity (21 sessions, replies 170 ms of 160 ms): retry in 5 s"
     slow = SequenceManager(engine, SessionPolicy(max_sessions=20))
     slow.cost.observe(1, 0, 2.0, 1.0)  # one session's step takes longer than real time
     first, second = slow.handle([_req(1, piece, start=True), _req(2, piece, start=True)])

@@ -156,7 +156,7 @@ def test_orchestrator_config(target):
                       "max_sessions": str(DEFAULT_MAX_SESSIONS), "timing": "audio",
                       "in_process_models": ",".join(IN_PROCESS_DEFAULT[target]),
                       "idle_timeout_s": str(DEFAULT_IDLE_TIMEOUT_S), "admission_headroom": "0.7",
-                      "lag_limit_s": str(DEFAULT_LAG_LIMIT_S)}.items()
+                      "lag_limit_s": str(DEFAULT_LAG_LIMIT_S), "reply_budget_s": "0.16"}.items()
     # every parameter written is one the orchestrator reads back, and nothing else
     parsed = OrchestratorParams.from_params(params)
     assert parsed.to_params() == params and parsed.masked_asr and parsed.preset == "70_6"
@@ -176,7 +176,7 @@ def test_diarization_config(target):
     params = {k: v.string_value for k, v in cfg.parameters.items()}
     assert params == {"pipeline": "diarization", "diarization_preset": "ultra_low", "intra_op_threads": "0",
                       "max_sessions": "7", "idle_timeout_s": "3.0", "admission_headroom": "0.7",
-                      "lag_limit_s": "10.0"}
+                      "lag_limit_s": "10.0", "reply_budget_s": "0.16"}
     assert pipeline_of(params) == "diarization" and DiarizationParams.from_params(params).to_params() == params
     with pytest.raises(ValueError, match="unknown diarization preset"):
         repository_configs(PUBLIC_CHECKPOINT_DIMS, target, "70_13", diarization_preset="instant")
@@ -184,11 +184,11 @@ def test_diarization_config(target):
 
 def test_session_limits_reach_the_config():
     configs = repository_configs(PUBLIC_CHECKPOINT_DIMS, "cpu", "70_13", max_sessions=100, idle_timeout_s=2.5,
-                                 admission_headroom=0.5, lag_limit_s=4.0, instances=2)
+                                 admission_headroom=0.5, lag_limit_s=4.0, instances=2, reply_budget_s=1.12)
     for cfg in (configs[ORCHESTRATOR], configs[DIARIZATION]):
         params = {k: v.string_value for k, v in cfg.parameters.items()}
         assert (params["max_sessions"], params["idle_timeout_s"], params["admission_headroom"],
-                params["lag_limit_s"]) == ("100", "2.5", "0.5", "4.0")
+                params["lag_limit_s"], params["reply_budget_s"]) == ("100", "2.5", "0.5", "4.0", "1.12")
         assert cfg.sequence_batching.max_sequence_idle_microseconds == 6_500_000
         assert cfg.sequence_batching.oldest.max_candidate_sequences == 512  # 2 x the batch, above 4 x 100
         assert cfg.instance_group[0].count == 2

@@ -116,29 +116,55 @@ class StepCostModel:
 
 @dataclass(frozen=True)
 class Admission:
-    """The capacity rule: a step over every live session plus a new one must fit in `headroom` of `budget_s`,
-    the audio one step covers (the real-time budget). `headroom` 0 turns the rule off."""
+    """The capacity rules for one more session beside `live` ones, all sessions in steady state:
+
+    - throughput: one step over every session must fit in `headroom` of `budget_s`, the audio one step covers
+      (the real-time budget);
+    - reply latency: a reply that completes a chunk waits for the step in progress and then its own. A step
+      collects the chunks completed while the previous one ran, so at utilisation `u = sessions x marginal /
+      budget_s` a step lasts `(fixed + marginal) / (1 - u)`, and such a reply up to twice that; it must stay within
+      `reply_budget_s` (0: no latency rule). Where one session's step is a large share of the reply budget (a slow
+      or busy machine) this rule admits far fewer sessions than throughput would.
+
+    `headroom` 0 turns both rules off (admission by count only)."""
 
     budget_s: float
     headroom: float
+    reply_budget_s: float = 0.0
 
     @property
     def limit_s(self) -> float:
         return self.budget_s * self.headroom
 
-    def admits(self, cost: StepCost | None, live: int) -> tuple[bool, float]:
-        """Whether one more session fits beside `live` ones, and the predicted step with it (seconds; 0 when no
-        step has been measured yet, which admits)."""
+    def reply_latency(self, cost: StepCost, sessions: int) -> float:
+        """The longest wait of a chunk-completing reply with `sessions` sessions (seconds; inf when saturated)."""
+        u = sessions * cost.marginal_s / self.budget_s
+        return 2 * (cost.fixed_s + cost.marginal_s) / (1 - u) if u < 1 else math.inf
+
+    def refusal(self, cost: StepCost | None, live: int) -> str | None:
+        """Why one more session does not fit beside `live` ones ("step X ms of Y ms" / "replies X ms of Y ms"),
+        or None when it fits (also before any step has been measured)."""
         if not self.headroom or cost is None:
-            return True, 0.0
-        predicted = cost.predict(live + 1)
-        return predicted <= self.limit_s, predicted
+            return None
+        step = cost.predict(live + 1)
+        if step > self.limit_s:
+            return f"step {step * 1000:.0f} ms of {self.limit_s * 1000:.0f} ms"
+        if self.reply_budget_s:
+            wait = self.reply_latency(cost, live + 1)
+            if wait > self.reply_budget_s:
+                shown = f"{wait * 1000:.0f} ms" if math.isfinite(wait) else "unbounded"
+                return f"replies {shown} of {self.reply_budget_s * 1000:.0f} ms"
+        return None
 
     def sessions(self, cost: StepCost | None, cap: int) -> int:
-        """The sessions the rule admits (at most `cap`)."""
+        """The sessions the rules admit (at most `cap`)."""
         if not self.headroom or cost is None:
             return cap
-        return min(cap, cost.sessions_within(self.limit_s))
+        n = cost.sessions_within(self.limit_s)
+        if self.reply_budget_s and cost.marginal_s > 0:
+            room = 1 - 2 * (cost.fixed_s + cost.marginal_s) / self.reply_budget_s
+            n = min(n, max(0, math.floor(room * self.budget_s / cost.marginal_s)))
+        return min(cap, n)
 
     def budget_fraction(self, cost: StepCost | None, live: int) -> float:
         """The predicted step over `live` sessions as a fraction of the budget."""

@@ -22,6 +22,8 @@ DEFAULT_IDLE_TIMEOUT_S = 5.0  # live audio arrives every <= 2 s (the largest pie
 # server's own threads.
 DEFAULT_ADMISSION_HEADROOM = 0.7
 DEFAULT_LAG_LIMIT_S = 10.0  # a session further behind real time than this is ended with an error
+# ... and while the replies that complete a step are predicted within this: the client's default piece (160 ms)
+DEFAULT_REPLY_BUDGET_S = 0.16
 
 
 class ModelParams:
@@ -77,6 +79,7 @@ class OrchestratorParams(ModelParams):
     idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_S
     admission_headroom: float = DEFAULT_ADMISSION_HEADROOM  # 0: admit by count only
     lag_limit_s: float = DEFAULT_LAG_LIMIT_S
+    reply_budget_s: float = DEFAULT_REPLY_BUDGET_S  # 0: no reply-latency rule
     array_module: str = ARRAY_MODULES[0]  # where device-side state and arithmetic live: numpy (host) or cupy (GPU)
 
     def __post_init__(self) -> None:
@@ -113,6 +116,7 @@ class DiarizationParams(ModelParams):
     idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_S
     admission_headroom: float = DEFAULT_ADMISSION_HEADROOM
     lag_limit_s: float = DEFAULT_LAG_LIMIT_S
+    reply_budget_s: float = DEFAULT_REPLY_BUDGET_S
 
     def __post_init__(self) -> None:
         _check_admission(self)
@@ -125,6 +129,7 @@ def _check_admission(p: OrchestratorParams | DiarizationParams) -> None:
     """The limits both streaming models share."""
     if p.max_sessions < 1 or p.intra_op_threads < 0:
         raise ValueError(f"max_sessions must be >= 1 and intra_op_threads >= 0 ({p})")
-    if not 0 < p.idle_timeout_s <= 3600 or not 0 <= p.admission_headroom <= 1 or p.lag_limit_s <= 0:
-        raise ValueError(f"need 0 < idle_timeout_s <= 3600, 0 <= admission_headroom <= 1 (0: off) and "
-                         f"lag_limit_s > 0 ({p})")
+    if (not 0 < p.idle_timeout_s <= 3600 or not 0 <= p.admission_headroom <= 1 or p.lag_limit_s <= 0
+            or p.reply_budget_s < 0):
+        raise ValueError(f"need 0 < idle_timeout_s <= 3600, 0 <= admission_headroom <= 1 (0: off), lag_limit_s > 0 "
+                         f"and reply_budget_s >= 0 ({p})")

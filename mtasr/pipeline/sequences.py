@@ -42,6 +42,7 @@ from mtasr.pipeline.sessions import (
     log,
     same_owner,
 )
+from mtasr.pipeline.words import SegmentList
 from mtasr.spec import FRAME_SEC, MAX_CHUNK_SECONDS, SAMPLE_RATE, TIMINGS
 
 
@@ -83,7 +84,7 @@ class Reply:
         return json.dumps(self.segments).encode()
 
     def interim_json(self) -> bytes:
-        return json.dumps(self.interim).encode()
+        return self.interim.json() if isinstance(self.interim, SegmentList) else json.dumps(self.interim).encode()
 
     def transcript_json(self) -> bytes:
         return json.dumps(self.transcript).encode()
@@ -209,7 +210,7 @@ class SequenceManager:
         self.events = events or SessionEvents()
         self.session_name = session_name
         self.cost = StepCostModel()
-        self.admission = Admission(step_seconds(engine), self.policy.admission_headroom)
+        self.admission = Admission(step_seconds(engine), self.policy.admission_headroom, self.policy.reply_budget_s)
         self._fill_steps = max(state_fill_seconds(engine) / self.admission.budget_s, 1.0)  # steps to a full state
         self.live: dict[int, _Live] = {}
         self._idle: IdleClock[int, _Live] = IdleClock()
@@ -362,11 +363,10 @@ class SequenceManager:
         if n >= self.policy.max_sessions:
             raise RequestError(f"server full ({self.policy.max_sessions} sessions): try again later",
                                ErrorCode.UNAVAILABLE, RefusalReason.FULL)
-        fits, predicted = self.admission.admits(self.cost.estimate(), n)
-        if n and not fits:  # one session is always admitted: a step slower than real time shows in its lag
-            raise RequestError(f"server at capacity ({n} sessions, step {predicted * 1000:.0f} ms of "
-                               f"{self.admission.limit_s * 1000:.0f} ms): retry in "
-                               f"{self.policy.idle_timeout_s:g} s", ErrorCode.UNAVAILABLE, RefusalReason.CAPACITY)
+        why = self.admission.refusal(self.cost.estimate(), n) if n else None  # one session is always admitted
+        if why:
+            raise RequestError(f"server at capacity ({n} sessions, {why}): retry in {self.policy.idle_timeout_s:g} s",
+                               ErrorCode.UNAVAILABLE, RefusalReason.CAPACITY)
         timing = req.timing or self.timing
         if timing not in TIMINGS:
             raise RequestError(f"unknown timing {timing!r}: use one of {', '.join(TIMINGS)}")

@@ -23,6 +23,7 @@ from mtasr.pipeline.params import (
     DEFAULT_IDLE_TIMEOUT_S,
     DEFAULT_LAG_LIMIT_S,
     DEFAULT_MAX_SESSIONS,
+    DEFAULT_REPLY_BUDGET_S,
 )
 from mtasr.spec import SESSION_KEY_HEADER
 
@@ -74,7 +75,8 @@ class SessionPolicy:
     """Admission limits of one orchestrator instance.
 
     `admission_headroom`: a START is admitted only while the predicted step over every live session plus the new
-    one takes at most this fraction of the audio one step covers (0: no capacity check, only `max_sessions`).
+    one takes at most this fraction of the audio one step covers (0: no capacity check, only `max_sessions`), and
+    while the replies that complete a step are predicted within `reply_budget_s` (0: no such rule).
     `lag_limit_s`: a session further behind real time than this is ended with an error.
     """
 
@@ -83,17 +85,19 @@ class SessionPolicy:
     reap_period_s: float = 0.5
     admission_headroom: float = DEFAULT_ADMISSION_HEADROOM
     lag_limit_s: float = DEFAULT_LAG_LIMIT_S
+    reply_budget_s: float = DEFAULT_REPLY_BUDGET_S
 
     def __post_init__(self) -> None:
         if (self.max_sessions < 1 or self.idle_timeout_s <= 0 or self.reap_period_s <= 0
-                or not 0 <= self.admission_headroom <= 1 or self.lag_limit_s <= 0):
+                or not 0 <= self.admission_headroom <= 1 or self.lag_limit_s <= 0 or self.reply_budget_s < 0):
             raise ValueError(f"invalid session policy {self}")
 
     @classmethod
     def from_params(cls, params) -> SessionPolicy:
         """The policy a streaming model's typed parameters (`OrchestratorParams`, `DiarizationParams`) describe."""
         return cls(max_sessions=params.max_sessions, idle_timeout_s=params.idle_timeout_s,
-                   admission_headroom=params.admission_headroom, lag_limit_s=params.lag_limit_s)
+                   admission_headroom=params.admission_headroom, lag_limit_s=params.lag_limit_s,
+                   reply_budget_s=params.reply_budget_s)
 
 
 def key_digest(key: str | None) -> bytes:

@@ -79,7 +79,7 @@ def check_pools(xp: ModuleType) -> dict:
 
 
 def check_speaker_cache(xp: ModuleType, steps: int = 60, sessions: int = 16, emb: int = 512) -> dict:
-    from mtasr.pipeline.diarize import DI, SpeakerCachePool, update
+    from mtasr.pipeline.diarizer_stage import DI, SpeakerCachePool, update
     from mtasr.spkcache import SpeakerCacheParams
 
     params = SpeakerCacheParams(spkcache_len=188, fifo_len=188, spkcache_update_period=144)

@@ -1,4 +1,4 @@
-"""The served speaker-cache update (`mtasr.pipeline.diarize.update`: every session of a step at once, state in a
+"""The served speaker-cache update (`mtasr.pipeline.diarizer_stage.update`: every session of a step at once, state in a
 slot pool) equals NeMo's synchronous `streaming_update` run one session at a time (`mtasr.spkcache.sync`, itself
 proven equal to NeMo in test_spkcache), bit for bit, through FIFO overflows and compressions, with sessions that
 start at different steps, short last chunks, silence and tied predictions."""
@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mtasr.pipeline.diarize import DI, SpeakerCachePool, update
+from mtasr.pipeline.diarizer_stage import DI, SpeakerCachePool, update
 from mtasr.spkcache import SpeakerCacheParams, init_streaming_state, streaming_update
 
 EMB = 16
@@ -28,7 +28,7 @@ def _preds(rng: np.random.Generator, frames: int, n_spk: int, tied: bool) -> np.
     SpeakerCacheParams(spkcache_len=24, fifo_len=10, spkcache_update_period=6),  # pops larger than the period
 ], ids=["tutorial", "small"])
 def test_pool_update_equals_streaming_update(params, tied, monkeypatch):
-    import mtasr.pipeline.diarize as stage
+    import mtasr.pipeline.diarizer_stage as stage
 
     compressed_rows = []
     choice = stage.compression_choice

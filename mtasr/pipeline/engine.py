@@ -1,11 +1,11 @@
 """One streaming step for many sessions at once, NeMo's `SpeakerTaggedASR.perform_parallel_streaming_stt_spk`
 (parallel mode, cache gating, `pad_and_drop_preencoded=True`) over stateless graphs. A chunk of audio flows:
 
-1. `chunker`    audio -> log-mel `Chunk`s (per session)
-2. `diarize`    diarizer step for all sessions + speaker-cache update -> chunk speaker probabilities
-3. `targets`    cache-gating window -> active speakers and their speaker targets
-4. `transcribe` ONE encoder call over every active speaker of every session, then batched greedy RNNT
-5. transcript   NeMo's segments (`transcript`) or audio-time words and utterances (`words`)
+1. `chunker`        audio -> log-mel `Chunk`s (per session)
+2. `diarizer_stage` diarizer step for all sessions + speaker-cache update -> chunk speaker probabilities
+3. `targets`        cache-gating window -> active speakers and their speaker targets
+4. `transcribe`     ONE encoder call over every active speaker of every session, then batched greedy RNNT
+5. transcript       NeMo's segments (`transcript`) or audio-time words and utterances (`words`)
 
 The engine owns the state pools (speaker cache per session, encoder caches + decoder state per speaker
 instance); a `Session` holds its slots and its transcript. Slots are freed by `close` or when the session is
@@ -26,7 +26,7 @@ from mtasr.features import FeatureParams
 from mtasr.manifest import Manifest
 from mtasr.pipeline.chunker import Chunk, FeatureChunker, compute_features, queue_audio
 from mtasr.pipeline.config import PipelineConfig
-from mtasr.pipeline.diarize import DiarizerStage
+from mtasr.pipeline.diarizer_stage import DiarizerStage
 from mtasr.pipeline.runner import GraphRunner
 from mtasr.pipeline.targets import active_speakers, speaker_targets, update_window
 from mtasr.pipeline.transcribe import AsrRow, SpeakerInstance, TranscribeStage

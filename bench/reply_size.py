@@ -6,7 +6,7 @@ The session is the committed samples played one after another (with 1 s of silen
 each timing streams it once in 160 ms pieces. Prints, per timing, the JSON bytes of `segments` + `interim` +
 `transcript` per reply: mean and max over the first and the last minute (the END reply, which carries the whole
 SegLST in audio timing, apart), and the total. Writes them, with the machine and the command, to `--out`
-(committed: bench/reply_size.json, which the README's reply-size paragraph is rendered from by `bench.report`).
+(committed: bench/reply_size.json, which docs/serving.md's reply-size paragraph is rendered from by `bench.report`).
 """
 
 from __future__ import annotations

@@ -1,10 +1,10 @@
-"""BENCHMARKS.md, the README's figures block and the plots, rendered from bench/results.json alone.
+"""BENCHMARKS.md, the docs' generated blocks (figures, reply sizes) and the plots, from the committed results alone.
 
     python -m bench.report [--results bench/results.json] [--check] [--plots]
 
 `make bench` (`bench.run`) measures, checks (`problems`: any NaN, a load run against a dead server, a step above
 its peak fails the run) and writes results.json, then renders through this module. Rendering the committed
-results.json again must give the committed BENCHMARKS.md and README block (`--check`; tests/test_bench_report.py).
+results.json again must give the committed BENCHMARKS.md and docs blocks (`--check`; tests/test_bench_report.py).
 
 A benchmark part is one results key and one render function, listed in `PARTS` in the order BENCHMARKS.md shows
 them; a part whose key is not in the results is left out. A new part adds its measurement to `bench.run` (its
@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,7 +25,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results.json"
 BENCHMARKS = ROOT / "BENCHMARKS.md"
-README = ROOT / "README.md"
+FIGURES_DOC = ROOT / "docs" / "benchmarks.md"  # the headline figures (bench-figures block)
+REPLY_SIZE_DOC = ROOT / "docs" / "serving.md"  # replies and timing (reply-size block)
+REPLY_SIZE = ROOT / "bench" / "reply_size.json"
 RECORDS = "bench/records.md"
 PLOTS = ("latency_vs_concurrency.png", "served_vs_native.png")
 
@@ -323,14 +326,15 @@ def render(r: dict, plot_links: tuple[str, ...] = tuple(f"bench/{p}" for p in PL
     return "\n".join(lines) + "\n"
 
 
-# --- README block --------------------------------------------------------------------------------------------
+# --- docs blocks ---------------------------------------------------------------------------------------------
 
 
-def readme_block(r: dict) -> str:
-    """The README's benchmark figures: the headline line, the bounds, where the full tables are."""
+def figures_block(r: dict) -> str:
+    """docs/benchmarks.md's headline figures: the last line, the bounds, where the full tables are."""
     m, s = r["machine"], r["summary"]
+    tables = Path(os.path.relpath(BENCHMARKS, FIGURES_DOC.parent)).as_posix()
     lines = [f"From `make bench` of {m['date']} ({m['cpu']}, {m['cores']} cores, random-init weights; all tables in "
-             "[BENCHMARKS.md](BENCHMARKS.md)):", "", "```", final_line(s), "```"]
+             f"[BENCHMARKS.md]({tables})):", "", "```", final_line(s), "```"]
     steady = r.get("native_vs_served_full_steady")
     if steady:
         lines += ["", f"- Full size, 2 speakers, {steady['audio_seconds']:.0f} s (steady state: speaker cache and "
@@ -354,7 +358,7 @@ def readme_block(r: dict) -> str:
 
 
 def reply_size_block(d: dict) -> str:
-    """The README's reply-size paragraph, from bench/reply_size.json (`python -m bench.reply_size`)."""
+    """docs/serving.md's reply-size paragraph, from bench/reply_size.json (`python -m bench.reply_size`)."""
     a, n = d["audio"], d["nemo"]
     return (f"Replies stay flat over long sessions (`{d['command']}`, {d['machine']['date']}: the graphs in "
             f"`{d['graphs']}`, a {d['minutes']:g}-minute session of the committed samples in {d['chunk_ms']:.0f} ms "
@@ -367,12 +371,17 @@ def reply_size_block(d: dict) -> str:
 
 
 @dataclass(frozen=True)
-class ReadmeBlock:
-    """A generated stretch of README.md: between its markers, `render` of the JSON file `source`."""
+class DocBlock:
+    """A generated stretch of the markdown file `doc`: between its markers, `render` of the JSON file `source`."""
 
     name: str
+    doc: Path
     source: Path
     render: Callable[[dict], str]
+
+    @property
+    def label(self) -> str:
+        return f"{Path(os.path.relpath(self.doc, ROOT)).as_posix()} ({self.name})"
 
     @property
     def begin(self) -> str:
@@ -394,18 +403,32 @@ class ReadmeBlock:
             text[text.index(self.end) :]
 
 
-README_BLOCKS = (ReadmeBlock("bench-figures", RESULTS, readme_block),
-                 ReadmeBlock("reply-size", ROOT / "bench" / "reply_size.json", reply_size_block))
+DOC_BLOCKS = (DocBlock("bench-figures", FIGURES_DOC, RESULTS, figures_block),
+              DocBlock("reply-size", REPLY_SIZE_DOC, REPLY_SIZE, reply_size_block))
 
 
-def stale_readme_blocks(text: str, results: dict | None = None) -> list[str]:
-    """The README blocks that differ from a rendering of their source (`results` stands for results.json)."""
+def _source(block: DocBlock, results: dict | None) -> dict:
+    return results if results is not None and block.source == RESULTS else json.loads(block.source.read_text())
+
+
+def stale_doc_blocks(results: dict | None = None) -> list[str]:
+    """The docs blocks missing from their file or differing from a rendering of their source (`results` stands for
+    results.json), as `file (block)`."""
     out = []
-    for block in (b for b in README_BLOCKS if b.present(text)):
-        data = results if results is not None and block.source == RESULTS else json.loads(block.source.read_text())
-        if block.current(text) != block.render(data).strip():
-            out.append(block.name)
+    for block in DOC_BLOCKS:
+        text = block.doc.read_text()
+        if not block.present(text) or block.current(text) != block.render(_source(block, results)).strip():
+            out.append(block.label)
     return out
+
+
+def write_doc_blocks(results: dict) -> None:
+    """Render every docs block into its file (markers missing from it are an error: a block was moved)."""
+    for block in DOC_BLOCKS:
+        text = block.doc.read_text()
+        if not block.present(text):
+            raise ValueError(f"{block.label}: markers not found ({block.begin})")
+        block.doc.write_text(block.replaced(text, _source(block, results)))
 
 
 # --- plots ---------------------------------------------------------------------------------------------------
@@ -453,23 +476,20 @@ def plots(r: dict, out: Path) -> list[Path]:
     return paths
 
 
-def write(r: dict, md: Path = BENCHMARKS, readme: Path | None = README, plot_dir: Path | None = None) -> None:
-    """BENCHMARKS.md at `md` (plots linked relative to it, drawn into `plot_dir` when given) and, when `readme`
-    is given, its figures block."""
+def write(r: dict, md: Path = BENCHMARKS, docs: bool = True, plot_dir: Path | None = None) -> None:
+    """BENCHMARKS.md at `md` (plots linked relative to it, drawn into `plot_dir` when given) and, when `docs`, the
+    docs blocks (`DOC_BLOCKS`)."""
     plot_dir = plot_dir or md.parent / "bench"
     links = tuple(Path(plot_dir / p).relative_to(md.parent).as_posix() for p in PLOTS)
     md.write_text(render(r, links))
-    if readme is not None:
-        text = readme.read_text()
-        for block in (b for b in README_BLOCKS if b.present(text)):
-            text = block.replaced(text, r if block.source == RESULTS else json.loads(block.source.read_text()))
-        readme.write_text(text)
+    if docs:
+        write_doc_blocks(r)
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.report", description=__doc__.split("\n")[0])
     ap.add_argument("--results", type=Path, default=RESULTS)
-    ap.add_argument("--check", action="store_true", help="exit 1 when BENCHMARKS.md or the README block differ")
+    ap.add_argument("--check", action="store_true", help="exit 1 when BENCHMARKS.md or a docs block differ")
     ap.add_argument("--plots", action="store_true", help="also draw bench/*.png again")
     args = ap.parse_args(argv)
     r = json.loads(args.results.read_text())
@@ -479,16 +499,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench.report: {exc}", file=sys.stderr)
         return 1
     if args.check:
-        stale = ([BENCHMARKS.name] if BENCHMARKS.read_text() != md else []) + [
-            f"README.md ({name})" for name in stale_readme_blocks(README.read_text(), r)]
+        stale = ([BENCHMARKS.name] if BENCHMARKS.read_text() != md else []) + stale_doc_blocks(r)
         if stale:
             print(f"bench.report: {', '.join(stale)} differ from {args.results}: run python -m bench.report",
                   file=sys.stderr)
         return 1 if stale else 0
-    write(r, BENCHMARKS, README)
+    write(r, BENCHMARKS)
     if args.plots:
         plots(r, ROOT / "bench")
-    print(f"bench.report: wrote {BENCHMARKS.name} and the README block from {args.results}", file=sys.stderr)
+    print(f"bench.report: wrote {BENCHMARKS.name} and the docs blocks from {args.results}", file=sys.stderr)
     return 0
 
 

@@ -16,7 +16,7 @@ time / served int8 time, the diarization service's largest real-time session cou
 
 A part that raises, or whose figures `bench.report.problems` refuses (a NaN, a load run against a dead server,
 a step above its peak), fails the run: exit 1, and only results.partial.json is written. Otherwise results.json,
-then BENCHMARKS.md, the README's figures block and the plots rendered from it by `bench.report`.
+then BENCHMARKS.md, docs/benchmarks.md's figures block and the plots rendered from it by `bench.report`.
 """
 
 from __future__ import annotations
@@ -269,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
     paths = report.plots(results, args.out)
     committed = args.out.resolve() == (ROOT / "bench").resolve()
     md = ROOT / "BENCHMARKS.md" if committed else args.out / "BENCHMARKS.md"
-    report.write(results, md, readme=report.README if committed else None, plot_dir=args.out)
+    report.write(results, md, docs=committed, plot_dir=args.out)
     print(f"bench: wrote {args.out / 'results.json'}, {md}, {', '.join(p.name for p in paths)}", file=sys.stderr)
     print(report.final_line(results["summary"]))
     return 0

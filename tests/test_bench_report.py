@@ -1,4 +1,4 @@
-"""BENCHMARKS.md and the README's figures are rendered from the committed results files alone (drift test); a
+"""BENCHMARKS.md and the docs' figures are rendered from the committed results files alone (drift test); a
 results file with a NaN, a failed load run or a step above its peak is refused; a failing part fails `make bench`.
 """
 
@@ -17,11 +17,26 @@ from bench import report, roofline, run
 RESULTS = json.loads(report.RESULTS.read_text())
 
 
-def test_benchmarks_md_and_readme_blocks_are_generated():
+def test_benchmarks_md_and_docs_blocks_are_generated():
     assert report.render(RESULTS) == report.BENCHMARKS.read_text(), "run: python -m bench.report"
-    readme = report.README.read_text()
-    assert all(block.present(readme) for block in report.README_BLOCKS)
-    assert report.stale_readme_blocks(readme) == [], "run: python -m bench.report"
+    assert all(block.present(block.doc.read_text()) for block in report.DOC_BLOCKS)
+    assert report.stale_doc_blocks() == [], "run: python -m bench.report"
+
+
+def test_a_stale_or_moved_docs_block_is_named(tmp_path, monkeypatch):
+    doc = tmp_path / "page.md"
+    block = report.DocBlock("reply-size", doc, report.REPLY_SIZE, report.reply_size_block)
+    monkeypatch.setattr(report, "DOC_BLOCKS", (block,))
+    doc.write_text("no markers here\n")
+    [stale] = report.stale_doc_blocks()
+    assert stale.endswith("/page.md (reply-size)")
+    with pytest.raises(ValueError, match="markers not found"):
+        report.write_doc_blocks(RESULTS)
+    doc.write_text(f"before\n{block.begin}\nold text\n{block.end}\nafter\n")
+    assert report.stale_doc_blocks() == [stale]
+    report.write_doc_blocks(RESULTS)
+    assert report.stale_doc_blocks() == [] and doc.read_text().startswith("before\n") and "old text" not in \
+        doc.read_text()
 
 
 def test_committed_results_are_valid_and_records_are_linked_not_pasted():

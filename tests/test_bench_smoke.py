@@ -36,7 +36,7 @@ def test_results_file_and_benchmarks_md(smoke):
     assert report.problems(written) == []
     paths = report.plots(written, out)
     assert all(p.stat().st_size > 1000 for p in paths)
-    report.write(written, out / "BENCHMARKS.md", readme=None, plot_dir=out)
+    report.write(written, out / "BENCHMARKS.md", docs=False, plot_dir=out)
     md = (out / "BENCHMARKS.md").read_text()
     assert "Smoke run" in md and "## Roofline (tiny)" in md and "## Diarization service (tiny)" in md
     assert "## int8 vs fp32 graphs (tiny" in md and "int8 GEMM 2048³ peak" in md and "Burst:" in md

@@ -143,7 +143,7 @@ def _send(client, samples: np.ndarray, sequence_id: int, start: bool = False, en
 
 _KEYS: dict[int, str] = {}  # sequence id -> its session key
 # Repository limits for the measurement: sessions stay open (no request) while RSS settles, up to 64 at once.
-LIMITS = {"max_sessions": 64, "idle_timeout_s": 600.0}
+LIMITS = {"max_sessions": 64, "idle_timeout_s": 600.0, "admission_headroom": 0.0}  # by count: memory, not capacity
 
 
 def measure_rss(url: str, pid: int, counts: tuple[int, ...] = (1, 8, 32), pieces: int = 4, piece_s: float = 0.5,

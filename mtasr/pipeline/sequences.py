@@ -17,7 +17,6 @@ counted as it changes, and the heap is trimmed by the reaper.
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from collections import deque
@@ -27,6 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from mtasr.audio import synth_conversation
+from mtasr.jsonio import dumps
 from mtasr.pipeline.capacity import Admission, StepCostModel
 from mtasr.pipeline.engine import Engine, Session
 from mtasr.pipeline.runner import release_free_memory
@@ -81,19 +81,20 @@ class Reply:
         return cls(error=str(exc), error_code=exc.code)
 
     def segments_json(self) -> bytes:
-        return json.dumps(self.segments).encode()
+        return dumps(self.segments)
 
     def interim_json(self) -> bytes:
-        return self.interim.json() if isinstance(self.interim, SegmentList) else json.dumps(self.interim).encode()
+        return self.interim.json() if isinstance(self.interim, SegmentList) else dumps(self.interim)
 
     def transcript_json(self) -> bytes:
-        return json.dumps(self.transcript).encode()
+        return dumps(self.transcript)
 
     def status_json(self) -> bytes:
-        return json.dumps({"lag_s": round(self.lag_s, 3), "audio_s": round(self.audio_s, 3)}).encode()
+        return dumps({"lag_s": round(self.lag_s, 3), "audio_s": round(self.audio_s, 3)})
 
 
 Respond = Callable[[Reply], None]
+HANDLE_TIMEOUT_S = 600.0  # `handle` beside a running engine thread gives up (RuntimeError) after this
 
 
 @dataclass
@@ -403,7 +404,7 @@ class SequenceManager:
         for i, req in enumerate(requests):
             self.submit(req, got.responder(i))
         if self._thread is not None:
-            got.done.wait()
+            got.done.wait(HANDLE_TIMEOUT_S)
         else:
             with self._stepping:
                 while not got.done.is_set() and self._cycle():

@@ -17,11 +17,11 @@ starts a new word).
 from __future__ import annotations
 
 import bisect
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from mtasr.greedy import tokens_to_words
+from mtasr.jsonio import dumps
 
 # Measured on the 20 held-out demo sessions (python -m demo_models.pause_threshold): gaps between a speaker's
 # words within a turn had median 0.24 s (p90 0.48 s), at turn boundaries 1.28 s; "gap >= 0.6 s" found turn
@@ -95,7 +95,7 @@ class SegmentList(list):
 
     def json(self) -> bytes:
         if self._json is None:
-            self._json = json.dumps(self).encode()
+            self._json = dumps(self)
         return self._json
 
 
@@ -158,7 +158,7 @@ class LiveTranscript:
                 if w.end >= audio_end:
                     break
                 kept.append(w)
-            state.words = [w.shifted(-consumed) for w in kept]
+            state.words = [w.shifted(-consumed) for w in kept] if consumed else kept
             state.upto = tail[len(kept)].first_token - consumed if len(kept) < len(tail) else len(todo) - consumed
             if tail:
                 self.interim[spk] = utterance_segment(tail, name, session_id)

@@ -238,10 +238,10 @@ def render(c: dict) -> list[str]:
 
 def state_size(load: Load) -> dict:
     """Per-session state that could grow with the session: hypothesis tokens, runs, words kept, diarizer window."""
-    sessions = [live.session for live in load.manager.live.values()]
+    sessions = [live.stream for live in load.manager.live.values()]
     speakers = [inst for s in sessions for inst in s.speakers.values()]
     return {"tokens": sum(len(i.tokens) for i in speakers), "runs": sum(len(i.runs) for i in speakers),
-            "final_segments": sum(len(s.words.final) for s in sessions),
+            "final_segments": sum(len(s.segments.final) for s in sessions),
             "window_frames": sum(s.window.shape[0] for s in sessions)}
 
 

@@ -48,7 +48,7 @@ def steady_step_ms(engine: DiarizationEngine, n_sessions: int, steps: int) -> fl
     fill_steps = -(-(p.spkcache_len + p.fifo_len) // p.chunk_len) + 1
     seconds = (fill_steps + steps + 2) * p.chunk_len * FRAME_SEC + p.chunk_right_context * FRAME_SEC
     audio = synth_conversation(seconds, n_speakers=3, seed=1)
-    sessions = [engine.new_session(f"s{i}") for i in range(n_sessions)]
+    sessions = [engine.new_stream(f"s{i}") for i in range(n_sessions)]
     for s in sessions:
         engine.push_audio(s, audio)  # all chunks pending; END never sent: full-size chunks only
     times = []

@@ -61,7 +61,7 @@ def run(graphs: Path, seconds: float, preset: str, mode: str, speakers: int = 2,
         engine = Engine.from_folder(graphs, OrtRunner(graphs), cfg)
 
         def in_process(x):
-            s = engine.new_session("s", timing="nemo")
+            s = engine.new_stream("s", timing="nemo")
             engine.push_audio(s, x, last=True)
             while s.pending:
                 engine.step([s])

@@ -232,7 +232,7 @@ def run_in_process(sessions: list[dict], graphs: Path, out: Path, fp16: bool = F
         session, activity = stream(graphs, runner, audio, s["session_id"], preset="70_13")
         if keep is not None:
             keep[s["session_id"]] = (session, activity)
-        segs = [{**g, "session_id": s["session_id"]} for g in session.words.seglst()]
+        segs = [{**g, "session_id": s["session_id"]} for g in session.segments.seglst()]
         (out / f"{s['session_id']}.seglst.json").write_text(json.dumps(segs, indent=1))
         (out / f"{s['session_id']}.rttm").write_text("\n".join(rttm_lines(s["session_id"], activity)) + "\n")
     return (time.process_time() - t0) / max(audio_s, 1e-9)

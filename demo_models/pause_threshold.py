@@ -25,7 +25,7 @@ CANDIDATES = (0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0, 1.2, 1.5, 2.0)
 
 
 def speaker_words(engine: Engine, audio: np.ndarray) -> dict[int, list]:
-    s = engine.new_session("s", keep_hypotheses=True)
+    s = engine.new_stream("s", keep_hypotheses=True)
     engine.push_audio(s, audio, last=True)
     while s.pending:
         engine.step([s])

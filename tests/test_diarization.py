@@ -49,7 +49,7 @@ def _engine(tiny_parity, preset: str, post: PostProcessing = POSTS["nemo_default
 def _stream(engine: DiarizationEngine, sessions: dict[str, np.ndarray], seed: int = 0) -> dict[str, tuple]:
     """Push every session's audio in random pieces, stepping all sessions together; (activity, drained, seglst)."""
     rng = np.random.default_rng(seed)
-    live = {name: engine.new_session(name, keep_activity=True) for name in sessions}
+    live = {name: engine.new_stream(name, keep_activity=True) for name in sessions}
     pos = dict.fromkeys(sessions, 0)
     drained: dict[str, list] = {name: [] for name in sessions}
     while any(pos[n] < len(a) for n, a in sessions.items()):
@@ -61,13 +61,13 @@ def _stream(engine: DiarizationEngine, sessions: dict[str, np.ndarray], seed: in
         while any(s.pending for s in live.values()):
             engine.step(list(live.values()))
         for name, s in live.items():
-            drained[name] += s.words.drain()
+            drained[name] += s.segments.drain()
     out = {}
     for name, s in live.items():
         engine.finish(s)
-        drained[name] += s.words.drain()
+        drained[name] += s.segments.drain()
         out[name] = (s.total_preds(), sorted(drained[name], key=lambda g: (g["start_time"], g["speaker"])),
-                     s.words.seglst())
+                     s.segments.seglst())
         engine.close(s)
     assert engine.pool.in_use == 0
     return out

@@ -51,7 +51,7 @@ def test_eight_speakers_served_equal_reference(served8, tmp_path):
         assert result.activity.shape == ref.diar_preds.shape == (ref.diar_preds.shape[0], N_SPK)
         np.testing.assert_allclose(result.activity, ref.diar_preds, rtol=0, atol=1e-4)
     assert result.seglst == want  # timing audio: the same function of the same tokens, exact
-    assert result.seglst == run_pipeline(served8["graphs"], audio, SESSION)[0].words.seglst()  # and in process
+    assert result.seglst == run_pipeline(served8["graphs"], audio, SESSION)[0].segments.seglst()  # and in process
     speakers = {s["speaker"] for s in result.seglst}
     assert len(speakers) >= MIN_ACTIVE, speakers
     assert speakers <= {f"speaker_{i}" for i in range(N_SPK)}

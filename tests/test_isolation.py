@@ -38,7 +38,7 @@ def _audios() -> list[np.ndarray]:
 def _run(engine: Engine, audios: list[np.ndarray], first: int = 0) -> dict[str, tuple]:
     """Every session streamed in lockstep (ids s<first>, s<first + 1>, ...); (final segments, activity) per session
     id, or the error of a failed one."""
-    sessions = {f"s{first + i}": engine.new_session(f"s{first + i}") for i in range(len(audios))}
+    sessions = {f"s{first + i}": engine.new_stream(f"s{first + i}") for i in range(len(audios))}
     audio_of = dict(zip(sessions, audios, strict=True))
     errors: dict[str, str] = {}
     activity: dict[str, list] = {sid: [] for sid in sessions}
@@ -59,7 +59,7 @@ def _run(engine: Engine, audios: list[np.ndarray], first: int = 0) -> dict[str, 
             result[sid] = ("error", errors[sid])
         else:
             engine.finish(s)
-            result[sid] = (s.words.seglst(), np.concatenate(activity[sid]))
+            result[sid] = (s.segments.seglst(), np.concatenate(activity[sid]))
         engine.close(s)
     return result
 

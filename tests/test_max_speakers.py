@@ -12,13 +12,13 @@ from tests.conftest import ROOT
 
 
 def _transcribe(engine: Engine, audio: np.ndarray, max_speakers: int) -> tuple[set[str], int]:
-    s = engine.new_session("s", max_speakers=max_speakers)
+    s = engine.new_stream("s", max_speakers=max_speakers)
     for k in range(0, len(audio), 2560):
         engine.push_audio(s, audio[k : k + 2560], last=k + 2560 >= len(audio))
         while s.pending:
             engine.step([s])
     engine.finish(s)
-    speakers = {seg["speaker"] for seg in s.words.seglst()}
+    speakers = {seg["speaker"] for seg in s.segments.seglst()}
     instances = len(s.speakers)
     engine.close(s)
     return speakers, instances
@@ -34,4 +34,4 @@ def test_the_cap_limits_speaker_instances(tiny_graphs):
     assert capped_instances <= cap < free_instances
     assert capped <= {f"speaker_{i}" for i in range(cap)} and capped
     with pytest.raises(ValueError, match="max_speakers"):
-        engine.new_session("bad", max_speakers=engine.cfg.n_spk + 1)
+        engine.new_stream("bad", max_speakers=engine.cfg.n_spk + 1)

@@ -17,7 +17,7 @@ def _engine(work, preset: str, masked: bool) -> Engine:
 
 
 def _stream(engine: Engine, audio: np.ndarray, piece: int, session_id: str = "s") -> list[dict]:
-    s = engine.new_session(session_id, timing="nemo")
+    s = engine.new_stream(session_id, timing="nemo")
     for pos in range(0, len(audio), piece):
         engine.push_audio(s, audio[pos : pos + piece], last=pos + piece >= len(audio))
         while s.pending:
@@ -63,7 +63,7 @@ def test_sessions_batched_together_equal_alone(tiny_parity):
     engine = _engine(tiny_parity["work"], "70_13", False)
     audios = [synth_conversation(6.0 + i, n_speakers=2 + i % 2, seed=10 + i) for i in range(4)]
     alone = [_stream(engine, a, 4000, f"s{i}") for i, a in enumerate(audios)]
-    sessions = [engine.new_session(f"s{i}", timing="nemo") for i in range(len(audios))]
+    sessions = [engine.new_stream(f"s{i}", timing="nemo") for i in range(len(audios))]
     for s, a in zip(sessions, audios, strict=True):
         engine.push_audio(s, a, last=True)
     batches = 0
@@ -78,17 +78,17 @@ def test_sessions_batched_together_equal_alone(tiny_parity):
 def _stream_audio_time(engine: Engine, audio: np.ndarray, piece: int, session_id: str = "s"):
     """Audio-time output: the final segments in the order they were released, their union at END, and the
     interim tails seen on the way."""
-    s = engine.new_session(session_id)
+    s = engine.new_stream(session_id)
     released, interims = [], []
     for pos in range(0, len(audio), piece):
         engine.push_audio(s, audio[pos : pos + piece], last=pos + piece >= len(audio))
         while s.pending:
             engine.step([s])
-        released += s.words.drain()
-        interims += s.words.interim_segments()
+        released += s.segments.drain()
+        interims += s.segments.interim_segments()
     engine.finish(s)
-    released += s.words.drain()
-    return released, s.words.seglst(), interims
+    released += s.segments.drain()
+    return released, s.segments.seglst(), interims
 
 
 @pytest.mark.parametrize(("preset", "masked"), [("70_13", False), ("70_13", True), ("70_0", False)])

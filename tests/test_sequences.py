@@ -554,7 +554,7 @@ def test_a_failure_in_one_sessions_processing_ends_only_that_session(engine):
         if pos == piece:
             def broken() -> list:
                 raise KeyError("speaker 7")
-            m.live[poisoned].session.words.drain = broken
+            m.live[poisoned].stream.segments.drain = broken
         for req, reply in zip(batch, m.handle(batch), strict=True):
             out[req.corrid - 300].append(reply)
     errors = [r for r in out[poisoned - 300] if r.error]

@@ -57,7 +57,7 @@ def test_gather_view_or_copy_and_scatter():
 
 
 def test_sessions_free_their_slots(engine):
-    sessions = [engine.new_session(f"s{i}") for i in range(3)]
+    sessions = [engine.new_stream(f"s{i}") for i in range(3)]
     used = engine.diarizer.pool.in_use
     engine.push_audio(sessions[0], np.zeros(32000, np.float32), last=True)
     while sessions[0].pending:

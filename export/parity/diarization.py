@@ -19,13 +19,13 @@ PIECE = 2560  # samples per pushed piece (160 ms)
 
 def stream(engine: DiarizationEngine, audio: np.ndarray, session_id: str) -> tuple[np.ndarray, list[dict]]:
     """One session through the engine: its activity and turns."""
-    s = engine.new_session(session_id, keep_activity=True)
+    s = engine.new_stream(session_id, keep_activity=True)
     for pos in range(0, len(audio), PIECE):
         engine.push_audio(s, audio[pos : pos + PIECE], last=pos + PIECE >= len(audio))
         while s.pending:
             engine.step([s])
     engine.finish(s)
-    out = s.total_preds(), s.words.seglst()
+    out = s.total_preds(), s.segments.seglst()
     engine.close(s)
     return out
 

@@ -22,7 +22,7 @@ from export.parity.figures import maxabs, random_feed, session
 from export.parity.int8 import token_agreement
 from mtasr.manifest import Manifest
 from mtasr.pipeline import Engine, OrtRunner, PipelineConfig
-from mtasr.pipeline.engine import Session
+from mtasr.pipeline.engine import Stream
 from mtasr.pipeline.runner import GraphRunner
 
 FP16_SUFFIX = "_fp16"
@@ -64,12 +64,12 @@ class Fp16Runner(OrtRunner):
 
 
 def stream(graphs: Path, runner: GraphRunner, audio: np.ndarray, session_id: str,
-           preset: str | None = None) -> tuple[Session, np.ndarray]:
+           preset: str | None = None) -> tuple[Stream, np.ndarray]:
     """The in-process pipeline on `audio` (16 kHz) in 160 ms pieces, kernel mode, timing audio: the finished
     session and the diarizer activity of every step."""
     cfg = PipelineConfig.from_folder(graphs, preset=preset, masked_asr=False)
     engine = Engine.from_folder(graphs, runner, cfg)
-    sess = engine.new_session(session_id, timing="audio", keep_hypotheses=True)
+    sess = engine.new_stream(session_id, timing="audio", keep_hypotheses=True)
     activity = []
     for pos in range(0, audio.size, PIECE):
         engine.push_audio(sess, audio[pos : pos + PIECE], last=pos + PIECE >= audio.size)
@@ -80,7 +80,7 @@ def stream(graphs: Path, runner: GraphRunner, audio: np.ndarray, session_id: str
     return sess, np.concatenate(activity) if activity else np.zeros((0, n_spk), np.float32)
 
 
-def hypotheses(sess: Session) -> dict[int, list[tuple[int, int]]]:
+def hypotheses(sess: Stream) -> dict[int, list[tuple[int, int]]]:
     """Speaker -> its (token, frame) pairs."""
     return {spk: list(zip(st.tokens, st.frame_indices, strict=True))
             for spk, st in sess.speakers.items() if st.started}
@@ -99,15 +99,15 @@ class Agreement:
     activity_max_abs: float = 0.0
     per_session: dict = field(default_factory=dict)
 
-    def add(self, name: str, fp32: tuple[Session, np.ndarray], fp16: tuple[Session, np.ndarray]) -> None:
+    def add(self, name: str, fp32: tuple[Stream, np.ndarray], fp16: tuple[Stream, np.ndarray]) -> None:
         (s32, a32), (s16, a16) = fp32, fp16
         h32, h16 = hypotheses(s32), hypotheses(s16)
         same = total = 0
         for spk in sorted(set(h32) | set(h16)):
             s, t = token_agreement(h16.get(spk, []), h32.get(spk, []))
             same, total = same + s, total + t
-        words = [(g["speaker"], g["words"]) for g in s32.words.seglst()] == \
-                [(g["speaker"], g["words"]) for g in s16.words.seglst()]
+        words = [(g["speaker"], g["words"]) for g in s32.segments.seglst()] == \
+                [(g["speaker"], g["words"]) for g in s16.segments.seglst()]
         rows = min(len(a32), len(a16))
         differ = int(((a32[:rows] > 0.5) != (a16[:rows] > 0.5)).sum()) + abs(len(a32) - len(a16)) * a32.shape[1]
         err = maxabs(a16[:rows], a32[:rows]) if rows else 0.0

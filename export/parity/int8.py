@@ -59,7 +59,7 @@ def check(graphs: Path, audio: np.ndarray) -> Int8Check:
     for spk in sorted(set(hyps["fp32"]) | set(hyps["int8"])):
         same, total = token_agreement(hyps["int8"].get(spk, []), hyps["fp32"].get(spk, []))
         out.same, out.total = out.same + same, out.total + total
-    words = {p: [(seg["speaker"], seg["words"]) for seg in s.words.seglst()] for p, (s, _) in runs.items()}
+    words = {p: [(seg["speaker"], seg["words"]) for seg in s.segments.seglst()] for p, (s, _) in runs.items()}
     out.details = {
         "int8_graph_max_abs": int8_deviation(graphs, manifest),
         "int8_tokens": f"{out.same}/{out.total}",

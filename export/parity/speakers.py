@@ -24,7 +24,7 @@ from export.reference import Reference
 from mtasr.audio import synth_conversation
 from mtasr.manifest import Manifest
 from mtasr.pipeline import Engine, OrtRunner, PipelineConfig
-from mtasr.pipeline.engine import Session
+from mtasr.pipeline.engine import Stream
 
 N_SPK = 8
 MIN_ACTIVE = 5  # speakers whose sigmoid exceeds 0.5 somewhere
@@ -98,20 +98,20 @@ def build_diarizer8(asr, audio: np.ndarray, size: str = "tiny", seed: int = 0):
 
 
 def run_pipeline(graphs: Path, audio: np.ndarray, session_id: str,
-                 precision: str = "fp32") -> tuple[Session, np.ndarray]:
-    """Our engine on `audio` (timing audio, kernel mode, [70,13]) with the graphs of `precision`: the session and
+                 precision: str = "fp32") -> tuple[Stream, np.ndarray]:
+    """Our engine on `audio` (timing audio, kernel mode, [70,13]) with the graphs of `precision`: the stream and
     the diarizer activity of every step."""
     cfg = PipelineConfig.from_folder(graphs, preset=f"{PRESET[0]}_{PRESET[1]}", masked_asr=False,
                                      precision=precision)
     engine = Engine.from_folder(graphs, OrtRunner(graphs), cfg)
-    session = engine.new_session(session_id, timing="audio", keep_hypotheses=True)
+    stream = engine.new_stream(session_id, timing="audio", keep_hypotheses=True)
     activity = []
     for pos in range(0, audio.size, PIECE):
-        engine.push_audio(session, audio[pos : pos + PIECE], last=pos + PIECE >= audio.size)
-        while session.pending:
-            activity += [out.activity for out in engine.step([session])]
-    engine.finish(session)
-    return session, np.concatenate(activity)
+        engine.push_audio(stream, audio[pos : pos + PIECE], last=pos + PIECE >= audio.size)
+        while stream.pending:
+            activity += [out.activity for out in engine.step([stream])]
+    engine.finish(stream)
+    return stream, np.concatenate(activity)
 
 
 def check(work: Path, asr_nemo: Path, size: str = "tiny", seconds: float = SECONDS) -> SpeakersCheck:
@@ -130,12 +130,12 @@ def check(work: Path, asr_nemo: Path, size: str = "tiny", seconds: float = SECON
 
     ref = Reference(str(diar_nemo), str(asr_nemo), PRESET, masked_asr=False)
     want = ref.transcribe(audio, "speakers8", timing="audio")
-    session, activity = run_pipeline(graphs, audio, "speakers8")
-    got = session.words.seglst()
+    stream, activity = run_pipeline(graphs, audio, "speakers8")
+    got = stream.segments.seglst()
 
     out.active = int((ref.diar_preds > 0.5).any(axis=0).sum())
     ours = {spk: (st.tokens, st.frame_indices, [step for step, _ in st.runs])
-            for spk, st in session.speakers.items() if st.started}
+            for spk, st in stream.speakers.items() if st.started}
     nemo = {spk: (tokens, frames, [step for step, _ in runs])
             for spk, (tokens, frames, runs) in ref.hypotheses.items()}
     for spk in sorted(set(ours) | set(nemo)):

@@ -1,7 +1,8 @@
-"""Streaming diarization for many sessions: one diarizer graph call and one asynchronous speaker-cache update
-(`streaming_update_async`, the tutorial's Step 1) per group of sessions whose chunks have the same shape, state
-in a slot pool. Sessions look like the multitalker pipeline's to `SequenceManager` (same identity, ownership,
-admission and expiry rules); their "words" are speaker turns.
+"""Streaming diarization for many streams: one diarizer graph call and one asynchronous speaker-cache update
+(`streaming_update_async`, the tutorial's Step 1) per group of streams whose chunks have the same shape, state
+in a slot pool. Streams look like the multitalker pipeline's to `SequenceManager` (same identity, ownership,
+admission and expiry rules); their live segments are speaker turns, where a multitalker stream's are
+utterances (both are `mtasr.pipeline.live_segments.LiveSegments`).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ F32, I64 = np.float32, np.int64
 
 @dataclass(frozen=True)
 class DiarizationConfig:
-    """What a diarization session needs besides the graph: the model's cache parameters with a latency preset."""
+    """What a diarization stream needs besides the graph: the model's cache parameters with a latency preset."""
 
     dims: ModelDims
     spkcache: spkcache.SpeakerCacheParams
@@ -54,7 +55,7 @@ class DiarizationConfig:
 
 
 class AsyncCachePool(SlotPool):
-    """Per-session speaker cache and FIFO of the asynchronous update: fixed-size rows with lengths (NeMo's layout)."""
+    """Per-stream speaker cache and FIFO of the asynchronous update: fixed-size rows with lengths (NeMo's layout)."""
 
     def __init__(self, params: spkcache.SpeakerCacheParams, emb_dim: int, capacity: int) -> None:
         super().__init__({
@@ -77,13 +78,13 @@ class AsyncCachePool(SlotPool):
 
 
 @dataclass
-class DiarSession:
-    """One diarization stream (the attributes `SequenceManager` reads are those of `mtasr.pipeline.Session`)."""
+class DiarStream:
+    """One diarization stream (the attributes `SequenceManager` reads are those of `mtasr.pipeline.Stream`)."""
 
     session_id: str
     chunker: DiarChunker
     slot: int
-    words: TurnTracker  # speaker turns: final ones drained per reply, open ones as interim, all at the end
+    segments: TurnTracker  # speaker turns: final ones drained per reply, open ones as interim, all at the end
     timing: str = TIMINGS[0]
     speakers: dict[int, bool] = field(default_factory=dict)  # speakers seen active (for the occupancy gauge)
     pending: list[DiarChunk] = field(default_factory=list)
@@ -99,12 +100,12 @@ class DiarSession:
 
     def total_preds(self) -> np.ndarray:
         """NeMo's `total_preds` of this stream so far (frames, n_spk)."""
-        n_spk = self.words.n_spk
+        n_spk = self.segments.n_spk
         return np.concatenate(self.activity) if self.activity else np.zeros((0, n_spk), F32)
 
 
 class DiarizationEngine:
-    """Batched streaming diarization over a slot pool sized for `capacity` sessions (grows if needed)."""
+    """Batched streaming diarization over a slot pool sized for `capacity` streams (grows if needed)."""
 
     def __init__(self, config: DiarizationConfig, features: FeatureParams, runner: GraphRunner,
                  capacity: int = 8) -> None:
@@ -118,30 +119,30 @@ class DiarizationEngine:
         """The audio one step covers (its chunk): the real-time budget admission measures steps against."""
         return self.cfg.preset.chunk_len * FRAME_SEC
 
-    def new_session(self, session_id: str, timing: str = TIMINGS[0], keep_activity: bool = False,
-                    max_speakers: int = 0) -> DiarSession:
+    def new_stream(self, session_id: str, timing: str = TIMINGS[0], keep_activity: bool = False,
+                   max_speakers: int = 0) -> DiarStream:
         """A fresh stream; turns are in audio time whatever `timing` says (NeMo's ASR arithmetic has no meaning
-        for a diarizer). `keep_activity`: keep every step's predictions (`total_preds`; served sessions do not).
+        for a diarizer). `keep_activity`: keep every step's predictions (`total_preds`; served streams do not).
         `max_speakers` (>= 1): only the diarizer's first speakers are reported (activity and turns; 0: all)."""
         if not 0 <= max_speakers <= self.cfg.n_spk:
             raise ValueError(f"max_speakers must be in [0, {self.cfg.n_spk}] (0: no cap), got {max_speakers}")
-        session = DiarSession(session_id, DiarChunker(self.features, self.cfg.preset), self.pool.acquire(),
-                              TurnTracker(self.cfg.n_spk, self.cfg.post, session_id), keep_activity=keep_activity,
-                              max_speakers=max_speakers)
-        session.closer = weakref.finalize(session, self.pool.release, session.slot)
-        return session
+        stream = DiarStream(session_id, DiarChunker(self.features, self.cfg.preset), self.pool.acquire(),
+                            TurnTracker(self.cfg.n_spk, self.cfg.post, session_id), keep_activity=keep_activity,
+                            max_speakers=max_speakers)
+        stream.closer = weakref.finalize(stream, self.pool.release, stream.slot)
+        return stream
 
-    def close(self, session: DiarSession) -> None:
-        if session.closer is not None:
-            session.closer()
+    def close(self, stream: DiarStream) -> None:
+        if stream.closer is not None:
+            stream.closer()
 
-    def push_audio(self, session: DiarSession, samples: np.ndarray, last: bool = False) -> None:
-        queue_audio(session, samples, last)
+    def push_audio(self, stream: DiarStream, samples: np.ndarray, last: bool = False) -> None:
+        queue_audio(stream, samples, last)
 
-    def step(self, sessions: list[DiarSession]) -> list[StepOutput]:
-        """The oldest pending chunk of each session; one graph call + cache update per chunk shape."""
-        work = [(s, s.pending.pop(0)) for s in sessions if s.pending]
-        groups: dict[tuple, list[tuple[DiarSession, DiarChunk]]] = {}
+    def step(self, streams: list[DiarStream]) -> list[StepOutput]:
+        """The oldest pending chunk of each stream; one graph call + cache update per chunk shape."""
+        work = [(s, s.pending.pop(0)) for s in streams if s.pending]
+        groups: dict[tuple, list[tuple[DiarStream, DiarChunk]]] = {}
         for s, chunk in sorted(work, key=lambda w: w[0].slot):  # slot order: consecutive slots need no gather copy
             groups.setdefault(chunk.key, []).append((s, chunk))
         preds: dict[str, np.ndarray] = {}
@@ -151,21 +152,21 @@ class DiarizationEngine:
         outputs = []
         for s, _ in work:
             p = preds[s.session_id]
-            if s.max_speakers:  # speakers beyond the session's cap are not reported
+            if s.max_speakers:  # speakers beyond the stream's cap are not reported
                 p = p.copy()
                 p[:, s.max_speakers :] = 0.0
             if s.keep_activity:
                 s.activity.append(p)
             s.speakers.update({int(k): True for k in np.flatnonzero(p.max(axis=0, initial=0.0) > 0.5)})
-            s.words.update(p)
+            s.segments.update(p)
             outputs.append(StepOutput(s.session_id, p, sorted(s.speakers)))
         return outputs
 
-    def finish(self, session: DiarSession) -> None:
-        """After the last step of an ended session: every turn is final."""
-        session.words.update(np.zeros((0, self.cfg.n_spk), F32), last=True)
+    def finish(self, stream: DiarStream) -> None:
+        """After the last step of an ended stream: every turn is final."""
+        stream.segments.update(np.zeros((0, self.cfg.n_spk), F32), last=True)
 
-    def _step_group(self, group: list[tuple[DiarSession, DiarChunk]]) -> list[np.ndarray]:
+    def _step_group(self, group: list[tuple[DiarStream, DiarChunk]]) -> list[np.ndarray]:
         slots = np.array([s.slot for s, _ in group], dtype=I64)
         first = group[0][1]
         state = self.pool.state(slots)

@@ -1,11 +1,11 @@
 """The served multitalker pipeline, Triton-free: NeMo's `SpeakerTaggedASR` flow over stateless graphs.
 
-`Engine` owns no per-stream state; `Session` does. A `GraphRunner` runs the graphs (onnxruntime in process,
+`Engine` owns no per-stream state; a `Stream` does. A `GraphRunner` runs the graphs (onnxruntime in process,
 or BLS calls inside Triton).
 """
 
 from mtasr.pipeline.config import PipelineConfig
-from mtasr.pipeline.engine import Engine, Session, StepOutput
+from mtasr.pipeline.engine import Engine, StepOutput, Stream
 from mtasr.pipeline.runner import (
     GraphRunner,
     OrtRunner,
@@ -15,5 +15,5 @@ from mtasr.pipeline.runner import (
     single_threaded_blas,
 )
 
-__all__ = ["Engine", "GraphRunner", "OrtRunner", "PipelineConfig", "RoutedRunner", "Session", "StepOutput",
+__all__ = ["Engine", "GraphRunner", "OrtRunner", "PipelineConfig", "RoutedRunner", "Stream", "StepOutput",
            "array_friendly_malloc", "release_free_memory", "single_threaded_blas"]

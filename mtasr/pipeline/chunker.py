@@ -9,7 +9,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from mtasr.features import FeatureParams, StreamingLogMel, logmel_batch
+from mtasr.features import NO_FRAMES, FeatureParams, Owed, StreamingLogMel, logmel_batch
 from mtasr.pipeline.config import ChunkGeometry
 
 
@@ -82,7 +82,7 @@ class FeatureChunker:
         self._zero_frame = True
         return self._cut(final=True)
 
-    def owed(self) -> tuple[np.ndarray, int] | None:
+    def owed(self) -> Owed | None:
         """The samples of the frames to compute, and how many (None: nothing owed)."""
         return self.mel.owed(self._owed) if self._owed else None
 
@@ -120,7 +120,7 @@ class FeatureChunker:
 def compute_features(params: FeatureParams, chunkers: list[FeatureChunker], xp: ModuleType = np) -> None:
     """The owed frames of every chunker, in one log-mel computation (`mtasr.features.logmel_batch`)."""
     jobs = [(c, job) for c in chunkers if (job := c.owed()) is not None or c._zero_frame]
-    segments = [job if job is not None else (np.zeros(0), 0) for _, job in jobs]
+    segments = [job if job is not None else NO_FRAMES for _, job in jobs]
     for (chunker, _), frames in zip(jobs, logmel_batch(params, segments, xp), strict=True):
         chunker.receive(frames)
 
@@ -133,19 +133,19 @@ class AudioChunker(Protocol):
     def finish(self) -> list: ...
 
 
-class StreamingSession(Protocol):
-    """What `queue_audio` needs of a session (the multitalker and the diarization sessions both have it)."""
+class ChunkedStream(Protocol):
+    """What `queue_audio` needs of a stream (the multitalker and the diarization streams both have it)."""
 
     chunker: AudioChunker
     samples: int
     pending: list
 
 
-def queue_audio(session: StreamingSession, samples: np.ndarray, last: bool) -> None:
-    """Buffer a piece of a session's audio; the chunks it completes (all of them at the end) queue up in
-    `session.pending`."""
-    chunks = session.chunker.push(samples) if samples.size else []
-    session.samples += samples.size
+def queue_audio(stream: ChunkedStream, samples: np.ndarray, last: bool) -> None:
+    """Buffer a piece of a stream's audio; the chunks it completes (all of them at the end) queue up in
+    `stream.pending`."""
+    chunks = stream.chunker.push(samples) if samples.size else []
+    stream.samples += samples.size
     if last:
-        chunks += session.chunker.finish()
-    session.pending.extend(chunks)
+        chunks += stream.chunker.finish()
+    stream.pending.extend(chunks)

@@ -1,14 +1,14 @@
-"""One streaming step for many sessions at once, NeMo's `SpeakerTaggedASR.perform_parallel_streaming_stt_spk`
+"""One streaming step for many streams at once, NeMo's `SpeakerTaggedASR.perform_parallel_streaming_stt_spk`
 (parallel mode, cache gating, `pad_and_drop_preencoded=True`) over stateless graphs. A chunk of audio flows:
 
-1. `chunker`        audio -> log-mel `Chunk`s (per session)
-2. `diarizer_stage` diarizer step for all sessions + speaker-cache update -> chunk speaker probabilities
+1. `chunker`        audio -> log-mel `Chunk`s (per stream)
+2. `diarizer_stage` diarizer step for all streams + speaker-cache update -> chunk speaker probabilities
 3. `targets`        cache-gating window -> active speakers and their speaker targets
-4. `transcribe`     ONE encoder call over every active speaker of every session, then batched greedy RNNT
+4. `transcribe`     ONE encoder call over every active speaker of every stream, then batched greedy RNNT
 5. transcript       NeMo's segments (`transcript`) or audio-time words and utterances (`words`)
 
-The engine owns the state pools (speaker cache per session, encoder caches + decoder state per speaker
-instance); a `Session` holds its slots and its transcript. Slots are freed by `close` or when the session is
+The engine owns the state pools (speaker cache per stream, encoder caches + decoder state per speaker
+instance); a `Stream` holds its slots and its transcript. Slots are freed by `close` or when the stream is
 garbage collected.
 """
 
@@ -39,25 +39,25 @@ from mtasr.spec import SAMPLE_RATE, TIMINGS
 
 @dataclass
 class _Slots:
-    """The pool rows a session holds (kept apart from the session so its finaliser does not keep it alive)."""
+    """The pool rows a stream holds (kept apart from the stream so its finaliser does not keep it alive)."""
 
     diarizer: int
     speakers: list[int] = field(default_factory=list)
 
 
 @dataclass
-class Session:
+class Stream:
     """One stream: its chunker, pool slots, cache-gating window and transcript; dropped as a whole at the end."""
 
-    session_id: str
+    session_id: str  # the `session_id` its SegLST segments carry
     chunker: FeatureChunker
     slots: _Slots
     window: np.ndarray  # (frames, n_spk) latest diarizer probabilities (the cache-gating window)
     transcript: Transcript  # NeMo's arithmetic, kept when timing is "nemo"
-    words: LiveTranscript  # audio-time words and utterances, kept when timing is "audio"
+    segments: LiveTranscript  # audio-time utterances (final ones sent once, interim tails), timing "audio"
     timing: str = TIMINGS[0]
     keep_hypotheses: bool = False  # else the tokens already in final segments are dropped
-    max_speakers: int = 0  # speaker instances the session may run (speakers 0..max_speakers-1); 0: no cap
+    max_speakers: int = 0  # speaker instances the stream may run (speakers 0..max_speakers-1); 0: no cap
     speakers: dict[int, SpeakerInstance] = field(default_factory=dict)
     offset: float = 0.0  # start time of the next chunk as NeMo counts it
     steps: int = 0
@@ -72,8 +72,8 @@ class Session:
 
 @dataclass
 class StepOutput:
-    """What one step produced for one session; `error` set: its processing failed this step (the session's state
-    is unreliable now: end it), the other sessions of the step went on."""
+    """What one step produced for one stream; `error` set: its processing failed this step (the stream's state
+    is unreliable now: end it), the other streams of the step went on."""
 
     session_id: str
     activity: np.ndarray  # (frames, n_spk) diarizer probabilities of this step's frames
@@ -86,7 +86,7 @@ def _failure(exc: BaseException) -> str:
 
 
 class Engine:
-    """The served pipeline: stages over state pools sized for `capacity` sessions (they grow if needed)."""
+    """The served pipeline: stages over state pools sized for `capacity` streams (they grow if needed)."""
 
     def __init__(self, config: PipelineConfig, features: FeatureParams, runner: GraphRunner, rnnt: RnntMath,
                  capacity: int = 8) -> None:
@@ -109,11 +109,11 @@ class Engine:
         return cls(config, FeatureParams.load(Path(folder) / manifest.features.asr), runner, ArrayRnnt(weights, xp),
                    capacity)
 
-    # ------------------------------------------------------------------------------------------ sessions
-    def new_session(self, session_id: str, timing: str = TIMINGS[0], keep_hypotheses: bool = False,
-                    max_speakers: int = 0) -> Session:
-        """A fresh session; `timing` picks the transcript it keeps ("audio" or NeMo's "nemo" arithmetic). A served
-        session keeps only the part of each speaker's hypothesis not yet in final segments; `keep_hypotheses`
+    # ------------------------------------------------------------------------------------------ streams
+    def new_stream(self, session_id: str, timing: str = TIMINGS[0], keep_hypotheses: bool = False,
+                   max_speakers: int = 0) -> Stream:
+        """A fresh stream; `timing` picks the transcript it keeps ("audio" or NeMo's "nemo" arithmetic). A served
+        stream keeps only the part of each speaker's hypothesis not yet in final segments; `keep_hypotheses`
         keeps all of it (tools that compare whole hypotheses). `max_speakers` (>= 1) lets only the diarizer's first
         speakers run an ASR instance (0: all of them, NeMo's behaviour)."""
         if timing not in TIMINGS:
@@ -121,25 +121,25 @@ class Engine:
         if not 0 <= max_speakers <= self.cfg.n_spk:
             raise ValueError(f"max_speakers must be in [0, {self.cfg.n_spk}] (0: no cap), got {max_speakers}")
         slots = _Slots(self.diarizer.pool.acquire())
-        session = Session(
+        stream = Stream(
             session_id=session_id,
             chunker=FeatureChunker(self.features, self.cfg.geometry, self.xp),
             slots=slots,
             window=np.zeros((0, self.params.n_spk), dtype=np.float32),
             transcript=Transcript(self.cfg.frame_len_sec, self.cfg.sent_break_sec),
-            words=LiveTranscript(self.cfg.vocabulary, self.cfg.frame_len_sec, self.cfg.nframes_per_chunk,
-                                 self.cfg.pause_sec),
+            segments=LiveTranscript(self.cfg.vocabulary, self.cfg.frame_len_sec, self.cfg.nframes_per_chunk,
+                                    self.cfg.pause_sec),
             timing=timing,
             keep_hypotheses=keep_hypotheses,
             max_speakers=max_speakers,
         )
-        session.closer = weakref.finalize(session, self._release, slots)
-        return session
+        stream.closer = weakref.finalize(stream, self._release, slots)
+        return stream
 
-    def close(self, session: Session) -> None:
-        """Free the session's pool rows now (also done when it is garbage collected)."""
-        if session.closer is not None:
-            session.closer()
+    def close(self, stream: Stream) -> None:
+        """Free the stream's pool rows now (also done when it is garbage collected)."""
+        if stream.closer is not None:
+            stream.closer()
 
     def _release(self, slots: _Slots) -> None:
         self.diarizer.pool.release(slots.diarizer)
@@ -147,25 +147,25 @@ class Engine:
             self.asr.pool.release(slot)
         slots.speakers.clear()
 
-    def _speaker(self, session: Session, spk: int) -> SpeakerInstance:
-        if spk not in session.speakers:
-            session.speakers[spk] = instance = self.asr.new_instance()
-            session.slots.speakers.append(instance.slot)
-        return session.speakers[spk]
+    def _speaker(self, stream: Stream, spk: int) -> SpeakerInstance:
+        if spk not in stream.speakers:
+            stream.speakers[spk] = instance = self.asr.new_instance()
+            stream.slots.speakers.append(instance.slot)
+        return stream.speakers[spk]
 
-    def push_audio(self, session: Session, samples: np.ndarray, last: bool = False) -> None:
-        """Stage 1: buffer audio; complete chunks queue up in `session.pending`."""
+    def push_audio(self, stream: Stream, samples: np.ndarray, last: bool = False) -> None:
+        """Stage 1: buffer audio; complete chunks queue up in `stream.pending`."""
         with stage(FEATURES):
-            queue_audio(session, samples, last)
+            queue_audio(stream, samples, last)
 
     # ------------------------------------------------------------------------------------------- a step
-    def step(self, sessions: list[Session]) -> list[StepOutput]:
-        """Process the oldest pending chunk of each session (all in one batched pass).
+    def step(self, streams: list[Stream]) -> list[StepOutput]:
+        """Process the oldest pending chunk of each stream (all in one batched pass).
 
-        A failure stays with its session: a graph call that fails for a group is retried row by row, an exception
-        in one session's own processing (targets, words) ends only that session's step; either way that session's
+        A failure stays with its stream: a graph call that fails for a group is retried row by row, an exception
+        in one stream's own processing (targets, words) ends only that stream's step; either way that stream's
         output carries the `error` and the others go on."""
-        work = [(s, s.pending.pop(0)) for s in sessions if s.pending]
+        work = [(s, s.pending.pop(0)) for s in streams if s.pending]
         if not work:
             return []
         failed: dict[str, str] = {}
@@ -175,66 +175,66 @@ class Engine:
                                          owners=[s.session_id for s, _ in work], failed=failed)
         outputs, rows = [], []
         with stage(TARGETS):
-            for (session, chunk), preds in zip(work, chunk_preds, strict=True):
-                if session.session_id in failed:
+            for (stream, chunk), preds in zip(work, chunk_preds, strict=True):
+                if stream.session_id in failed:
                     continue
                 try:
-                    session_rows, active = self._targets(session, chunk, preds)
-                    rows.extend(session_rows)
-                    outputs.append(StepOutput(session.session_id, preds, active))
-                except Exception as exc:  # noqa: BLE001 - one session's fault must not end its batch-mates'
-                    failed[session.session_id] = _failure(exc)
+                    stream_rows, active = self._targets(stream, chunk, preds)
+                    rows.extend(stream_rows)
+                    outputs.append(StepOutput(stream.session_id, preds, active))
+                except Exception as exc:  # noqa: BLE001 - one stream's fault must not end its batch-mates'
+                    failed[stream.session_id] = _failure(exc)
         if rows:
             self.asr.step(rows, failed)
         with stage(WORDS):
-            for session, _ in work:
-                if session.session_id in failed:
+            for stream, _ in work:
+                if stream.session_id in failed:
                     continue
                 try:
-                    self._transcript(session)
+                    self._transcript(stream)
                 except Exception as exc:  # noqa: BLE001 - as above
-                    failed[session.session_id] = _failure(exc)
+                    failed[stream.session_id] = _failure(exc)
         done = [out for out in outputs if out.session_id not in failed]
         empty = np.zeros((0, self.cfg.n_spk), dtype=np.float32)
         return done + [StepOutput(sid, empty, [], error) for sid, error in failed.items()]
 
-    def _active(self, session: Session) -> list[int]:
-        active = active_speakers(self.cfg, session.window)
-        return [s for s in active if s < session.max_speakers] if session.max_speakers else active
+    def _active(self, stream: Stream) -> list[int]:
+        active = active_speakers(self.cfg, stream.window)
+        return [s for s in active if s < stream.max_speakers] if stream.max_speakers else active
 
-    def _targets(self, session: Session, chunk: Chunk, preds: np.ndarray) -> tuple[list[AsrRow], list[int]]:
-        """Stage 3 for one session: its gating window, active speakers and their encoder rows."""
-        session.window = update_window(self.cfg, session.window, preds)
-        active = self._active(session)
+    def _targets(self, stream: Stream, chunk: Chunk, preds: np.ndarray) -> tuple[list[AsrRow], list[int]]:
+        """Stage 3 for one stream: its gating window, active speakers and their encoder rows."""
+        stream.window = update_window(self.cfg, stream.window, preds)
+        active = self._active(stream)
         rows = []
-        for t in speaker_targets(self.cfg, session.window, active):
+        for t in speaker_targets(self.cfg, stream.window, active):
             for j in range(t.speaker + 1):  # NeMo adds every speaker index up to the new one
-                self._speaker(session, j)
-            rows.append(AsrRow(session.speakers[t.speaker], chunk, t, session.steps, session.session_id))
+                self._speaker(stream, j)
+            rows.append(AsrRow(stream.speakers[t.speaker], chunk, t, stream.steps, stream.session_id))
         return rows, active
 
-    def _transcript(self, session: Session) -> None:
-        session.steps += 1
-        if session.timing == "audio":
-            self._update_words(session)
-        elif self._active(session):  # NeMo returns before updating transcripts and offset when nobody is active
+    def _transcript(self, stream: Stream) -> None:
+        stream.steps += 1
+        if stream.timing == "audio":
+            self._update_words(stream)
+        elif self._active(stream):  # NeMo returns before updating transcripts and offset when nobody is active
             hyps = {spk: (greedy.tokens_to_text(inst.tokens, self.cfg.vocabulary), inst.frame_indices)
-                    for spk, inst in sorted(session.speakers.items()) if inst.started}
-            session.transcript.update(hyps, session.offset)
-            session.offset += self.cfg.nframes_per_chunk * self.cfg.frame_len_sec
+                    for spk, inst in sorted(stream.speakers.items()) if inst.started}
+            stream.transcript.update(hyps, stream.offset)
+            stream.offset += self.cfg.nframes_per_chunk * self.cfg.frame_len_sec
 
-    def finish(self, session: Session) -> None:
-        """After the last step of an ended session: every utterance becomes final (NeMo's transcript has no
+    def finish(self, stream: Stream) -> None:
+        """After the last step of an ended stream: every utterance becomes final (NeMo's transcript has no
         such step)."""
-        if session.timing == "audio":
+        if stream.timing == "audio":
             with stage(WORDS):
-                self._update_words(session, last=True)
+                self._update_words(stream, last=True)
 
-    def _update_words(self, session: Session, last: bool = False) -> None:
-        decoded = min(session.steps * self.cfg.nframes_per_chunk * self.cfg.frame_len_sec, session.audio_seconds)
+    def _update_words(self, stream: Stream, last: bool = False) -> None:
+        decoded = min(stream.steps * self.cfg.nframes_per_chunk * self.cfg.frame_len_sec, stream.audio_seconds)
         hyps = {spk: (inst.tokens, inst.frame_indices, inst.runs)
-                for spk, inst in session.speakers.items() if inst.started}
-        session.words.update(hyps, decoded, session.audio_seconds, session.session_id, last=last)
-        if not session.keep_hypotheses:
+                for spk, inst in stream.speakers.items() if inst.started}
+        stream.segments.update(hyps, decoded, stream.audio_seconds, stream.session_id, last=last)
+        if not stream.keep_hypotheses:
             for spk in hyps:  # the hypothesis before the open utterance is in final segments: keep only the rest
-                session.speakers[spk].drop_tokens(session.words.release(spk))
+                stream.speakers[spk].drop_tokens(stream.segments.release(spk))

@@ -28,7 +28,8 @@ import numpy as np
 from mtasr.audio import synth_conversation
 from mtasr.jsonio import dumps
 from mtasr.pipeline.capacity import Admission, StepCostModel
-from mtasr.pipeline.engine import Engine, Session
+from mtasr.pipeline.engine import Engine, Stream
+from mtasr.pipeline.live_segments import LiveSegments
 from mtasr.pipeline.runner import release_free_memory
 from mtasr.pipeline.sessions import (
     ErrorCode,
@@ -110,7 +111,7 @@ class _Pending:
 
 @dataclass
 class _Live:
-    """A session the manager admitted: its owner, its queue of requests, its engine session (opened by the
+    """A session the manager admitted: its owner, its queue of requests, its engine stream (opened by the
     engine thread at its START's turn)."""
 
     corrid: int
@@ -118,7 +119,7 @@ class _Live:
     timing: str
     anchor: float  # real-time origin: the START's arrival minus the audio it carried
     max_speakers: int = 0  # the START's cap on speaker instances (0: none)
-    session: Session | None = None
+    stream: Stream | None = None
     queue: deque[_Pending] = field(default_factory=deque)
     current: _Pending | None = None  # pushed, waiting for its chunks to be stepped
     frames: list[np.ndarray] = field(default_factory=list)  # activity of the current request's steps
@@ -217,7 +218,7 @@ class SequenceManager:
         self._idle: IdleClock[int, _Live] = IdleClock()
         self._ready: list[_Live] = []  # sessions with a request to push (guarded by _lock)
         self._busy: dict[int, _Live] = {}  # sessions with pending chunks (engine thread only)
-        self._closing: list[Session] = []  # expired sessions the engine thread closes (guarded by _lock)
+        self._closing: list[Stream] = []  # expired sessions' streams the engine thread closes (guarded by _lock)
         self._speakers = 0  # speaker instances over live sessions
         self._freed = 0  # sessions freed since the heap was last trimmed
         self._reported: tuple[int, float] | None = None
@@ -283,7 +284,7 @@ class SequenceManager:
         audio = synth_conversation(steps * budget + 2.0, n_speakers=2, seed=0)
         done = [0] * sessions
         with self._stepping:
-            warm = [self.engine.new_session(f"warm-up-{i}", self.timing) for i in range(sessions)]
+            warm = [self.engine.new_stream(f"warm-up-{i}", self.timing) for i in range(sessions)]
             try:
                 for s in warm:
                     for pos in range(0, len(audio), 2 * SAMPLE_RATE):
@@ -436,8 +437,8 @@ class SequenceManager:
             closing, self._closing = self._closing, []
             for live in ready:
                 live.scheduled = False
-        for session in closing:
-            self.engine.close(session)
+        for stream in closing:
+            self.engine.close(stream)
         out: list[tuple[Respond, Reply]] = []
         for live in ready:
             self._feed(live, out)
@@ -488,14 +489,14 @@ class SequenceManager:
             out.append((p.respond, Reply.refusal(p.error)))
             return
         try:
-            if live.session is None:
-                live.session = self.engine.new_session(self.session_name(live.corrid), live.timing,
+            if live.stream is None:
+                live.stream = self.engine.new_stream(self.session_name(live.corrid), live.timing,
                                                        max_speakers=live.max_speakers)
-            self.engine.push_audio(live.session, p.samples, last=p.request.end)
+            self.engine.push_audio(live.stream, p.samples, last=p.request.end)
         except Exception as exc:  # noqa: BLE001 - this session's processing failed: it ends, nobody else's does
             self._fail(live, p, f"{type(exc).__name__}: {exc}", out)
             return
-        if live.session.pending:
+        if live.stream.pending:
             live.current = p
             self._busy[live.corrid] = live
         else:
@@ -506,7 +507,7 @@ class SequenceManager:
         the sessions stepped, their active speakers and how full their state was (summed)."""
         lives = list(self._busy.values())
         try:
-            outs = self.engine.step([live.session for live in lives])
+            outs = self.engine.step([live.stream for live in lives])
         except Exception as exc:  # noqa: BLE001 - the engine could not tell whose rows failed: all of them end
             for live in lives:
                 self._fail(live, live.current, f"{type(exc).__name__}: {exc}", out)
@@ -514,7 +515,7 @@ class SequenceManager:
         by_id = {o.session_id: o for o in outs}
         speakers, fill = 0, 0.0
         for live in lives:
-            o = by_id.get(live.session.session_id)
+            o = by_id.get(live.stream.session_id)
             if o is None:
                 continue
             error = getattr(o, "error", None)
@@ -526,7 +527,7 @@ class SequenceManager:
             fill += self._fill(live.stepped)
             live.stepped += 1
             self._count_speakers(live)
-            if not live.session.pending:
+            if not live.stream.pending:
                 del self._busy[live.corrid]
                 p, live.current = live.current, None
                 self._answer(live, p, out)
@@ -535,10 +536,10 @@ class SequenceManager:
 
     def _answer(self, live: _Live, p: _Pending, out: list) -> None:
         """The reply to `p`, whose chunks are all stepped; the session ends at END or when it lags too far."""
-        session = live.session
+        stream = live.stream
         req = p.request
         now = self.clock()
-        lag = max(0.0, now - max(p.arrived, live.anchor + session.audio_seconds))
+        lag = max(0.0, now - max(p.arrived, live.anchor + stream.audio_seconds))
         if lag > self.policy.lag_limit_s and not req.end:
             self._fail(live, p, None, out, RequestError(
                 f"sequence {req.corrid} ended: {lag:.1f} s behind real time (limit {self.policy.lag_limit_s:g} s): "
@@ -546,12 +547,12 @@ class SequenceManager:
             return
         try:
             if req.end:
-                self.engine.finish(session)
+                self.engine.finish(stream)
             reply = self._reply(live, final=req.end)
         except Exception as exc:  # noqa: BLE001 - a failure in this session's words or turns ends it alone
             self._fail(live, p, f"{type(exc).__name__}: {exc}", out)
             return
-        reply.lag_s, reply.audio_s = lag, session.audio_seconds
+        reply.lag_s, reply.audio_s = lag, stream.audio_seconds
         if reply.activity.shape[0] or req.end:
             self._worst_lag = max(self._worst_lag or 0.0, lag)
         out.append((p.respond, reply))
@@ -586,8 +587,8 @@ class SequenceManager:
                                           RefusalReason.NOT_OWNER)
             self.events.refused(after.reason)
             out.append((q.respond, Reply.refusal(after)))
-        if live.session is not None:
-            self.engine.close(live.session)
+        if live.stream is not None:
+            self.engine.close(live.stream)
         self.events.occupancy(sessions, self._speakers)
 
     def _abort_busy(self) -> None:
@@ -599,7 +600,7 @@ class SequenceManager:
         self._send(out)
 
     def _count_speakers(self, live: _Live) -> None:
-        n = len(live.session.speakers)
+        n = len(live.stream.speakers)
         if n != live.speakers:
             with self._lock:
                 self._speakers += n - live.speakers
@@ -636,17 +637,17 @@ class SequenceManager:
                 self._speakers -= live.speakers
             sessions = len(self.live)
             self._freed += len(gone)
-        sessions_to_close = [live.session for _, live in gone if live.session is not None]
-        if sessions_to_close:
+        streams_to_close = [live.stream for _, live in gone if live.stream is not None]
+        if streams_to_close:
             if self._stepping.acquire(blocking=False):  # no step runs: free them here
                 try:
-                    for s in sessions_to_close:
+                    for s in streams_to_close:
                         self.engine.close(s)
                 finally:
                     self._stepping.release()
             else:  # a step is running: the engine thread frees them before its next round
                 with self._lock:
-                    self._closing += sessions_to_close
+                    self._closing += streams_to_close
                     self._wake.notify()
         if gone:
             log.warning("expired %d idle session(s) after %.1f s without a request; %d live",
@@ -666,14 +667,14 @@ class SequenceManager:
         return np.zeros((0, self.engine.cfg.n_spk), dtype=np.float32)
 
     def _reply(self, live: _Live, final: bool) -> Reply:
-        session = live.session
+        stream = live.stream
         frames, live.frames = live.frames, []
         act = np.concatenate(frames).astype(np.float32) if frames else self._no_frames()
-        if session.timing == "audio":
-            words = session.words
-            return Reply(segments=words.drain(), interim=words.interim_segments(),
-                         transcript=words.seglst() if final else [], activity=act, final=final)
-        current = session.transcript.final(session.session_id)  # NeMo's arithmetic, whole transcript every reply
+        if stream.timing == "audio":
+            live_segments: LiveSegments = stream.segments
+            return Reply(segments=live_segments.drain(), interim=live_segments.interim_segments(),
+                         transcript=live_segments.seglst() if final else [], activity=act, final=final)
+        current = stream.transcript.final(stream.session_id)  # NeMo's arithmetic, whole transcript every reply
         changed = []
         for seg in current:
             key = (seg["speaker"], seg["start_time"])

@@ -21,6 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from os import PathLike
 from types import ModuleType
+from typing import NamedTuple
 
 import numpy as np
 
@@ -125,6 +126,36 @@ def _preemphasis(x: np.ndarray, coef: float, prev: float) -> np.ndarray:
     return y
 
 
+class Owed(NamedTuple):
+    """Samples that frames still to compute window: `samples` from the first frame's window start, raw unless
+    `coef` is 0 (already pre-emphasised: a stream's end), `prev` the raw sample before them (0 at stream start)."""
+
+    samples: np.ndarray
+    count: int
+    prev: float = 0.0
+    coef: float = 0.0
+
+
+NO_FRAMES = Owed(np.zeros(0, np.float32), 0)
+
+
+def _emphasised(owed: list[Owed], xp: ModuleType):
+    """Every segment of `owed` pre-emphasised in float64, concatenated, in array module `xp` (one pass over all
+    samples: the same operations, so the same values, as `_preemphasis` on each)."""
+    sizes = [o.samples.size for o in owed]
+    x = xp.asarray(np.concatenate([o.samples for o in owed])).astype(np.float64)
+    if not any(o.coef for o in owed) or not x.size:
+        return x
+    xp = array_module(x)  # where the samples went (a stand-in device module may keep them on the host)
+    starts = np.cumsum([0] + sizes[:-1])
+    before = xp.empty_like(x)
+    before[1:] = x[:-1]
+    nonempty = [i for i, n in enumerate(sizes) if n]
+    before[xp.asarray(starts[nonempty])] = xp.asarray(np.array([owed[i].prev for i in nonempty], np.float64))
+    coef = xp.asarray(np.repeat(np.array([o.coef for o in owed], np.float64), sizes))
+    return xp.where(coef != 0, x - coef * before, x)
+
+
 def _window_offset(p: FeatureParams) -> int:
     """Offset of the window inside the ``n_fft`` frame (``torch.stft`` centres a shorter window)."""
     return (p.n_fft - p.win_length) // 2
@@ -192,7 +223,8 @@ class StreamingLogMel:
     (2.5 ms) after the frame's own hop block ``[i * hop, (i + 1) * hop)``; with 160-sample pushes, push ``k``
     (1-based) returns frame ``k - 2``.  All frames but at most the last one come out of :meth:`push` (in general
     at most ``ceil(lookahead / hop) - 1`` are left); :meth:`flush` returns them with the end zero-padded as NeMo does.
-    State: the pre-emphasised tail of fewer than ``win_length + hop`` samples and the last raw sample.
+    State: the raw tail of fewer than ``win_length + hop`` samples and the raw sample before it; pre-emphasis runs
+    with the frames' arithmetic (:func:`logmel_batch`: on the device with the FFT).
     """
 
     def __init__(self, params: FeatureParams) -> None:
@@ -207,12 +239,13 @@ class StreamingLogMel:
 
     def reset(self) -> None:
         """Start a new stream."""
-        self._buf = np.zeros(self._back)  # pre-emphasised samples from index _buf_start (negative: left zeros)
-        self._pieces: list[np.ndarray] = []  # pre-emphasised pieces after _buf, joined when frames are computed
+        self._buf = np.zeros(self._back, np.float32)  # raw samples from index _buf_start (negative: left zeros)
+        self._pieces: list[np.ndarray] = []  # raw pieces after _buf, joined when frames are computed
         self._buf_start = -self._back
+        self._before = 0.0  # the raw sample before _buf[0] (0: the left zeros)
+        self._coef = self.params.preemph  # 0 once the buffer is pre-emphasised (at the stream's end)
         self._n = 0  # raw samples received
         self._next = 0  # next frame index to emit
-        self._prev = 0.0  # last raw sample, for pre-emphasis
 
     @property
     def samples_received(self) -> int:
@@ -221,8 +254,8 @@ class StreamingLogMel:
 
     def _emit(self, count: int) -> np.ndarray:
         """Compute frames ``_next .. _next + count - 1`` and drop the samples no longer needed."""
-        segment, count = self.owed(count)
-        out = _frames_logmel(self.params, segment, count)
+        owed = self.owed(count)
+        out = _frames_logmel(self.params, _emphasised([owed], np), count)
         self.consume(count)
         return out.astype(np.float32)
 
@@ -231,12 +264,14 @@ class StreamingLogMel:
             self._buf = np.concatenate([self._buf, *self._pieces])
             self._pieces.clear()
 
-    def owed(self, count: int) -> tuple[np.ndarray, int]:
-        """The pre-emphasised samples frames ``_next .. _next + count - 1`` window (a view), and `count`."""
+    def owed(self, count: int) -> Owed:
+        """The samples frames ``_next .. _next + count - 1`` window (a view, raw unless at the end), and `count`."""
         self._join()
         hop = self.params.hop_length
         start = self._next * hop - self._back - self._buf_start
-        return self._buf[start : start + max(count - 1, 0) * hop + self.params.win_length], count
+        prev = float(self._buf[start - 1]) if start > 0 else self._before
+        return Owed(self._buf[start : start + max(count - 1, 0) * hop + self.params.win_length], count, prev,
+                    self._coef)
 
     def consume(self, count: int) -> None:
         """Frames ``_next .. _next + count - 1`` were computed: drop the samples no later frame needs."""
@@ -244,28 +279,31 @@ class StreamingLogMel:
         self._join()
         self._next += count
         drop = self._next * hop - self._back - self._buf_start
+        if drop > 0:
+            self._before = float(self._buf[drop - 1])
         self._buf = self._buf[drop:].copy()  # do not keep a large pushed chunk alive
         self._buf_start += drop
 
     def push_samples(self, samples: np.ndarray) -> int:
         """Append audio without computing anything; return how many frames are complete and not computed yet."""
         p = self.params
-        samples = np.asarray(samples).reshape(-1)
+        samples = np.array(samples).reshape(-1)  # a copy: the caller may reuse its buffer
         if samples.size:
-            self._pieces.append(_preemphasis(samples, p.preemph, self._prev))
-            self._prev = float(samples[-1])
+            self._pieces.append(samples)
             self._n += samples.size
         complete = (self._n + self._back - p.win_length) // p.hop_length + 1
         return max(0, min(complete, p.num_frames(self._n)) - self._next)
 
     def end_samples(self) -> int:
-        """End of stream: zero-pad the end as NeMo does; return how many frames are not computed yet (call
-        `reset` once they are)."""
+        """End of stream: zero-pad the end as NeMo does (after pre-emphasis, so the buffer is pre-emphasised
+        now); return how many frames are not computed yet (call `reset` once they are)."""
         p = self.params
         count = max(0, p.num_frames(self._n) - self._next)
         self._join()
         need = (self._next + count) * p.hop_length + p.win_length - self._back - self._buf_start
-        self._buf = np.concatenate([self._buf, np.zeros(max(0, need - self._buf.size))])
+        self._buf = np.concatenate([_preemphasis(self._buf, self._coef, self._before),
+                                    np.zeros(max(0, need - self._buf.size))])
+        self._coef = 0.0
         return count
 
     def push(self, samples: np.ndarray) -> np.ndarray:
@@ -279,20 +317,20 @@ class StreamingLogMel:
         return out
 
 
-def logmel_batch(params: FeatureParams, segments: list[tuple[np.ndarray, int]], xp: ModuleType = np) -> list:
-    """Log-mel frames of several streams in one computation (the arithmetic in array module `xp`): each
-    (segment, count) is what `StreamingLogMel.owed` gives; returns (n_mels, count) float32 arrays of `xp`, equal
-    to what `StreamingLogMel.push` computes frame by frame."""
+def logmel_batch(params: FeatureParams, segments: list[Owed], xp: ModuleType = np) -> list:
+    """Log-mel frames of several streams in one computation (the arithmetic, pre-emphasis included, in array
+    module `xp`): each segment is what `StreamingLogMel.owed` gives; returns (n_mels, count) float32 arrays of
+    `xp`, equal to what `StreamingLogMel.push` computes frame by frame."""
     p = params
-    counts = [count for _, count in segments]
+    counts = [o.count for o in segments]
     if not sum(counts):
         return [xp.zeros((p.n_mels, 0), dtype=np.float32) for _ in segments]
     # frame j of a segment windows samples [j * hop, j * hop + win): one gather over every segment's frames
-    flat = np.concatenate([seg for seg, _ in segments])
-    offsets = np.cumsum([0] + [seg.size for seg, _ in segments[:-1]])
+    offsets = np.cumsum([0] + [o.samples.size for o in segments[:-1]])
     starts = np.concatenate([off + np.arange(n) * p.hop_length for off, n in zip(offsets, counts, strict=True)])
     with stage(FEATURE_PRODUCTS):
-        frames = xp.asarray(flat)[xp.asarray(starts[:, None] + np.arange(p.win_length))]
+        flat = _emphasised(segments, xp)
+        frames = flat[xp.asarray(starts[:, None] + np.arange(p.win_length))]
         logs = _logmel_of_frames(p, frames, array_module(frames)).astype(np.float32)
     bounds = np.cumsum([0] + counts)
     return [logs[:, a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]

@@ -12,7 +12,7 @@ torch = pytest.importorskip("torch")
 audio_preprocessing = pytest.importorskip("nemo.collections.asr.modules.audio_preprocessing")
 
 from export.features_export import feature_params_from_nemo  # noqa: E402
-from mtasr.features import FeatureParams, StreamingLogMel, logmel  # noqa: E402
+from mtasr.features import NO_FRAMES, FeatureParams, StreamingLogMel, logmel, logmel_batch  # noqa: E402
 
 SR = 16000
 TOL = 1e-4  # vs NeMo's float32 output
@@ -172,6 +172,45 @@ def test_streaming_delay_and_state(pre: dict) -> None:
     assert counts == [0] + [1] * 49  # frame i needs samples up to i*160 + 199
     assert s._buf.size < params.win_length + params.hop_length
     assert s.flush().shape[1] == 1 and s.samples_received == 0
+
+
+def test_batched_frames_equal_each_stream_bit_for_bit(pre: dict, audio: np.ndarray) -> None:
+    """Streams whose owed frames are computed together (`logmel_batch`: pre-emphasis and FFT over every stream at
+    once, as the engine does) give exactly the frames each stream computes alone, ends (zero-padded after
+    pre-emphasis) and streams owing nothing included, and offline `logmel` of each whole signal."""
+    params = feature_params_from_nemo(pre["asr"])
+    rng = np.random.default_rng(5)
+    signals = [audio[rng.integers(0, 4000):][: rng.integers(3000, 30000)] * rng.uniform(0.2, 3) for _ in range(5)]
+    sizes = [[17920], [2560, 160], [999, 5], [17920, 1], [321]]
+    batched, alone = [StreamingLogMel(params) for _ in signals], [StreamingLogMel(params) for _ in signals]
+    got: list[list[np.ndarray]] = [[] for _ in signals]
+    want: list[list[np.ndarray]] = [[] for _ in signals]
+    pos, step = [0] * len(signals), 0
+    while any(p <= x.size for p, x in zip(pos, signals, strict=True)):
+        jobs = []
+        for i, (x, mel) in enumerate(zip(signals, batched, strict=True)):
+            if pos[i] > x.size:
+                jobs.append(NO_FRAMES)
+                continue
+            piece = x[pos[i] : pos[i] + sizes[i][step % len(sizes[i])]]
+            last = pos[i] + piece.size >= x.size
+            count = mel.push_samples(piece)
+            if last:
+                count = mel.end_samples()
+            jobs.append(mel.owed(count))
+            want[i].append(alone[i].push(piece))
+            if last:
+                want[i].append(alone[i].flush())
+            pos[i] = x.size + 1 if last else pos[i] + piece.size
+        for i, (frames, job) in enumerate(zip(logmel_batch(params, jobs), jobs, strict=True)):
+            got[i].append(frames)
+            if job is not NO_FRAMES:
+                batched[i].consume(job.count)
+        step += 1
+    for x, g, w in zip(signals, got, want, strict=True):
+        g, w = np.concatenate(g, axis=1), np.concatenate(w, axis=1)
+        assert g.shape == w.shape == (128, x.size // 160) and np.array_equal(g, w)
+        assert np.array_equal(g, logmel(params, x))
 
 
 def test_per_feature_streaming_refused(pre: dict) -> None:

@@ -30,8 +30,10 @@ from bench.null_graphs import NullRnnt, NullRunner, full_size_features, full_siz
 from mtasr.pipeline import single_threaded_blas
 from mtasr.pipeline.config import PipelineConfig
 from mtasr.pipeline.engine import Engine
-from mtasr.pipeline.sequences import AudioRequest, Reply, SequenceManager
+from mtasr.pipeline.replies import Reply
+from mtasr.pipeline.sequences import SequenceManager
 from mtasr.pipeline.sessions import SessionPolicy
+from mtasr.pipeline.validation import AudioRequest
 from mtasr.profile import CLOCK, DEVICE_STAGES, HOST_STAGES, REQUESTS
 from mtasr.spec import SAMPLE_RATE
 

@@ -21,8 +21,9 @@ from pathlib import Path
 import numpy as np
 
 from mtasr.pipeline import Engine, OrtRunner, PipelineConfig, single_threaded_blas
-from mtasr.pipeline.sequences import AudioRequest, SequenceManager
+from mtasr.pipeline.sequences import SequenceManager
 from mtasr.pipeline.sessions import SessionPolicy
+from mtasr.pipeline.validation import AudioRequest
 from mtasr.spec import SAMPLE_RATE
 
 KEY = "overhead-bench-session-key"  # one in-process client owns every session

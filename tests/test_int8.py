@@ -16,8 +16,8 @@ from export.int8 import pointwise_conv, pointwise_convs_as_matmuls
 from model_repository import build as builder
 from mtasr.audio import synth_conversation
 from mtasr.manifest import Manifest
-from mtasr.pipeline.sequences import AudioRequest
 from mtasr.pipeline.service import sequence_manager
+from mtasr.pipeline.validation import AudioRequest
 from mtasr.spec import ORCHESTRATOR
 
 TWINS = {"diarizer": "diarizer_int8", "diarizer_standalone": "diarizer_standalone_int8",

@@ -26,8 +26,9 @@ from mtasr.pipeline.metrics import (
     MetricKind,
     ServingMetrics,
 )
-from mtasr.pipeline.sequences import AudioRequest, SequenceManager
+from mtasr.pipeline.sequences import SequenceManager
 from mtasr.pipeline.sessions import ErrorCode, SessionPolicy
+from mtasr.pipeline.validation import AudioRequest
 
 
 class DictSink:
@@ -408,8 +409,8 @@ def test_capacity_admission(engine):
     m = SequenceManager(engine, SessionPolicy(max_sessions=20, idle_timeout_s=5.0, reply_budget_s=0.0), clock=clock,
                         events=ServingMetrics(sink))
     for n in (1, 2, 4, 8, 2, 6):  # a measured history: 10 ms per step + 100 ms per session, no speaker, full state
-        m.cost.observe(n, 0, 0.010 + 0.100 * n, n)
-    assert m.admission.limit_s == pytest.approx(0.7 * 1.12)
+        m.admission.cost.observe(n, 0, 0.010 + 0.100 * n, n)
+    assert m.admission.rules.limit_s == pytest.approx(0.7 * 1.12)
     piece = np.zeros((1, 1600), np.float32)  # no chunk: no step changes the history
     assert m.handle([_req(0, piece, start=True)])[0].error is None
     clock.now = 12.0
@@ -421,18 +422,18 @@ def test_capacity_admission(engine):
     clock.now = 15.5
     assert m.expire_idle() == [0]  # a session gone makes room
     assert m.handle([_req(7, piece, start=True)])[0].error is None
-    m._report_capacity()
+    m.report_capacity()
     assert sink.values[(CAPACITY_SESSIONS.name, ())] == 7
     assert sink.values[(STEP_BUDGET_FRACTION.name, ())] == pytest.approx(round(0.710 / 1.12, 2))
     fast = SequenceManager(engine, SessionPolicy(max_sessions=40))  # the reply-latency rule binds first here
     for n in (1, 2, 4, 8, 2, 6):  # 5 ms per step + 30 ms per session: 25 by throughput, 21 by reply latency
-        fast.cost.observe(n, 0, 0.005 + 0.030 * n, n)
-    assert fast.admission.sessions(fast.cost.estimate(), 40) == 21
+        fast.admission.cost.observe(n, 0, 0.005 + 0.030 * n, n)
+    assert fast.admission.rules.sessions(fast.admission.cost.estimate(), 40) == 21
     replies = fast.handle([_req(100 + i, piece, start=True) for i in range(22)])
     assert [r.error for r in replies[:21]] == [None] * 21
     assert replies[21].error == "server at capacity (21 sessions, replies 170 ms of 160 ms): retry in 5 s"
     slow = SequenceManager(engine, SessionPolicy(max_sessions=20))
-    slow.cost.observe(1, 0, 2.0, 1.0)  # one session's step takes longer than real time
+    slow.admission.cost.observe(1, 0, 2.0, 1.0)  # one session's step takes longer than real time
     first, second = slow.handle([_req(1, piece, start=True), _req(2, piece, start=True)])
     assert first.error is None and second.error_code is ErrorCode.UNAVAILABLE  # one is always admitted
     cap = SequenceManager(engine, SessionPolicy(max_sessions=3, admission_headroom=0.0))
@@ -447,13 +448,13 @@ def test_warm_up_gives_the_first_estimate(engine):
     in_use = engine.diarizer.pool.in_use, engine.asr.pool.in_use
     m.warm_up()
     gc.collect()
-    cost = m.cost.estimate()
-    assert m.cost.steps >= 2 and cost is not None and cost.predict(1) > 0
-    assert sink.values[(CAPACITY_SESSIONS.name, ())] == m.admission.sessions(cost, m.policy.max_sessions) >= 0
+    cost = m.admission.cost.estimate()
+    assert m.admission.cost.steps >= 2 and cost is not None and cost.predict(1) > 0
+    assert sink.values[(CAPACITY_SESSIONS.name, ())] == m.admission.rules.sessions(cost, m.policy.max_sessions) >= 0
     assert (engine.diarizer.pool.in_use, engine.asr.pool.in_use) == in_use, "warm-up sessions freed"
     off = SequenceManager(engine, SessionPolicy(admission_headroom=0.0))
     off.warm_up()
-    assert off.cost.steps == 0  # admission by count only: nothing to measure
+    assert off.admission.cost.steps == 0  # admission by count only: nothing to measure
 
 
 def test_step_cost_fit():

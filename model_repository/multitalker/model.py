@@ -20,9 +20,10 @@ import triton_python_backend_utils as pb_utils
 
 from mtasr.pipeline import array_friendly_malloc, single_threaded_blas
 from mtasr.pipeline.metrics import METRICS, MODEL_LABEL, MetricDef, MetricKind, ServingMetrics
-from mtasr.pipeline.sequences import AudioRequest, Reply
+from mtasr.pipeline.replies import Reply
 from mtasr.pipeline.service import sequence_manager, tensor_ranks
 from mtasr.pipeline.sessions import ErrorCode
+from mtasr.pipeline.validation import AudioRequest
 from mtasr.spec import (
     HOST_OUTPUTS,
     MAX_SPEAKERS_PARAMETER,

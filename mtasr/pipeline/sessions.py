@@ -1,9 +1,11 @@
-"""Who may open, use and keep a session: the admission and ownership rules of the served stream.
+"""The user's session: who may open, use and keep one (policy, keys, refusal codes, the reaper), the record of an
+admitted session and the table of them.
 
-Triton-free. A session is owned by the client that started it: its START carries a per-session secret (the
-`SESSION_KEY_HEADER` gRPC header, which Triton forwards as a request parameter) and every later request must
-carry the same secret. Sessions are admitted by measured capacity under a count cap, idle ones are reaped, and
-every refusal has a reason and a code.
+Triton-free. A session is the client's Triton sequence once admitted; it is owned by the client that started it:
+its START carries a per-session secret (the `SESSION_KEY_HEADER` gRPC header, which Triton forwards as a request
+parameter) and every later request must carry the same secret. Sessions are admitted by measured capacity under a
+count cap, idle ones are reaped, and every refusal has a reason and a code. Its engine state is its stream
+(`mtasr.pipeline.engine.Stream`, `mtasr.diarization.engine.DiarStream`).
 """
 
 from __future__ import annotations
@@ -12,11 +14,11 @@ import hashlib
 import hmac
 import logging
 import threading
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
-from typing import Generic, TypeVar
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 from mtasr.pipeline.params import (
     DEFAULT_ADMISSION_HEADROOM,
@@ -26,6 +28,14 @@ from mtasr.pipeline.params import (
     DEFAULT_REPLY_BUDGET_S,
 )
 from mtasr.spec import SESSION_KEY_HEADER
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from mtasr.diarization.engine import DiarStream
+    from mtasr.pipeline.engine import Stream
+    from mtasr.pipeline.replies import Respond
+    from mtasr.pipeline.validation import AudioRequest
 
 log = logging.getLogger("mtasr.sessions")
 
@@ -177,6 +187,96 @@ class IdleClock(Generic[K, V]):
 
     def __len__(self) -> int:
         return len(self._since)
+
+
+@dataclass
+class PendingRequest:
+    """A submitted request waiting for its turn in its session."""
+
+    request: AudioRequest
+    respond: Respond
+    arrived: float
+    samples: np.ndarray | None = None
+    error: RequestError | None = None  # refused in its turn (a live session's bad request leaves it untouched)
+
+
+@dataclass
+class AdmittedSession:
+    """A session the manager admitted: its owner, its queue of requests, its engine stream (opened by the engine
+    thread at its START's turn), and what its replies and the lag rule need."""
+
+    corrid: int
+    owner: bytes  # SHA-256 of the session key
+    timing: str
+    anchor: float  # real-time origin: the START's arrival minus the audio it carried
+    max_speakers: int = 0  # the START's cap on speaker instances (0: none)
+    stream: Stream | DiarStream | None = None  # its engine state, opened at its START's turn
+    queue: deque[PendingRequest] = field(default_factory=deque)
+    current: PendingRequest | None = None  # pushed, waiting for its chunks to be stepped
+    frames: list[np.ndarray] = field(default_factory=list)  # activity of the current request's steps
+    speakers: int = 0  # speaker instances, as counted in the occupancy gauge
+    stepped: int = 0  # chunks stepped (how full its state is: the step cost model)
+    scheduled: bool = False  # in the engine's ready list
+    ended: bool = False
+    sent: dict[tuple, dict] = field(default_factory=dict)  # timing nemo: (speaker, start) -> segment last sent
+
+
+class SessionTable:
+    """The admitted sessions by correlation id, the idle ones in an `IdleClock`, their speaker instances and the
+    sessions freed since the heap was last trimmed. `lock` guards all of it (and the scheduler's queues), never a
+    step; the methods below take it themselves, the attributes are read and written under it."""
+
+    def __init__(self) -> None:
+        self.live: dict[int, AdmittedSession] = {}
+        self.idle: IdleClock[int, AdmittedSession] = IdleClock()
+        self.speakers = 0  # speaker instances over live sessions
+        self.freed = 0
+        self.lock = threading.Lock()
+
+    def owned(self, corrid: int, key: str | None) -> AdmittedSession:
+        """The live session `corrid` if `key` is its owner's (call under `lock`); else RequestError: an unknown id
+        and another client's id get the same answer, so there is no oracle for live ids."""
+        session = self.live.get(corrid)
+        if session is None or session.ended or not same_owner(session.owner, key):
+            raise RequestError(f"sequence {corrid} is not open for this client: start it with START and send its "
+                               "session key with every request (it may have ended or timed out)",
+                               ErrorCode.NOT_FOUND, RefusalReason.NOT_OWNER)
+        return session
+
+    def remove(self, session: AdmittedSession) -> tuple[list[PendingRequest], int]:
+        """Take an ended session out: its queued requests (emptied) and the live sessions left."""
+        with self.lock:
+            session.ended = True
+            if self.live.get(session.corrid) is session:
+                del self.live[session.corrid]
+            self.idle.remove(session.corrid)
+            left, session.queue = list(session.queue), deque()
+            self.speakers -= session.speakers
+            self.freed += 1
+            return left, len(self.live)
+
+    def expire(self, now: float, timeout_s: float) -> tuple[list[tuple[int, AdmittedSession]], int]:
+        """Take out the sessions idle for longer than `timeout_s`: (corrid, session) of each, the live ones left."""
+        with self.lock:
+            gone = self.idle.expired(now, timeout_s)
+            for corrid, session in gone:
+                session.ended = True
+                del self.live[corrid]
+                self.speakers -= session.speakers
+            self.freed += len(gone)
+            return gone, len(self.live)
+
+    def add_speakers(self, delta: int) -> int:
+        """Count `delta` more speaker instances; the live sessions."""
+        with self.lock:
+            self.speakers += delta
+            return len(self.live)
+
+    def take_freed(self) -> int:
+        """Sessions freed since the last call."""
+        with self.lock:
+            freed, self.freed = self.freed, 0
+            return freed
 
 
 class Reaper:

@@ -89,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sessions", type=int, default=32)
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--frameworks", default=",".join(FRAMEWORKS))
+    ap.add_argument("--instances", type=int, default=1, help="multitalker model instances (Triton instance group)")
     ap.add_argument("--serve-starlette", nargs=2, metavar=("TRITON", "PORT"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.serve_starlette:
@@ -104,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
 
     work = Path(tempfile.mkdtemp(prefix="gateway-bench-"))
     repo = build(args.graphs, "cpu", work / "repo", preset="70_13", speaker_mode="kernel",
-                 max_sessions=max(32, args.sessions), admission_headroom=0.0)  # count only: measure the gateway
+                 max_sessions=max(32, args.sessions), admission_headroom=0.0, instances=args.instances)  # count only: measure the gateway
     audios = make_audios(args.seconds, 160.0)
     figures: dict[str, float] = {}
     ok = True

@@ -105,7 +105,8 @@ def main(argv: list[str] | None = None) -> int:
 
     work = Path(tempfile.mkdtemp(prefix="gateway-bench-"))
     repo = build(args.graphs, "cpu", work / "repo", preset="70_13", speaker_mode="kernel",
-                 max_sessions=max(32, args.sessions), admission_headroom=0.0, instances=args.instances)  # count only: measure the gateway
+                 max_sessions=max(32, args.sessions), admission_headroom=0.0,  # count only: measure the gateway
+                 instances=args.instances)
     audios = make_audios(args.seconds, 160.0)
     figures: dict[str, float] = {}
     ok = True

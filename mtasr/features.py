@@ -115,17 +115,6 @@ class FeatureParams:
             )
 
 
-def _preemphasis(x: np.ndarray, coef: float, prev: float) -> np.ndarray:
-    """Pre-emphasis in float64 with ``prev`` the sample before ``x[0]`` (0 at stream start = NeMo's ``y[0]=x[0]``)."""
-    x = x.astype(np.float64)
-    if coef == 0.0 or x.size == 0:
-        return x
-    y = np.empty_like(x)
-    y[0] = x[0] - coef * prev
-    y[1:] = x[1:] - coef * x[:-1]
-    return y
-
-
 class Owed(NamedTuple):
     """Samples that frames still to compute window: `samples` from the first frame's window start, raw unless
     `coef` is 0 (already pre-emphasised: a stream's end), `prev` the raw sample before them (0 at stream start)."""
@@ -139,9 +128,10 @@ class Owed(NamedTuple):
 NO_FRAMES = Owed(np.zeros(0, np.float32), 0)
 
 
-def _emphasised(owed: list[Owed], xp: ModuleType):
-    """Every segment of `owed` pre-emphasised in float64, concatenated, in array module `xp` (one pass over all
-    samples: the same operations, so the same values, as `_preemphasis` on each)."""
+def _emphasised(owed: list[Owed], xp: ModuleType = np):
+    """Every segment of `owed` pre-emphasised in float64 (``y[t] = x[t] - coef * x[t - 1]``, ``prev`` before the
+    first; 0 at stream start = NeMo's ``y[0] = x[0]``), concatenated, in array module `xp`: one pass over all
+    samples, each value the same whichever segments share the pass."""
     sizes = [o.samples.size for o in owed]
     x = xp.asarray(np.concatenate([o.samples for o in owed])).astype(np.float64)
     if not any(o.coef for o in owed) or not x.size:
@@ -207,7 +197,7 @@ def logmel(params: FeatureParams, audio: np.ndarray) -> np.ndarray:
         return np.zeros((params.n_mels, 0), np.float32)
     half = params.n_fft // 2
     padded = np.zeros(audio.size + 2 * half)
-    padded[half : half + audio.size] = _preemphasis(audio, params.preemph, 0.0)
+    padded[half : half + audio.size] = _emphasised([Owed(audio, count, 0.0, params.preemph)])
     feats = _frames_logmel(params, padded[_window_offset(params) :], count)
     return _normalize(params, feats).astype(np.float32)
 
@@ -301,7 +291,7 @@ class StreamingLogMel:
         count = max(0, p.num_frames(self._n) - self._next)
         self._join()
         need = (self._next + count) * p.hop_length + p.win_length - self._back - self._buf_start
-        self._buf = np.concatenate([_preemphasis(self._buf, self._coef, self._before),
+        self._buf = np.concatenate([_emphasised([Owed(self._buf, count, self._before, self._coef)]),
                                     np.zeros(max(0, need - self._buf.size))])
         self._coef = 0.0
         return count

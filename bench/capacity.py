@@ -17,9 +17,11 @@ bytes_per_session_step=<n> server_ms_per_session_s=<n> sessions_per_core=<floor(
 from __future__ import annotations
 
 import argparse
+import datetime
 import gc
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -80,6 +82,20 @@ class Load:
         self.sent += 1
         return sum(encode(r) for r in self.manager.handle(requests))
 
+    def timed(self, batches: int) -> tuple[float, int]:
+        """`batches` batches under the stage clock (reset first): their thread CPU seconds and reply bytes."""
+        gc.collect()
+        CLOCK.reset()
+        CLOCK.enabled = True
+        reply_bytes = 0
+        t0 = time.thread_time()
+        try:
+            for _ in range(batches):
+                reply_bytes += self.batch()
+        finally:
+            CLOCK.enabled = False
+        return time.thread_time() - t0, reply_bytes
+
     def end(self) -> None:
         self.batch(end=True)
         self.manager.close()
@@ -96,17 +112,7 @@ def measure(sessions: int, piece_ms: float, steps: int = 12, engine: Engine | No
     copied0 = sum(p.copied_bytes for p in pools)
     device0 = sum(p.device_copied_bytes for p in pools)
     n_batches = math.ceil(steps * per_step)
-    gc.collect()
-    CLOCK.reset()
-    CLOCK.enabled = True
-    reply_bytes = 0
-    t0 = time.thread_time()
-    try:
-        for _ in range(n_batches):
-            reply_bytes += load.batch()
-    finally:
-        CLOCK.enabled = False
-    total = time.thread_time() - t0
+    total, reply_bytes = load.timed(n_batches)
     session_steps = sessions * n_batches / per_step
     copied = sum(p.copied_bytes for p in pools) - copied0
     device_copied = sum(p.device_copied_bytes for p in pools) - device0
@@ -137,16 +143,7 @@ def flatness(hours: float, sessions: int = 16, window_steps: int = 60, windows: 
     costs: dict[str, list[float]] = {name: [] for name in groups}
     for _ in range(windows):
         for name, load in groups.items():
-            gc.collect()
-            CLOCK.reset()
-            CLOCK.enabled = True
-            t = time.thread_time()
-            try:
-                for _ in range(window_steps):
-                    load.batch()
-            finally:
-                CLOCK.enabled = False
-            total = time.thread_time() - t
+            total, _ = load.timed(window_steps)
             host = total - sum(CLOCK.seconds.get(k, 0.0) for k in DEVICE_STAGES)
             costs[name].append(host / (window_steps * sessions) * 1000)
     out = {"hours": hours, "sessions": sessions, "windows": windows, "window_steps": window_steps}
@@ -261,9 +258,6 @@ def main(argv: list[str] | None = None) -> int:
                     "`capacity` and render BENCHMARKS.md again")
     args = ap.parse_args(argv)
     single_threaded_blas()  # as the multitalker model does
-    import datetime
-    import os
-
     started = {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
                "load_average_at_start": round(os.getloadavg()[1], 2), "cores": os.cpu_count()}
     rows = []

@@ -10,13 +10,14 @@ Docker host for). Each part runs under its own time limit; the whole stays well 
   indexes, selects and adds in a fixed order);
 - `features`: the batched log-mel arithmetic (cuFFT, float64) against numpy's: max abs difference;
 - `decoder`: batched greedy RNNT at full size (random weights) on the device vs numpy: token agreement (float
-  differences between cuBLAS and the CPU BLAS may flip near-ties; reported, not hidden);
+  differences between cuBLAS and the CPU BLAS may flip near-ties; reported, not hidden), and how many of the first
+  8 rows decode alone exactly as in the batch (`mtasr.rnnt.row_product`; reported: cuBLAS may not keep it);
 - `engine`: the whole served pipeline at full size with graphs that cost nothing (`bench.null_graphs`) and its
   state in device memory: host CPU per session-step with real kernel launches and transfers.
 
 Last line: `device-check: xp=<module> device=<name> pools=ok|FAIL speaker_cache=exact|FAIL features_max_abs=<x>
-decoder_tokens=<same>/<total> host_ms_per_session_step=<x> failed=<n>`. With `--xp numpy` (no GPU) every part runs
-against itself: what the test suite does to keep this script working.
+decoder_tokens=<same>/<total> decoder_rows_alone=<equal>/<rows> host_ms_per_session_step=<x> failed=<n>`. With
+`--xp numpy` (no GPU) every part runs against itself: what the test suite does to keep this script working.
 """
 
 from __future__ import annotations
@@ -132,20 +133,25 @@ def check_decoder(xp: ModuleType, rows: int = 256, frames: int = 14) -> dict:
                                                         for _ in range(d.pred_layers)),
                           enc_w=w(j, d.enc_d_model), enc_b=w(j), pred_w=w(j, h), pred_b=w(j),
                           out_w=w(v, j, scale=0.02), out_b=out_b)
-    tokens = {}
-    for name, m in (("numpy", np), ("device", xp)):
-        math = ArrayRnnt(weights, m)
-        state = init_state(rows, d.pred_layers, h, v - 1, m)
-        got = []
-        for k in range(4):  # four chunks, state carried
-            x = np.random.default_rng(10 + k).standard_normal((rows, frames, d.enc_d_model)).astype(F32)
-            encoded = m.asarray(x)
-            em = greedy_decode(math, encoded, np.full(rows, frames), state, v - 1, 10)
-            got += list(zip(em.rows.tolist(), em.tokens.tolist(), em.frames.tolist(), strict=True))
-        tokens[name] = got
-    same = sum(1 for a, b in zip(tokens["numpy"], tokens["device"], strict=False) if a == b)
-    total = max(len(tokens["numpy"]), len(tokens["device"]))
-    return {"ok": total > 0 and same >= 0.99 * total, "same": same, "total": total}
+    def decode(m: ModuleType, pick: slice) -> list[list[tuple[int, int]]]:
+        """Rows `pick` decoded together over four chunks (state carried): each row's (token, frame) list."""
+        math, n = ArrayRnnt(weights, m), len(range(rows)[pick])
+        state = init_state(n, d.pred_layers, h, v - 1, m)
+        per_row: list[list[tuple[int, int]]] = [[] for _ in range(n)]
+        for k in range(4):
+            x = np.random.default_rng(10 + k).standard_normal((rows, frames, d.enc_d_model)).astype(F32)[pick]
+            em = greedy_decode(math, m.asarray(x), np.full(n, frames), state, v - 1, 10)
+            for r, tok, fr in zip(em.rows.tolist(), em.tokens.tolist(), em.frames.tolist(), strict=True):
+                per_row[r].append((tok, fr))
+        return per_row
+
+    host, device = decode(np, slice(None)), decode(xp, slice(None))
+    same = sum(1 for a, b in zip(sum(host, []), sum(device, []), strict=False) if a == b)
+    total = max(sum(map(len, host)), sum(map(len, device)))
+    # batch invariance on the device: a row decoded alone emits what it emitted among all the others
+    alone = [decode(xp, slice(r, r + 1))[0] == device[r] for r in range(min(rows, 8))]
+    return {"ok": total > 0 and same >= 0.99 * total, "same": same, "total": total, "alone": sum(alone),
+            "alone_of": len(alone)}
 
 
 def check_engine(xp: ModuleType, sessions: int) -> dict:
@@ -186,6 +192,7 @@ def main(argv: list[str] | None = None) -> int:
           f"speaker_cache={'exact' if r['speaker_cache'].get('ok') else 'FAIL'} "
           f"features_max_abs={r['features'].get('max_abs', 'nan')} "
           f"decoder_tokens={r['decoder'].get('same', 0)}/{r['decoder'].get('total', 0)} "
+          f"decoder_rows_alone={r['decoder'].get('alone', 0)}/{r['decoder'].get('alone_of', 0)} "
           f"host_ms_per_session_step={r['engine'].get('host_ms_per_session_step', 'nan')} failed={failed}")
     return 1 if failed else 0
 

@@ -24,6 +24,12 @@ Control (which rows and frames are left) stays on the host in numpy; the product
 arrays may live on a device (``ArrayRnnt`` over numpy or CuPy). Between chunks each row keeps NeMo's carried
 state: the last label (blank = start of sequence), the LSTM state *before* consuming it, and the frames decoded so
 far (NeMo's ``decoded_lengths``, the base of its timestamps).
+
+Every product runs over its rows in fixed blocks of ``ROW_BLOCK`` (`row_product`): a row's result is then the same
+bits whichever rows share the call, so a session decodes exactly as it would alone. A BLAS picks its kernel, and so
+its summation order, by the matrix shape (OpenBLAS: one row takes a different path from two, and some shapes change
+path again at other row counts); the last bit of a logit then depends on the batch, and at a near-tie the argmax
+flips and the session's hypothesis diverges from its solo run.
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ import numpy as np
 from mtasr.profile import DECODER_PRODUCTS, DECODING, stage
 
 F32 = np.float32
+ROW_BLOCK = 8  # rows per matrix of a product (`row_product`)
 
 
 @dataclass(frozen=True)
@@ -112,6 +119,17 @@ def _sigmoid(xp: ModuleType, x: Any) -> Any:
     return 1.0 / (1.0 + xp.exp(-x))
 
 
+def row_product(xp: ModuleType, a: Any, w: Any) -> Any:
+    """`a` (M, K) @ `w` (K, N), each row's result independent of the other rows: the rows are cut into matrices of
+    `ROW_BLOCK` rows (the last one padded with zeros), multiplied as one stacked product, so the library meets the
+    same matrix shape whatever M is (one call: a loop over the stack in numpy's C code, one batched GEMM on CuPy)."""
+    m, k = a.shape
+    pad = -m % ROW_BLOCK
+    if pad:
+        a = xp.concatenate([a, xp.zeros((pad, k), dtype=a.dtype)])
+    return (a.reshape(-1, ROW_BLOCK, k) @ w).reshape(-1, w.shape[1])[:m]
+
+
 class ArrayRnnt:
     """`RnntMath` from exported weights in an array module (numpy on the CPU, CuPy on a GPU)."""
 
@@ -128,25 +146,28 @@ class ArrayRnnt:
         self.hidden = weights.pred_hidden
 
     def project(self, encoded: Any) -> Any:
-        return self.xp.asarray(encoded, dtype=F32) @ self.enc_wt + self.enc_b
+        e = self.xp.asarray(encoded, dtype=F32)
+        return (row_product(self.xp, e.reshape(-1, e.shape[-1]), self.enc_wt) + self.enc_b).reshape(
+            *e.shape[:-1], -1)
 
     def predict(self, tokens: np.ndarray, h: Any, c: Any) -> tuple[Any, Any, Any]:
         xp, n = self.xp, self.hidden
         x = self.embedding[xp.asarray(tokens)]
         h_out, c_out = xp.empty_like(h), xp.empty_like(c)
         for k, (w, b) in enumerate(self.lstm):
-            z = xp.concatenate([x, h[:, k]], axis=1) @ w + b
+            z = row_product(xp, xp.concatenate([x, h[:, k]], axis=1), w) + b
             i, f, g, o = _sigmoid(xp, z[:, :n]), _sigmoid(xp, z[:, n:2 * n]), xp.tanh(z[:, 2 * n:3 * n]), \
                 _sigmoid(xp, z[:, 3 * n:])
             c_out[:, k] = f * c[:, k] + i * g
             h_out[:, k] = x = o * xp.tanh(c_out[:, k])
-        return x @ self.pred_wt + self.pred_b, h_out, c_out
+        return row_product(xp, x, self.pred_wt) + self.pred_b, h_out, c_out
 
     def labels(self, f: Any, rows: np.ndarray, frames: np.ndarray, g: Any) -> np.ndarray:
         xp = self.xp
         r = xp.asarray(rows)
-        hidden = f[r[:, None], xp.asarray(frames)] + g[:, None, :]  # (R, W, J)
-        logits = xp.maximum(hidden, 0) @ self.out_wt + self.out_b
+        hidden = xp.maximum(f[r[:, None], xp.asarray(frames)] + g[:, None, :], 0)  # (R, W, J)
+        logits = row_product(xp, hidden.reshape(-1, hidden.shape[-1]), self.out_wt) + self.out_b
+        logits = logits.reshape(*hidden.shape[:-1], -1)
         labels = logits.argmax(axis=-1)
         return labels.get() if hasattr(labels, "get") else np.asarray(labels)
 

@@ -360,6 +360,34 @@ def test_engine_thread_serves_concurrent_clients(engine):
     assert after[0].error_code is ErrorCode.UNAVAILABLE and "shutting down" in after[0].error
 
 
+def test_a_session_equals_its_solo_run_whatever_its_batch_mates(engine):
+    """Sessions that start at different times on a warmed-up server (admission by capacity: synthetic streams ran
+    and were closed mid-audio) share their steps with changing sets of others; each equals its solo run on a fresh
+    manager, reply by reply. (Broken while a decoder product's last bit depended on the rows beside it.)"""
+    audios = [synth_conversation(30.0, 2 + i % 2, seed=i) for i in range(4)]  # session 6 diverged at 14.56 s
+    solo = [_stream_all(SequenceManager(engine, _open()), 80 + i, a) for i, a in enumerate(audios)]
+    warm = SequenceManager(engine, SessionPolicy(max_sessions=16))
+    warm.warm_up(sessions=4)
+    del warm
+    gc.collect()
+    m = SequenceManager(engine, _open(max_sessions=16))
+    starts = [0, 1, 1, 5, 8, 9, 10, 17]  # in 160 ms pieces
+    pos, got = [0] * len(starts), [[] for _ in starts]
+    for t in range(max(starts) + len(audios[0]) // 2560 + 1):
+        batch = [(k, audios[k % 4]) for k, s in enumerate(starts) if t >= s and pos[k] < len(audios[k % 4])]
+        replies = m.handle([_req(90 + k, a[None, pos[k] : pos[k] + 2560], start=pos[k] == 0,
+                                 end=pos[k] + 2560 >= len(a)) for k, a in batch])
+        for (k, _), reply in zip(batch, replies, strict=True):
+            got[k].append(reply)
+            pos[k] += 2560
+    for k, replies in enumerate(got):
+        want = solo[k % 4]
+        assert [r.error for r in replies] == [None] * len(want) and replies[-1].final, f"session {k}"
+        assert all(np.array_equal(a.activity, b.activity) for a, b in zip(replies, want, strict=True)), f"session {k}"
+        assert [_bare(r.transcript) for r in replies] == [_bare(r.transcript) for r in want], f"session {k}"
+    assert not m.live
+
+
 def _wait(predicate, timeout: float = 30.0) -> bool:
     deadline = time.monotonic() + timeout
     while not predicate():

@@ -11,7 +11,7 @@ Docker host for). Each part runs under its own time limit; the whole stays well 
 - `features`: the batched log-mel arithmetic (cuFFT, float64) against numpy's: max abs difference;
 - `decoder`: batched greedy RNNT at full size (random weights) on the device vs numpy: token agreement (float
   differences between cuBLAS and the CPU BLAS may flip near-ties; reported, not hidden), and how many of the first
-  8 rows decode alone exactly as in the batch (`mtasr.rnnt.row_product`; reported: cuBLAS may not keep it);
+  8 rows decode alone exactly as in the batch (`mtasr.xp.row_product`; reported: cuBLAS may not keep it);
 - `engine`: the whole served pipeline at full size with graphs that cost nothing (`bench.null_graphs`) and its
   state in device memory: host CPU per session-step with real kernel launches and transfers.
 

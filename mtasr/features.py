@@ -26,7 +26,7 @@ from typing import NamedTuple
 import numpy as np
 
 from mtasr.profile import FEATURE_PRODUCTS, stage
-from mtasr.xp import array_module
+from mtasr.xp import array_module, row_product
 
 NORM_EPS = 1e-5  # NeMo's ``CONSTANT`` added to the std in normalize_batch
 NORMALIZE_TYPES = ("per_feature", "all_features")  # any other value means "no normalisation", as in NeMo
@@ -166,7 +166,7 @@ def _logmel_of_frames(p: FeatureParams, frames, xp: ModuleType):
     power = spec.real**2 + spec.imag**2
     if p.mag_power != 2.0:
         power = power ** (p.mag_power / 2.0)
-    mel = xp.asarray(p.filterbank.astype(np.float64)) @ power.T
+    mel = row_product(xp, power, xp.asarray(p.filterbank.T.astype(np.float64))).T  # a frame's bits: not the batch's
     if p.log_guard_type == "add":
         return xp.log(mel + p.log_guard)
     return xp.log(xp.maximum(mel, p.log_guard))

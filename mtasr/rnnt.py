@@ -25,11 +25,9 @@ arrays may live on a device (``ArrayRnnt`` over numpy or CuPy). Between chunks e
 state: the last label (blank = start of sequence), the LSTM state *before* consuming it, and the frames decoded so
 far (NeMo's ``decoded_lengths``, the base of its timestamps).
 
-Every product runs over its rows in fixed blocks of ``ROW_BLOCK`` (`row_product`): a row's result is then the same
-bits whichever rows share the call, so a session decodes exactly as it would alone. A BLAS picks its kernel, and so
-its summation order, by the matrix shape (OpenBLAS: one row takes a different path from two, and some shapes change
-path again at other row counts); the last bit of a logit then depends on the batch, and at a near-tie the argmax
-flips and the session's hypothesis diverges from its solo run.
+Every product goes through `mtasr.xp.row_product`: a row's result is the same bits whichever rows share the call, so
+a session decodes exactly as it would alone (else a logit's last bit depends on the batch, and at a near-tie the
+argmax flips and the session's hypothesis diverges from its solo run).
 """
 
 from __future__ import annotations
@@ -43,9 +41,9 @@ from typing import Any, Protocol
 import numpy as np
 
 from mtasr.profile import DECODER_PRODUCTS, DECODING, stage
+from mtasr.xp import row_product
 
 F32 = np.float32
-ROW_BLOCK = 8  # rows per matrix of a product (`row_product`)
 
 
 @dataclass(frozen=True)
@@ -119,17 +117,6 @@ def _sigmoid(xp: ModuleType, x: Any) -> Any:
     return 1.0 / (1.0 + xp.exp(-x))
 
 
-def row_product(xp: ModuleType, a: Any, w: Any) -> Any:
-    """`a` (M, K) @ `w` (K, N), each row's result independent of the other rows: the rows are cut into matrices of
-    `ROW_BLOCK` rows (the last one padded with zeros), multiplied as one stacked product, so the library meets the
-    same matrix shape whatever M is (one call: a loop over the stack in numpy's C code, one batched GEMM on CuPy)."""
-    m, k = a.shape
-    pad = -m % ROW_BLOCK
-    if pad:
-        a = xp.concatenate([a, xp.zeros((pad, k), dtype=a.dtype)])
-    return (a.reshape(-1, ROW_BLOCK, k) @ w).reshape(-1, w.shape[1])[:m]
-
-
 class ArrayRnnt:
     """`RnntMath` from exported weights in an array module (numpy on the CPU, CuPy on a GPU)."""
 
@@ -147,8 +134,8 @@ class ArrayRnnt:
 
     def project(self, encoded: Any) -> Any:
         e = self.xp.asarray(encoded, dtype=F32)
-        return (row_product(self.xp, e.reshape(-1, e.shape[-1]), self.enc_wt) + self.enc_b).reshape(
-            *e.shape[:-1], -1)
+        projected = row_product(self.xp, e.reshape(-1, e.shape[-1]), self.enc_wt) + self.enc_b
+        return projected.reshape(*e.shape[:-1], projected.shape[-1])
 
     def predict(self, tokens: np.ndarray, h: Any, c: Any) -> tuple[Any, Any, Any]:
         xp, n = self.xp, self.hidden
@@ -167,7 +154,7 @@ class ArrayRnnt:
         r = xp.asarray(rows)
         hidden = xp.maximum(f[r[:, None], xp.asarray(frames)] + g[:, None, :], 0)  # (R, W, J)
         logits = row_product(xp, hidden.reshape(-1, hidden.shape[-1]), self.out_wt) + self.out_b
-        logits = logits.reshape(*hidden.shape[:-1], -1)
+        logits = logits.reshape(*hidden.shape[:-1], logits.shape[-1])
         labels = logits.argmax(axis=-1)
         return labels.get() if hasattr(labels, "get") else np.asarray(labels)
 

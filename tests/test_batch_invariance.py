@@ -1,12 +1,13 @@
 """A row decodes to the same bits whatever rows share its batch: a session's transcript must not depend on who else
-is on the server (`mtasr.rnnt.row_product`)."""
+is on the server (`mtasr.xp.row_product`)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from mtasr.rnnt import ROW_BLOCK, ArrayRnnt, LstmLayer, RnntWeights, greedy_decode, init_state, row_product
+from mtasr.rnnt import ArrayRnnt, LstmLayer, RnntWeights, greedy_decode, init_state
+from mtasr.xp import ROW_BLOCK, row_product
 
 F32 = np.float32
 HIDDEN, JOINT, VOCAB, LAYERS, ENC = 64, 64, 65, 2, 48  # tiny multitalker shapes (OpenBLAS changes path with rows)
@@ -26,10 +27,11 @@ def _weights(seed: int = 5) -> RnntWeights:
                        pred_w=w(JOINT, HIDDEN), pred_b=w(JOINT), out_w=w(VOCAB, JOINT), out_b=out_b)
 
 
-@pytest.mark.parametrize(("k", "n"), [(JOINT, VOCAB), (2 * HIDDEN, 4 * HIDDEN), (640, 640)])
-def test_row_product_is_independent_of_the_other_rows(k, n):
+@pytest.mark.parametrize(("k", "n", "dtype"), [(JOINT, VOCAB, F32), (2 * HIDDEN, 4 * HIDDEN, F32), (640, 640, F32),
+                                               (257, 128, np.float64)])  # decoder products; the mel filterbank
+def test_row_product_is_independent_of_the_other_rows(k, n, dtype):
     rng = np.random.default_rng(0)
-    a, w = rng.standard_normal((300, k)).astype(F32), rng.standard_normal((k, n)).astype(F32)
+    a, w = rng.standard_normal((300, k)).astype(dtype), rng.standard_normal((k, n)).astype(dtype)
     whole = row_product(np, a, w)
     np.testing.assert_allclose(whole, a @ w, rtol=1e-4, atol=1e-4)
     for rows in (1, 2, 3, ROW_BLOCK + 1, 100):

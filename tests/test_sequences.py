@@ -460,6 +460,18 @@ def test_capacity_admission(engine):
     replies = fast.handle([_req(100 + i, piece, start=True) for i in range(22)])
     assert [r.error for r in replies[:21]] == [None] * 21
     assert replies[21].error == "server at capacity (21 sessions, replies 170 ms of 160 ms): retry in 5 s"
+    ramp_sink = DictSink()  # measured with up to 4 sessions live: at most 8 admitted, the fit alone would admit 21
+    ramp = SequenceManager(engine, SessionPolicy(max_sessions=40), events=ServingMetrics(ramp_sink))
+    for n in (1, 2, 4, 2):
+        ramp.admission.observe(n, 0, 0.005 + 0.030 * n, n)
+    assert ramp.admission.rules.sessions(ramp.admission.cost.estimate(), 40) == 21
+    replies = ramp.handle([_req(200 + i, piece, start=True) for i in range(9)])
+    assert [r.error for r in replies[:8]] == [None] * 8
+    assert replies[8].error == "server at capacity (8 sessions, ramping up: 4 carried so far): retry in 2 s"
+    ramp.report_capacity()
+    assert ramp_sink.values[(CAPACITY_SESSIONS.name, ())] == 8
+    ramp.admission.observe(2, 0, 0.005 + 0.030 * 2, 2, live=8)  # a step with 8 sessions live extends it
+    assert ramp.handle([_req(208, piece, start=True)])[0].error is None
     slow = SequenceManager(engine, SessionPolicy(max_sessions=20))
     slow.admission.cost.observe(1, 0, 2.0, 1.0)  # one session's step takes longer than real time
     first, second = slow.handle([_req(1, piece, start=True), _req(2, piece, start=True)])
@@ -478,7 +490,8 @@ def test_warm_up_gives_the_first_estimate(engine):
     gc.collect()
     cost = m.admission.cost.estimate()
     assert m.admission.cost.steps >= 2 and cost is not None and cost.predict(1) > 0
-    assert sink.values[(CAPACITY_SESSIONS.name, ())] == m.admission.rules.sessions(cost, m.policy.max_sessions) >= 0
+    assert m.admission.carried == 2  # the warm-up's sessions: admission goes up to twice that for now
+    assert sink.values[(CAPACITY_SESSIONS.name, ())] == m.admission.rules.sessions(cost, 4) >= 0
     assert (engine.diarizer.pool.in_use, engine.asr.pool.in_use) == in_use, "warm-up sessions freed"
     off = SequenceManager(engine, SessionPolicy(admission_headroom=0.0))
     off.warm_up()

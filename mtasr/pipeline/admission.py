@@ -13,6 +13,12 @@ from mtasr.pipeline.capacity import Admission, StepCostModel
 from mtasr.pipeline.sessions import ErrorCode, RefusalReason, RequestError, SessionEvents, SessionPolicy
 from mtasr.spec import FRAME_SEC, SAMPLE_RATE
 
+# Admission never goes beyond RAMP x the most sessions the engine has carried in measured steps: the warm-up
+# measures the engine in a quiet process, while live sessions also load the server around it (gRPC, the batcher,
+# replies), so the fit is trusted only near what it has seen; steps with more sessions live extend it (like TCP's
+# slow start). A burst of STARTs beyond it is refused with a short retry.
+RAMP = 2
+
 
 def state_fill_seconds(engine) -> float:
     """Audio a session processes before its speaker cache and FIFO are full (its steps cost the most from then)."""
@@ -39,6 +45,7 @@ class AdmissionControl:
         self.cost = StepCostModel()
         self.rules = Admission(step_seconds(engine), policy.admission_headroom, policy.reply_budget_s)
         self.fill_steps = max(state_fill_seconds(engine) / self.rules.budget_s, 1.0)  # steps to a full state
+        self.carried = 0  # the most sessions live during a measured step (the warm-up's: its streams)
         self._reported: tuple[int, float] | None = None
 
     @property
@@ -53,24 +60,35 @@ class AdmissionControl:
             raise RequestError(f"server full ({self.policy.max_sessions} sessions): try again later",
                                ErrorCode.UNAVAILABLE, RefusalReason.FULL)
         why = self.rules.refusal(self.cost.estimate(), live) if live else None
+        retry = f"retry in {self.policy.idle_timeout_s:g} s"
+        if not why and live and self.measures and self.carried and live >= self.ramp_limit:
+            why = f"ramping up: {self.carried} carried so far"
+            retry = f"retry in {np.ceil(self.rules.budget_s):g} s"  # the next steps measure more
         if why:
-            retry = f"retry in {self.policy.idle_timeout_s:g} s"
             raise RequestError(f"server at capacity ({live} sessions, {why}): {retry}", ErrorCode.UNAVAILABLE,
                                RefusalReason.CAPACITY)
+
+    @property
+    def ramp_limit(self) -> int:
+        """The most sessions admitted on the measurements so far (`RAMP`)."""
+        return RAMP * max(self.carried, 1)
 
     def fill(self, stepped: int) -> float:
         """How full a session's speaker cache and FIFO are after `stepped` steps (0..1)."""
         return min(1.0, stepped / self.fill_steps)
 
-    def observe(self, sessions: int, speakers: int, seconds: float, fill: float) -> None:
-        """One step over `sessions` sessions (`speakers` active, state `fill` summed) took `seconds`."""
+    def observe(self, sessions: int, speakers: int, seconds: float, fill: float, live: int = 0) -> None:
+        """One step over `sessions` sessions (`speakers` active, state `fill` summed) took `seconds`, with `live`
+        sessions admitted (0: as many as it stepped)."""
         self.cost.observe(sessions, speakers, seconds, fill)
+        self.carried = max(self.carried, live or sessions)
 
     def report(self, live: int) -> None:
         """The capacity gauges (sessions admissible, the live ones' predicted step as a fraction of the budget),
         when they changed."""
         cost = self.cost.estimate()
-        figures = (self.rules.sessions(cost, self.policy.max_sessions),
+        cap = min(self.policy.max_sessions, self.ramp_limit) if self.carried else self.policy.max_sessions
+        figures = (self.rules.sessions(cost, cap),
                    round(self.rules.budget_fraction(cost, live), 2))
         if figures != self._reported:
             self._reported = figures

@@ -144,7 +144,7 @@ class Scheduler:
         deliver(out)
         seconds = time.perf_counter() - t0
         if sessions:
-            self.admission.observe(sessions, speakers, seconds, fill)
+            self.admission.observe(sessions, speakers, seconds, fill, len(self.table.live))
             self.events.stepped(seconds)
         self._report_lag()
         return True

@@ -136,8 +136,9 @@ class SequenceManager:
         deliver([(p.respond, Reply.refusal(shutdown)) for p in waiting])
 
     def warm_up(self, sessions: int = 2, max_seconds: float = 5.0) -> None:
-        """Measure the first step-cost estimate before any client (`AdmissionControl.warm_up`); nothing to measure
-        when admission by capacity is off. Call before `start`."""
+        """Measure the first step-cost estimate before any client (`AdmissionControl.warm_up`; admission then goes up
+        to `RAMP` x `sessions` until live steps measure more); nothing to measure when admission by capacity is off.
+        Call before `start`."""
         if not self.admission.measures:
             return
         with self.scheduler.stepping:

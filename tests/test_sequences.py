@@ -481,6 +481,26 @@ def test_capacity_admission(engine):
         "server full (3 sessions): try again later"  # the count cap stays an upper bound
 
 
+def test_measured_reply_waits_stop_admission(engine):
+    """Where the fit admits more but the replies of the last 10 s waited beyond 70 % of the reply budget (p95), a
+    START is refused; waits within it, or older than the window, do not refuse."""
+    clock = Clock()
+    m = SequenceManager(engine, SessionPolicy(max_sessions=40), clock=clock)
+    for n in (1, 2, 4, 8, 2, 6):  # 5 ms per step + 30 ms per session: 21 admitted by the fit
+        m.admission.observe(n, 0, 0.005 + 0.030 * n, n, live=16)
+    piece = np.zeros((1, 1600), np.float32)
+    assert m.handle([_req(300, piece, start=True)])[0].error is None
+    for k in range(25):
+        m.admission.replied(clock.now, 0.300 if k == 0 else 0.100)  # one slow reply: p95 within 112 ms
+    assert m.handle([_req(301, piece, start=True)])[0].error is None
+    for _ in range(25):
+        m.admission.replied(clock.now, 0.200)
+    refused = m.handle([_req(302, piece, start=True)])[0]
+    assert refused.error == "server at capacity (2 sessions, replies p95 200 ms of 112 ms measured): retry in 5 s"
+    clock.now = 10.5  # the slow replies are out of the window
+    assert m.handle([_req(302, piece, start=True)])[0].error is None
+
+
 def test_warm_up_gives_the_first_estimate(engine):
     sink = DictSink()
     m = SequenceManager(engine, events=ServingMetrics(sink))

@@ -9,7 +9,7 @@ import time
 import numpy as np
 
 from mtasr.audio import synth_conversation
-from mtasr.pipeline.capacity import Admission, StepCostModel
+from mtasr.pipeline.capacity import Admission, ReplyWaits, StepCostModel
 from mtasr.pipeline.sessions import ErrorCode, RefusalReason, RequestError, SessionEvents, SessionPolicy
 from mtasr.spec import FRAME_SEC, SAMPLE_RATE
 
@@ -46,6 +46,7 @@ class AdmissionControl:
         self.rules = Admission(step_seconds(engine), policy.admission_headroom, policy.reply_budget_s)
         self.fill_steps = max(state_fill_seconds(engine) / self.rules.budget_s, 1.0)  # steps to a full state
         self.carried = 0  # the most sessions live during a measured step (the warm-up's: its streams)
+        self.waits = ReplyWaits()  # what the fit cannot see: the replies' measured waits
         self._reported: tuple[int, float] | None = None
 
     @property
@@ -53,9 +54,11 @@ class AdmissionControl:
         """Whether admission is by measured capacity (else by count only: nothing to measure)."""
         return bool(self.rules.headroom)
 
-    def check(self, live: int) -> None:
-        """Admit a session beside `live` ones, or raise RequestError: the count cap, then measured capacity (one
-        session is always admitted: a step slower than real time shows in its lag)."""
+    def check(self, live: int, now: float) -> None:
+        """Admit a session beside `live` ones at time `now`, or raise RequestError: the count cap, then measured
+        capacity: the fit's rules, the ramp, and the replies' waits measured in the last seconds against the
+        headroom of the reply budget (one session is always admitted: a step slower than real time shows in its
+        lag)."""
         if live >= self.policy.max_sessions:
             raise RequestError(f"server full ({self.policy.max_sessions} sessions): try again later",
                                ErrorCode.UNAVAILABLE, RefusalReason.FULL)
@@ -64,6 +67,9 @@ class AdmissionControl:
         if not why and live and self.measures and self.carried and live >= self.ramp_limit:
             why = f"ramping up: {self.carried} carried so far"
             retry = f"retry in {np.ceil(self.rules.budget_s):g} s"  # the next steps measure more
+        limit = self.rules.reply_budget_s * self.rules.headroom
+        if not why and live and limit and (wait := self.waits.recent(now)) is not None and wait > limit:
+            why = f"replies p95 {wait * 1000:.0f} ms of {limit * 1000:.0f} ms measured"
         if why:
             raise RequestError(f"server at capacity ({live} sessions, {why}): {retry}", ErrorCode.UNAVAILABLE,
                                RefusalReason.CAPACITY)
@@ -82,6 +88,12 @@ class AdmissionControl:
         sessions admitted (0: as many as it stepped)."""
         self.cost.observe(sessions, speakers, seconds, fill)
         self.carried = max(self.carried, live or sessions)
+
+    def replied(self, now: float, wait_s: float) -> None:
+        """A reply that completed a step was sent `wait_s` behind real time (after its request came in, or after
+        its audio's real time for a client sending ahead of it)."""
+        if self.measures:
+            self.waits.add(now, wait_s)
 
     def report(self, live: int) -> None:
         """The capacity gauges (sessions admissible, the live ones' predicted step as a fraction of the budget),

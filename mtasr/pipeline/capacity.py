@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import threading
+from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
@@ -112,6 +113,28 @@ class StepCostModel:
             coef = np.array([0.0, self._xy[1] / max(self._xx[1, 1], 1e-12), 0.0, 0.0])
         return StepCost(float(coef[0]), float(coef[1]), float(coef[2]), float(coef[3]),
                         self._speakers / self._sessions if self._sessions else 0.0)
+
+
+class ReplyWaits:
+    """The server-side waits of recent step-completing replies (how far behind real time each was answered), over
+    the last `window_s` seconds (thread-safe: the engine thread adds, the admission path reads)."""
+
+    def __init__(self, window_s: float = 10.0, least: int = 20, quantile: float = 95.0) -> None:
+        self.window_s, self.least, self.quantile = window_s, least, quantile
+        self._waits: deque[tuple[float, float]] = deque(maxlen=1024)
+        self._lock = threading.Lock()
+
+    def add(self, now: float, wait_s: float) -> None:
+        with self._lock:
+            self._waits.append((now, wait_s))
+
+    def recent(self, now: float) -> float | None:
+        """The `quantile` of the waits within the window, or None while fewer than `least` were seen there."""
+        with self._lock:
+            while self._waits and self._waits[0][0] < now - self.window_s:
+                self._waits.popleft()
+            waits = [w for _, w in self._waits]
+        return float(np.percentile(waits, self.quantile)) if len(waits) >= self.least else None
 
 
 @dataclass(frozen=True)

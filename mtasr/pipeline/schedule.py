@@ -248,6 +248,7 @@ class Scheduler:
         reply.lag_s, reply.audio_s = lag, stream.audio_seconds
         if reply.activity.shape[0] or req.end:
             self._worst_lag = max(self._worst_lag or 0.0, lag)
+            self.admission.replied(now, lag)  # behind real time: a client ahead of it waits by its own choice
         out.append((p.respond, reply))
         if req.end:
             self._end(session, out)

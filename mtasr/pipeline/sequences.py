@@ -193,7 +193,7 @@ class SequenceManager:
         if req.corrid in self.table.live:
             raise RequestError(f"sequence {req.corrid} is already live: a second START is refused (use a fresh "
                                "sequence id)", ErrorCode.ALREADY_EXISTS, RefusalReason.DUPLICATE_START)
-        self.admission.check(len(self.table.live))
+        self.admission.check(len(self.table.live), now)
         session = AdmittedSession(req.corrid, owner, timing_of(req, self.timing),
                                   anchor=now - samples.size / SAMPLE_RATE,
                                   max_speakers=max_speakers_of(req, self.engine.cfg.n_spk))
